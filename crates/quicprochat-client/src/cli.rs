@@ -1,0 +1,70 @@
+//! Command-line surface of `qpc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// qpc — the quicprochat client: end-to-end encrypted messaging over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "qpc", version, about)]
+pub struct Cli {
+    /// Server address HOST:PORT. Without it, qpc uses 127.0.0.1:7000 and starts a local
+    /// dev server there if nothing answers.
+    #[arg(long, env = "QPC_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Certificate to trust (DER or PEM): a CA, or the server's own self-signed certificate.
+    #[arg(long, env = "QPC_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Account state directory (default: $XDG_DATA_HOME/quicprochat/<username>).
+    #[arg(long, env = "QPC_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Username.
+    #[arg(long, short = 'u', env = "QPC_USERNAME", global = true)]
+    pub username: Option<String>,
+    /// Password (prefer QPC_PASSWORD or the prompt: command lines are visible to other users).
+    #[arg(long, env = "QPC_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// What to do (default: the interactive REPL).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-shot commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account on the server.
+    Register,
+    /// Log in (and fetch waiting messages).
+    Login,
+    /// Send a message, creating the DM first if needed.
+    Send {
+        /// Recipient username.
+        #[arg(long)]
+        to: String,
+        /// The message.
+        text: String,
+    },
+    /// Print messages that arrive: waits up to SECS for the first one.
+    Recv {
+        /// Seconds to wait for the first message.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Interactive session (the default).
+    Repl,
+    /// A self-contained tour on a private server in a temporary directory.
+    Demo,
+}
+
+/// Parses `HOST:PORT`, resolving names.
+pub fn resolve_server(s: &str) -> anyhow::Result<(SocketAddr, String)> {
+    use std::net::ToSocketAddrs;
+    let addr = s
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot resolve server {s}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("server {s} resolves to no address"))?;
+    let host = s.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(s).to_owned();
+    Ok((addr, host))
+}

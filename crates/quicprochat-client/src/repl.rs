@@ -1,0 +1,185 @@
+//! The interactive REPL: `/dm USER` picks a conversation, plain text is sent to it, incoming
+//! messages are printed live above the prompt.
+
+use anyhow::Context;
+use quicprochat_sdk::{ClientEvent, ConversationHandle, QpcClient};
+use rustyline::ExternalPrinter as _;
+use rustyline::error::ReadlineError;
+use tokio::sync::{broadcast, mpsc};
+
+/// One parsed REPL line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// `/dm USER`
+    Dm(String),
+    /// `/list`
+    List,
+    /// `/help`
+    Help,
+    /// `/quit`
+    Quit,
+    /// Plain text to send.
+    Text(String),
+    /// Nothing to do.
+    Empty,
+    /// A mistake, with the message to show.
+    Usage(String),
+}
+
+/// Parses one input line.
+pub fn parse(line: &str) -> Line {
+    let line = line.trim();
+    if line.is_empty() {
+        return Line::Empty;
+    }
+    let Some(rest) = line.strip_prefix('/') else { return Line::Text(line.to_owned()) };
+    let mut parts = rest.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("dm"), Some(user), None) => Line::Dm(user.to_lowercase()),
+        (Some("dm"), _, _) => Line::Usage("usage: /dm <user>".into()),
+        (Some("list" | "ls"), None, None) => Line::List,
+        (Some("help" | "h"), _, _) => Line::Help,
+        (Some("quit" | "q" | "exit"), None, None) => Line::Quit,
+        (Some(other), _, _) => Line::Usage(format!("unknown command /{other}; try /help")),
+        (None, _, _) => Line::Usage("empty command; try /help".into()),
+    }
+}
+
+const HELP: &str = "\
+Chat:
+  /dm <user>     open (or create) the direct conversation with <user>
+  <text>         send text to the current conversation
+  /list, /ls     list conversations
+System:
+  /help          this help
+  /quit          leave";
+
+/// Runs the REPL until `/quit` or end of input.
+pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>) -> anyhow::Result<()> {
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let mut printer = editor.create_external_printer().context("starting the line editor")?;
+    let (line_tx, mut lines) = mpsc::channel::<Option<String>>(16);
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
+    let me = client.whoami()?;
+    let _ = prompt_tx.send(format!("{me}> "));
+
+    // rustyline blocks, so it lives on its own thread; it reads one line per prompt it is given.
+    let reader = std::thread::spawn(move || {
+        while let Ok(prompt) = prompt_rx.recv() {
+            match editor.readline(&prompt) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    if line_tx.blocking_send(Some(line)).is_err() {
+                        break;
+                    }
+                }
+                Err(ReadlineError::Interrupted | ReadlineError::Eof) => {
+                    let _ = line_tx.blocking_send(None);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("qpc: input error: {e}");
+                    let _ = line_tx.blocking_send(None);
+                    break;
+                }
+            }
+        }
+    });
+
+    println!("Logged in as {me}. /dm <user> to start, /help for commands.");
+    let mut current: Option<ConversationHandle> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => {
+                let Some(Some(line)) = line else { break };
+                let keep_going = handle(&client, &mut current, parse(&line)).await;
+                if !keep_going {
+                    break;
+                }
+                let prompt = match &current {
+                    Some(c) => format!("{me} → {}> ", c.name()),
+                    None => format!("{me}> "),
+                };
+                let _ = prompt_tx.send(prompt);
+            }
+            event = events.recv() => match event {
+                Ok(ClientEvent::MessageReceived { message, conversation }) => {
+                    let here = current.as_ref().is_some_and(|c| c.id() == conversation);
+                    let text = if here {
+                        format!("[{}] {}", message.sender, message.text)
+                    } else {
+                        format!("[{} in {}] {}", message.sender, conversation, message.text)
+                    };
+                    let _ = printer.print(text);
+                }
+                Ok(ClientEvent::ConversationCreated { name, .. }) => {
+                    let _ = printer.print(format!("* joined conversation with {name}"));
+                }
+                Ok(ClientEvent::ConnectionLost { reason }) => {
+                    let _ = printer.print(format!("* connection lost: {reason}"));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let _ = printer.print(format!("* {n} events skipped"));
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+    drop(prompt_tx);
+    // The reader thread ends at its next prompt or input; it is not joined so a blocked
+    // terminal read cannot hold the process open.
+    drop(reader);
+    Ok(())
+}
+
+/// Executes one line; returns false to quit.
+async fn handle(client: &QpcClient, current: &mut Option<ConversationHandle>, line: Line) -> bool {
+    match line {
+        Line::Quit => return false,
+        Line::Empty => {}
+        Line::Help => println!("{HELP}"),
+        Line::Usage(msg) => println!("{msg}"),
+        Line::List => match client.conversations() {
+            Ok(list) if list.is_empty() => println!("no conversations yet; /dm <user>"),
+            Ok(list) => list.iter().for_each(|c| println!("  {}  {}", c.id, c.name)),
+            Err(e) => println!("error: {e}"),
+        },
+        Line::Dm(user) => match crate::commands::open_dm(client, &user).await {
+            Ok(dm) => {
+                if let Ok(history) = dm.messages(10) {
+                    for m in history {
+                        println!("[{}] {}", m.sender, m.text);
+                    }
+                }
+                *current = Some(dm);
+            }
+            Err(e) => println!("error: {e:#}"),
+        },
+        Line::Text(text) => match current {
+            Some(dm) => {
+                if let Err(e) = dm.send_text(&text).await {
+                    println!("error: {e}");
+                }
+            }
+            None => println!("no conversation selected: /dm <user> first"),
+        },
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_text() {
+        assert_eq!(parse("/dm Bob"), Line::Dm("bob".into()));
+        assert_eq!(parse("hello there"), Line::Text("hello there".into()));
+        assert_eq!(parse("  "), Line::Empty);
+        assert_eq!(parse("/quit"), Line::Quit);
+        assert_eq!(parse("/ls"), Line::List);
+        assert!(matches!(parse("/dm"), Line::Usage(_)));
+        assert!(matches!(parse("/nope"), Line::Usage(_)));
+    }
+}

@@ -1,0 +1,271 @@
+//! The one error type of this crate.
+//!
+//! Variants are precise and keep their cause: callers match on what happened
+//! (`WrongEpoch`, `InvalidLogin`, `WrongPassword`, …) and `source()` leads to
+//! the underlying library error where there is one. openmls errors are boxed
+//! to keep `Result<_, CoreError>` small.
+
+use openmls::prelude::{
+    AddMembersError, CommitToPendingProposalsError, CreateMessageError, ExportGroupInfoError,
+    KeyPackageNewError, KeyPackageVerifyError, LeaveGroupError, MergeCommitError,
+    MergePendingCommitError, NewGroupError, ProcessMessageError,
+    RemoveMembersError, SelfUpdateError, WelcomeError, WireFormat,
+};
+use openmls::framing::errors::MlsMessageError;
+use openmls_memory_storage::MemoryStorageError;
+use thiserror::Error;
+
+use crate::mls::CredentialError;
+
+/// Storage error type of the openmls provider this crate uses.
+type StorageError = MemoryStorageError;
+
+/// Everything that can go wrong in `quicprochat-core`.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    // ----- identities and ids -------------------------------------------
+    /// A public key had the wrong length.
+    #[error("public key must be {expected} bytes, got {actual}")]
+    InvalidKeyLength {
+        /// Required length.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// A signature had the wrong length.
+    #[error("signature must be {expected} bytes, got {actual}")]
+    InvalidSignatureLength {
+        /// Required length.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// The bytes are not a valid Ed25519 public key.
+    #[error("not a valid Ed25519 public key")]
+    InvalidPublicKey(#[source] ed25519_dalek::SignatureError),
+    /// The signature does not verify under the given key and message.
+    #[error("signature verification failed")]
+    InvalidSignature(#[source] ed25519_dalek::SignatureError),
+    /// An identifier had the wrong length.
+    #[error("identifier must be {expected} bytes, got {actual}")]
+    InvalidIdLength {
+        /// Required length.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// An identifier's text form was not valid hex.
+    #[error("identifier is not valid hex")]
+    InvalidHex(#[source] hex::FromHexError),
+
+    // ----- MLS: local state ---------------------------------------------
+    /// The libcrux crypto provider could not be initialised.
+    #[error("MLS crypto provider unavailable")]
+    MlsCryptoProvider(#[source] openmls_traits::types::CryptoError),
+    /// The in-memory MLS storage failed.
+    #[error("MLS storage failed")]
+    MlsStorage(#[source] StorageError),
+    /// A thread panicked while holding the MLS storage lock.
+    #[error("MLS storage lock poisoned")]
+    StorageLockPoisoned,
+    /// An exported MLS state snapshot is malformed.
+    #[error("malformed MLS state snapshot: {reason}")]
+    MalformedState {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// An MLS state snapshot belongs to a different identity key.
+    #[error("MLS state snapshot belongs to another identity")]
+    StateIdentityMismatch,
+    /// No group with this id is stored.
+    #[error("unknown MLS group")]
+    UnknownGroup,
+    /// A group with this id already exists.
+    #[error("MLS group already exists")]
+    GroupExists,
+    /// The operation needs the group to have no pending commit.
+    #[error("the group has a pending commit; merge or clear it first")]
+    PendingCommit,
+    /// `merge_pending_commit` was called with no pending commit.
+    #[error("the group has no pending commit")]
+    NoPendingCommit,
+    /// Received proposals must be committed before sending.
+    #[error("the group has pending proposals; commit them first")]
+    PendingProposals,
+    /// This client is no longer a member of the group.
+    #[error("no longer a member of this group")]
+    NotAMember,
+    /// No member of the group has this device id.
+    #[error("no member with device id {0}")]
+    UnknownMember(crate::ids::DeviceId),
+    /// A message came from a leaf that is not (or no longer) in the tree.
+    #[error("sender at leaf {leaf_index} is not a current member")]
+    UnknownSender {
+        /// The sender's leaf index.
+        leaf_index: u32,
+    },
+
+    // ----- MLS: messages --------------------------------------------------
+    /// Bytes that should be an MLS message could not be decoded.
+    #[error("malformed MLS message")]
+    MlsDecode(#[source] openmls::prelude::tls_codec::Error),
+    /// An MLS message could not be encoded.
+    #[error("could not encode MLS message")]
+    MlsEncode(#[source] MlsMessageError),
+    /// An MLS message of another kind was expected.
+    #[error("expected an MLS {expected}, got {found:?}")]
+    UnexpectedMessage {
+        /// What the call needs.
+        expected: &'static str,
+        /// What was received.
+        found: WireFormat,
+    },
+    /// A message addressed to another group.
+    #[error("message belongs to another MLS group")]
+    WrongGroup,
+    /// A message for an epoch this client cannot process: a handshake message
+    /// not for the current epoch, an application message from the future, or
+    /// one from a past epoch whose secrets are gone.
+    #[error("message is for epoch {message_epoch}, group is at epoch {group_epoch}")]
+    WrongEpoch {
+        /// The epoch the message was made in.
+        message_epoch: u64,
+        /// The group's current epoch.
+        group_epoch: u64,
+    },
+    /// A credential does not follow the quicprochat encoding or does not
+    /// match its signature key.
+    #[error("invalid member credential")]
+    InvalidCredential(#[from] CredentialError),
+    /// A key package failed validation (signature, lifetime, version, …).
+    #[error("invalid key package")]
+    InvalidKeyPackage(#[source] KeyPackageVerifyError),
+    /// A key package uses a different ciphersuite than the group.
+    #[error("key package ciphersuite {found:#06x} does not match the group's {expected:#06x}")]
+    CiphersuiteMismatch {
+        /// The group's ciphersuite id.
+        expected: u16,
+        /// The key package's ciphersuite id.
+        found: u16,
+    },
+    /// An application message's padding is malformed.
+    #[error("malformed application message padding")]
+    InvalidPadding,
+    /// The Welcome was not encrypted to any key package of this client.
+    #[error("no key package of this client matches the Welcome")]
+    NoMatchingKeyPackage,
+
+    // ----- MLS: library failures per operation ----------------------------
+    /// Creating a key package failed.
+    #[error("creating a key package failed")]
+    KeyPackageCreation(#[source] KeyPackageNewError),
+    /// Creating a group failed.
+    #[error("creating the MLS group failed")]
+    MlsCreateGroup(#[source] Box<NewGroupError<StorageError>>),
+    /// Building an add commit failed.
+    #[error("adding members failed")]
+    MlsAddMembers(#[source] Box<AddMembersError<StorageError>>),
+    /// Building a remove commit failed.
+    #[error("removing members failed")]
+    MlsRemoveMembers(#[source] Box<RemoveMembersError<StorageError>>),
+    /// Building a self-update commit failed.
+    #[error("self-update failed")]
+    MlsSelfUpdate(#[source] Box<SelfUpdateError<StorageError>>),
+    /// Committing pending proposals failed.
+    #[error("committing pending proposals failed")]
+    MlsCommitProposals(#[source] Box<CommitToPendingProposalsError<StorageError>>),
+    /// Creating a leave proposal failed.
+    #[error("leaving the group failed")]
+    MlsLeave(#[source] Box<LeaveGroupError<StorageError>>),
+    /// Merging our pending commit failed.
+    #[error("merging the pending commit failed")]
+    MlsMergePending(#[source] Box<MergePendingCommitError<StorageError>>),
+    /// Merging a received commit failed.
+    #[error("merging a received commit failed")]
+    MlsMergeStaged(#[source] Box<MergeCommitError<StorageError>>),
+    /// Joining from a Welcome failed.
+    #[error("joining from the Welcome failed")]
+    MlsWelcome(#[source] Box<WelcomeError<StorageError>>),
+    /// Encrypting an application message failed.
+    #[error("encrypting the application message failed")]
+    MlsCreateMessage(#[source] Box<CreateMessageError>),
+    /// Processing an incoming message failed (bad signature, bad commit, …).
+    #[error("processing the MLS message failed")]
+    MlsProcess(#[source] Box<ProcessMessageError<StorageError>>),
+    /// Exporting the GroupInfo failed.
+    #[error("exporting the group info failed")]
+    MlsExportGroupInfo(#[source] Box<ExportGroupInfoError>),
+
+    // ----- OPAQUE ---------------------------------------------------------
+    /// Wrong password or unknown user: the login did not verify.
+    #[error("invalid login")]
+    InvalidLogin,
+    /// A peer's OPAQUE message (or a stored OPAQUE record) could not be parsed.
+    #[error("malformed OPAQUE {message}")]
+    OpaqueDecode {
+        /// Which message.
+        message: &'static str,
+        /// The parser's error.
+        #[source]
+        source: opaque_ke::errors::ProtocolError,
+    },
+    /// Any other OPAQUE protocol failure.
+    #[error("OPAQUE protocol failure")]
+    OpaqueProtocol(#[source] opaque_ke::errors::ProtocolError),
+
+    // ----- key derivation and sealed blobs ----------------------------------
+    /// Argon2 parameters beyond this crate's bounds.
+    #[error(
+        "argon2 parameters out of bounds (m={m_cost_kib} KiB, t={t_cost}, p={p_cost})"
+    )]
+    KdfParamsOutOfBounds {
+        /// Memory cost in KiB.
+        m_cost_kib: u32,
+        /// Iterations.
+        t_cost: u32,
+        /// Parallelism.
+        p_cost: u32,
+    },
+    /// Argon2 rejected the parameters.
+    #[error("invalid argon2 parameters")]
+    InvalidKdfParams(#[source] argon2::Error),
+    /// Argon2 failed while deriving a key.
+    #[error("key derivation failed")]
+    KeyDerivation(#[source] argon2::Error),
+    /// The blob does not start with the expected magic bytes.
+    #[error("not a {format}")]
+    BadMagic {
+        /// The format that was expected.
+        format: &'static str,
+    },
+    /// The blob ends before its header or tag does.
+    #[error("truncated {format}")]
+    Truncated {
+        /// The format that was expected.
+        format: &'static str,
+    },
+    /// The blob has a version this build does not know.
+    #[error("unsupported {format} version {version}")]
+    UnsupportedVersion {
+        /// The format.
+        format: &'static str,
+        /// The version found.
+        version: u8,
+    },
+    /// Wrong password, or the password-sealed blob was modified.
+    #[error("wrong password or corrupted data")]
+    WrongPassword,
+    /// Wrong key or associated data, or the key-sealed blob was modified.
+    #[error("decryption failed")]
+    DecryptionFailed,
+    /// The AEAD refused to encrypt (plaintext too long).
+    #[error("encryption failed")]
+    EncryptionFailed,
+
+    // ----- bugs -------------------------------------------------------------
+    /// An invariant of this crate or of openmls did not hold. A bug: please
+    /// report it.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}

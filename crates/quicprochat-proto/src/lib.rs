@@ -1,0 +1,79 @@
+//! Wire messages of the quicprochat protocol and their stable numbers.
+//!
+//! The `.proto` files live in `proto/qpc/v1/` at the root of the workspace and are compiled at
+//! build time with `protox`, so no system `protoc` is needed. `docs/protocol.md` describes the
+//! framing that carries these messages.
+
+/// Generated protobuf messages of package `qpc.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/qpc.v1.rs"));
+}
+
+pub use prost::Message;
+
+/// Stable RPC method ids (SPEC §3). Gaps are reserved for future methods of the same service.
+pub mod method {
+    /// 100: start OPAQUE registration.
+    pub const REGISTER_START: u16 = 100;
+    /// 101: finish OPAQUE registration.
+    pub const REGISTER_FINISH: u16 = 101;
+    /// 102: start OPAQUE login.
+    pub const LOGIN_START: u16 = 102;
+    /// 103: finish OPAQUE login and bind a session.
+    pub const LOGIN_FINISH: u16 = 103;
+    /// 104: bind an existing session.
+    pub const RESUME: u16 = 104;
+    /// 105: revoke the session.
+    pub const LOGOUT: u16 = 105;
+    /// 106: delete the account.
+    pub const DELETE_ACCOUNT: u16 = 106;
+
+    /// 200: enqueue an envelope to a channel.
+    pub const ENQUEUE: u16 = 200;
+    /// 201: enqueue a commit and its welcomes atomically.
+    pub const BATCH_ENQUEUE: u16 = 201;
+    /// 202: peek and ack (legacy).
+    pub const FETCH: u16 = 202;
+    /// 203: long-poll peek.
+    pub const FETCH_WAIT: u16 = 203;
+    /// 204: read the queue without deleting.
+    pub const PEEK: u16 = 204;
+    /// 205: delete acknowledged entries.
+    pub const ACK: u16 = 205;
+    /// 206: ask for push notifications.
+    pub const SUBSCRIBE: u16 = 206;
+
+    /// 300: upload key packages.
+    pub const UPLOAD_KEY_PACKAGES: u16 = 300;
+    /// 301: claim one key package per device of a user.
+    pub const FETCH_KEY_PACKAGES: u16 = 301;
+
+    /// 400: create a channel.
+    pub const CREATE_CHANNEL: u16 = 400;
+
+    /// 500: resolve a username.
+    pub const RESOLVE_USER: u16 = 500;
+
+    /// 700: bind a device identity key.
+    pub const REGISTER_DEVICE: u16 = 700;
+
+    /// 800: liveness.
+    pub const HEALTH: u16 = 800;
+    /// 801: server version, signing key and limits.
+    pub const SERVER_INFO: u16 = 801;
+}
+
+/// Stable push event type ids (SPEC §3).
+pub mod event {
+    /// `MessageNotification`.
+    pub const MESSAGE_NOTIFICATION: u16 = 1;
+    /// `TypingNotification`.
+    pub const TYPING_NOTIFICATION: u16 = 2;
+    /// `ChannelUpdate`.
+    pub const CHANNEL_UPDATE: u16 = 3;
+    /// `SessionExpired`.
+    pub const SESSION_EXPIRED: u16 = 4;
+    /// `KeyPackagesLow`.
+    pub const KEY_PACKAGES_LOW: u16 = 5;
+}

@@ -1,0 +1,324 @@
+//! `QpcClient`: connection, account, and the background push listener.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use bytes::Bytes;
+use quicprochat_core::identity::IdentityKeyPair;
+use quicprochat_core::ids::{DeviceId, device_binding_challenge};
+use quicprochat_core::mls::{MlsClient, MlsSuite};
+use quicprochat_core::opaque::{ClientLogin, ClientRegistration, OpaqueParams};
+use quicprochat_proto::{event, method, v1};
+use quicprochat_rpc::{RpcClient, ServerTrust, Status};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use zeroize::Zeroizing;
+
+use crate::account::{self, AccountSecrets};
+use crate::config::{ClientConfig, KdfStrength, Trust};
+use crate::error::Result;
+use crate::store::LocalStore;
+use crate::{ClientEvent, ConversationHandle, ConversationId, ConversationInfo, Message, SdkError};
+
+/// A device's pool is refilled when it holds fewer key packages than this.
+const KEY_PACKAGE_LOW_WATER: u32 = 10;
+/// Pool size after a refill.
+const KEY_PACKAGE_TARGET: u32 = 20;
+/// Buffered events per subscriber before the slowest one starts missing some.
+const EVENT_CAPACITY: usize = 1024;
+/// Local database file name.
+const DATABASE_FILE: &str = "state.db";
+
+/// A connection to a quicprochat server, and after `login` an account on it.
+///
+/// Cheap to clone; clones share everything. Dropping the last clone stops its background tasks.
+#[derive(Clone)]
+pub struct QpcClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for QpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QpcClient").field("server", &self.inner.config.server).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: ClientConfig,
+    pub rpc: RpcClient,
+    pub events: broadcast::Sender<ClientEvent>,
+    pub account: OnceLock<Account>,
+    /// One inbound processor at a time, so envelopes are applied in queue order.
+    pub sync_lock: tokio::sync::Mutex<()>,
+    pub tasks: Mutex<JoinSet<()>>,
+}
+
+/// The logged-in account: identity, MLS state and local store, behind one lock.
+pub(crate) struct Account {
+    pub username: String,
+    pub user_id: Vec<u8>,
+    pub device_id: DeviceId,
+    pub local: Mutex<Local>,
+}
+
+pub(crate) struct Local {
+    pub mls: MlsClient,
+    pub store: LocalStore,
+}
+
+impl Account {
+    pub fn lock(&self) -> Result<MutexGuard<'_, Local>> {
+        self.local.lock().map_err(|_| SdkError::Poisoned)
+    }
+}
+
+fn opaque_params(strength: KdfStrength) -> OpaqueParams {
+    match strength {
+        KdfStrength::Production => OpaqueParams::default(),
+        KdfStrength::InsecureTestOnly => OpaqueParams::light(),
+    }
+}
+
+/// Lower-cases and trims a username the way the server does.
+pub(crate) fn fold_username(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+impl QpcClient {
+    /// Connects to the server (QUIC + TLS 1.3, ALPN `qpc/2`) with the configured trust.
+    pub async fn connect(config: ClientConfig) -> Result<Self> {
+        let trust = match &config.trust {
+            Trust::PinnedCertificate(der) => ServerTrust::Pinned(der.clone()),
+            Trust::CaCertificates(cas) => ServerTrust::Roots(cas.clone()),
+        };
+        let tls = quicprochat_rpc::tls::client_config(&trust)?;
+        let rpc = RpcClient::connect(config.server, &config.server_name, tls).await?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                rpc,
+                events,
+                account: OnceLock::new(),
+                sync_lock: tokio::sync::Mutex::new(()),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+        })
+    }
+
+    /// Registers a new account with OPAQUE (the password never leaves this process), then logs in.
+    pub async fn register(&self, username: &str, password: &[u8]) -> Result<()> {
+        let username = fold_username(username);
+        let params = opaque_params(self.inner.config.kdf);
+        let (registration, request) = ClientRegistration::start(&mut rand_core::OsRng, password)?;
+        let start: v1::RegisterStartResponse = self
+            .inner
+            .rpc
+            .call(
+                method::REGISTER_START,
+                &v1::RegisterStartRequest { username: username.clone(), registration_request: request.into() },
+            )
+            .await
+            .map_err(registration_error)?;
+        let upload = registration.finish(&mut rand_core::OsRng, password, &start.registration_response, &params)?;
+        let _: v1::RegisterFinishResponse = self
+            .inner
+            .rpc
+            .call(method::REGISTER_FINISH, &v1::RegisterFinishRequest { username: username.clone(), registration_upload: upload.into() })
+            .await
+            .map_err(registration_error)?;
+        self.login(&username, password).await
+    }
+
+    /// Logs in with OPAQUE, binds this device, restores local state, tops up key packages,
+    /// subscribes to push and fetches what is waiting.
+    pub async fn login(&self, username: &str, password: &[u8]) -> Result<()> {
+        let username = fold_username(username);
+        let params = opaque_params(self.inner.config.kdf);
+        let (login, request) = ClientLogin::start(&mut rand_core::OsRng, password)?;
+        let start: v1::LoginStartResponse = self
+            .inner
+            .rpc
+            .call(method::LOGIN_START, &v1::LoginStartRequest { username: username.clone(), credential_request: request.into() })
+            .await?;
+        let output = login.finish(password, &start.credential_response, &params).map_err(|e| match e {
+            quicprochat_core::CoreError::InvalidLogin => SdkError::InvalidCredentials,
+            other => SdkError::Crypto(other),
+        })?;
+        let finish: v1::LoginFinishResponse = self
+            .inner
+            .rpc
+            .call(
+                method::LOGIN_FINISH,
+                &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: output.finalization.into() },
+            )
+            .await
+            .map_err(|e| match e.rpc_status() {
+                Some(Status::Unauthenticated) => SdkError::InvalidCredentials,
+                _ => SdkError::from(e),
+            })?;
+        let token = Zeroizing::new(finish.session_token.to_vec());
+        let secrets = account::open_or_create(&self.inner.config.state_dir, &username, password, self.inner.config.kdf)?;
+        self.open_account(secrets, finish.user_id.to_vec(), &token).await
+    }
+
+    async fn open_account(&self, secrets: AccountSecrets, user_id: Vec<u8>, token: &[u8]) -> Result<()> {
+        let device_id = self.register_device(&secrets.identity, token).await?;
+        let store = LocalStore::open(&self.inner.config.state_dir.join(DATABASE_FILE), secrets.storage_key.clone())?;
+        let mls = match store.mls_state()? {
+            Some(state) => MlsClient::restore(&secrets.identity, &secrets.username, MlsSuite::default(), &state)?,
+            None => MlsClient::new(&secrets.identity, &secrets.username, MlsSuite::default())?,
+        };
+        let account = Account {
+            username: secrets.username.clone(),
+            user_id,
+            device_id,
+            local: Mutex::new(Local { mls, store }),
+        };
+        if self.inner.account.set(account).is_err() {
+            return Err(SdkError::Protocol("this client is already logged in"));
+        }
+        self.top_up_key_packages().await?;
+        let _: v1::SubscribeResponse = self.inner.rpc.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
+        self.spawn_push_listener()?;
+        self.sync().await?;
+        Ok(())
+    }
+
+    async fn register_device(&self, identity: &IdentityKeyPair, token: &[u8]) -> Result<DeviceId> {
+        let token_hash: [u8; 32] = Sha256::digest(token).into();
+        let key = identity.public_key();
+        let signature = identity.sign(&device_binding_challenge(&token_hash, &key));
+        let resp: v1::RegisterDeviceResponse = self
+            .inner
+            .rpc
+            .call(
+                method::REGISTER_DEVICE,
+                &v1::RegisterDeviceRequest {
+                    identity_key: Bytes::copy_from_slice(&key),
+                    signature: Bytes::copy_from_slice(&signature),
+                    name: self.inner.config.device_name.clone(),
+                },
+            )
+            .await?;
+        let id = DeviceId::try_from(resp.device_id.as_ref()).map_err(|_| SdkError::Protocol("device id"))?;
+        if id != identity.device_id() {
+            return Err(SdkError::Protocol("server assigned a different device id"));
+        }
+        Ok(id)
+    }
+
+    /// Keeps this device's key package pool above its low-water mark. The private halves are
+    /// saved locally before the public halves are uploaded.
+    async fn top_up_key_packages(&self) -> Result<()> {
+        let status: v1::UploadKeyPackagesResponse =
+            self.inner.rpc.call(method::UPLOAD_KEY_PACKAGES, &v1::UploadKeyPackagesRequest::default()).await?;
+        if status.pool_size >= KEY_PACKAGE_LOW_WATER {
+            return Ok(());
+        }
+        let account = self.account()?;
+        let request = {
+            let mut local = account.lock()?;
+            let mut packages = Vec::new();
+            for _ in status.pool_size..KEY_PACKAGE_TARGET {
+                packages.push(Bytes::from(local.mls.generate_key_package()?));
+            }
+            let last_resort = Bytes::from(local.mls.generate_last_resort_key_package()?);
+            let state = local.mls.export_state()?;
+            local.store.apply(crate::store::Change { mls_state: Some(&state), ..Default::default() })?;
+            v1::UploadKeyPackagesRequest { key_packages: packages, last_resort }
+        };
+        let _: v1::UploadKeyPackagesResponse = self.inner.rpc.call(method::UPLOAD_KEY_PACKAGES, &request).await?;
+        Ok(())
+    }
+
+    /// Listens on the server's push stream and fetches whenever a notification arrives.
+    fn spawn_push_listener(&self) -> Result<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let rpc = self.inner.rpc.clone();
+        let mut tasks = self.inner.tasks.lock().map_err(|_| SdkError::Poisoned)?;
+        tasks.spawn(async move {
+            let reason = match rpc.accept_push().await {
+                Ok(mut stream) => loop {
+                    match stream.next().await {
+                        Ok(Some(frame)) if frame.event_type == event::MESSAGE_NOTIFICATION => {
+                            let Some(inner) = weak.upgrade() else { return };
+                            let client = QpcClient { inner };
+                            if let Err(e) = client.sync().await {
+                                tracing::warn!(error = %e, "sync after push failed");
+                            }
+                        }
+                        Ok(Some(frame)) => tracing::debug!(event_type = frame.event_type, "ignoring push event"),
+                        Ok(None) => break "push stream ended".to_owned(),
+                        Err(e) => break e.to_string(),
+                    }
+                },
+                Err(e) => e.to_string(),
+            };
+            if let Some(inner) = weak.upgrade() {
+                let _ = inner.events.send(ClientEvent::ConnectionLost { reason });
+            }
+        });
+        Ok(())
+    }
+
+    pub(crate) fn account(&self) -> Result<&Account> {
+        self.inner.account.get().ok_or(SdkError::NotLoggedIn)
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The logged-in username.
+    pub fn whoami(&self) -> Result<String> {
+        Ok(self.account()?.username.clone())
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> Result<[u8; 16]> {
+        Ok(self.account()?.device_id.0)
+    }
+
+    /// Conversations this device is in.
+    pub fn conversations(&self) -> Result<Vec<ConversationInfo>> {
+        let account = self.account()?;
+        let local = account.lock()?;
+        Ok(local
+            .store
+            .conversations()?
+            .into_iter()
+            .map(|c| ConversationInfo { id: c.id, name: c.name, peer: c.peer })
+            .collect())
+    }
+
+    /// A handle to a conversation this device is in.
+    pub fn conversation(&self, id: ConversationId) -> Result<Option<ConversationHandle>> {
+        let account = self.account()?;
+        let row = account.lock()?.store.conversation(&id)?;
+        Ok(row.map(|r| ConversationHandle::new(self.clone(), r.id, r.name)))
+    }
+
+    /// The last `limit` stored messages of a conversation, oldest first.
+    pub fn messages(&self, id: ConversationId, limit: u32) -> Result<Vec<Message>> {
+        let account = self.account()?;
+        let local = account.lock()?;
+        local.store.messages(&id, limit)
+    }
+
+    /// Closes the connection. Pending background work stops.
+    pub fn close(&self) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.abort_all();
+        }
+        self.inner.rpc.close("client closed");
+    }
+}
+
+fn registration_error(e: quicprochat_rpc::Error) -> SdkError {
+    match e.rpc_status() {
+        Some(Status::Conflict) => SdkError::UsernameTaken,
+        _ => SdkError::from(e),
+    }
+}

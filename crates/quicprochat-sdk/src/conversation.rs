@@ -1,0 +1,200 @@
+//! Conversations: creating a DM and sending into it.
+
+use bytes::Bytes;
+use prost::Message as _;
+use quicprochat_proto::{method, v1};
+use quicprochat_rpc::Status;
+
+use crate::client::{QpcClient, fold_username};
+use crate::error::Result;
+use crate::store::{Change, MessageRow, now_ms};
+use crate::sync::{KIND_DM, conversation_row};
+use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
+
+/// A conversation this device is in. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ConversationHandle {
+    client: QpcClient,
+    id: ConversationId,
+    name: String,
+}
+
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b
+}
+
+impl ConversationHandle {
+    pub(crate) fn new(client: QpcClient, id: ConversationId, name: String) -> Self {
+        Self { client, id, name }
+    }
+
+    /// The conversation id.
+    pub fn id(&self) -> ConversationId {
+        self.id
+    }
+
+    /// Display name (the peer's username for a DM).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Encrypts `text` with MLS, stores it locally and hands it to the server.
+    pub async fn send_text(&self, text: &str) -> Result<MessageId> {
+        let account = self.client.account()?;
+        let id = MessageId(random16());
+        let sent_at_ms = now_ms();
+        let app = v1::AppMessage {
+            message_id: Bytes::copy_from_slice(&id.0),
+            sent_at_ms,
+            body: Some(v1::app_message::Body::Text(v1::TextBody { text: text.to_owned() })),
+        };
+        let (ciphertext, epoch) = {
+            let mut local = account.lock()?;
+            let ciphertext = local.mls.encrypt(&self.id.0, &app.encode_to_vec())?;
+            let epoch = local.mls.epoch(&self.id.0)?;
+            // The ratchet advanced: persist it together with the outgoing message.
+            let state = local.mls.export_state()?;
+            local.store.apply(Change {
+                mls_state: Some(&state),
+                message: Some(MessageRow {
+                    id,
+                    conversation: self.id,
+                    sender: &account.username,
+                    text,
+                    sent_at_ms,
+                    outgoing: true,
+                }),
+                ..Default::default()
+            })?;
+            (ciphertext, epoch)
+        };
+        let _: v1::EnqueueResponse = self
+            .client
+            .inner
+            .rpc
+            .call(
+                method::ENQUEUE,
+                &v1::EnqueueRequest {
+                    channel_id: Bytes::copy_from_slice(&self.id.0),
+                    envelope: Some(v1::Envelope {
+                        kind: v1::EnvelopeKind::Application as i32,
+                        epoch,
+                        payload: ciphertext.into(),
+                    }),
+                    idempotency_key: Bytes::copy_from_slice(&id.0),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// The last `limit` messages, oldest first.
+    pub fn messages(&self, limit: u32) -> Result<Vec<Message>> {
+        self.client.messages(self.id, limit)
+    }
+}
+
+impl QpcClient {
+    /// Opens the DM with `username`, creating the channel and the MLS group if this device is
+    /// the first to ask. If the peer created it first, its Welcome must arrive before sending.
+    pub async fn dm(&self, username: &str) -> Result<ConversationHandle> {
+        let peer = fold_username(username);
+        let account = self.account()?;
+        if peer == account.username {
+            return Err(SdkError::Protocol("cannot open a DM with yourself"));
+        }
+        if let Some(row) = account.lock()?.store.conversation_by_peer(&peer)? {
+            return Ok(ConversationHandle::new(self.clone(), row.id, row.name));
+        }
+        // A Welcome from the peer may be waiting.
+        self.sync().await?;
+        if let Some(row) = account.lock()?.store.conversation_by_peer(&peer)? {
+            return Ok(ConversationHandle::new(self.clone(), row.id, row.name));
+        }
+        let created: v1::CreateChannelResponse = self
+            .inner
+            .rpc
+            .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.clone() })
+            .await
+            .map_err(|e| match e.rpc_status() {
+                Some(Status::NotFound) => SdkError::UnknownUser(peer.clone()),
+                _ => SdkError::from(e),
+            })?;
+        let id = ConversationId(
+            <[u8; 16]>::try_from(created.channel_id.as_ref()).map_err(|_| SdkError::Protocol("channel id"))?,
+        );
+        // Either we created the channel, or we created it earlier and lost our progress
+        // before anyone committed; otherwise the peer owns the first commit.
+        let ours = created.was_new || (created.is_member && created.epoch == 0);
+        if !ours {
+            return Err(SdkError::AwaitingInvitation(peer));
+        }
+        self.start_dm(id, &peer).await
+    }
+
+    async fn start_dm(&self, id: ConversationId, peer: &str) -> Result<ConversationHandle> {
+        let account = self.account()?;
+        let kps: v1::FetchKeyPackagesResponse = self
+            .inner
+            .rpc
+            .call(method::FETCH_KEY_PACKAGES, &v1::FetchKeyPackagesRequest { username: peer.to_owned() })
+            .await
+            .map_err(|e| match e.rpc_status() {
+                Some(Status::NotFound) => SdkError::UnknownUser(peer.to_owned()),
+                _ => SdkError::from(e),
+            })?;
+        if kps.key_packages.is_empty() {
+            return Err(SdkError::NoKeyPackages(peer.to_owned()));
+        }
+        let packages: Vec<Vec<u8>> = kps.key_packages.iter().map(|k| k.key_package.to_vec()).collect();
+        let outcome = {
+            let mut local = account.lock()?;
+            if !local.mls.has_group(&id.0)? {
+                local.mls.create_group(&id.0)?;
+            }
+            let outcome = local.mls.add_members(&id.0, &packages)?;
+            let state = local.mls.export_state()?;
+            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+            outcome
+        };
+        let request = v1::BatchEnqueueRequest {
+            channel_id: Bytes::copy_from_slice(&id.0),
+            commit: Some(v1::Envelope {
+                kind: v1::EnvelopeKind::Commit as i32,
+                epoch: outcome.epoch_before,
+                payload: outcome.commit.clone().into(),
+            }),
+            welcomes: kps
+                .key_packages
+                .iter()
+                .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: outcome.welcome.clone().into() })
+                .collect(),
+            idempotency_key: Bytes::copy_from_slice(&random16()),
+            group_info: outcome.group_info.clone().into(),
+        };
+        let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
+            self.inner.rpc.call(method::BATCH_ENQUEUE, &request).await;
+        let mut local = account.lock()?;
+        if let Err(e) = sent {
+            local.mls.clear_pending_commit(&id.0)?;
+            let state = local.mls.export_state()?;
+            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+            return Err(e.into());
+        }
+        let epoch = local.mls.merge_pending_commit(&id.0)?;
+        let members = local.mls.members(&id.0)?;
+        let mut row = conversation_row(id, &account.username, &members);
+        row.kind = KIND_DM;
+        row.peer = Some(peer.to_owned());
+        row.name = peer.to_owned();
+        let state = local.mls.export_state()?;
+        local.store.apply(Change { mls_state: Some(&state), conversation: Some(row), ..Default::default() })?;
+        drop(local);
+        let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: peer.to_owned() });
+        let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
+        Ok(ConversationHandle::new(self.clone(), id, peer.to_owned()))
+    }
+}

@@ -1,0 +1,92 @@
+//! The SDK's error type.
+
+use quicprochat_core::CoreError;
+
+/// What an SDK call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SdkError {
+    /// Could not reach or talk to the server.
+    #[error("connection: {0}")]
+    Transport(#[source] quicprochat_rpc::Error),
+    /// The server refused the request.
+    #[error("server refused: {status}: {message}")]
+    Server {
+        /// Wire status name, e.g. `CONFLICT`.
+        status: &'static str,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Wrong username or password.
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// The username is already registered.
+    #[error("username already taken")]
+    UsernameTaken,
+    /// No such user on the server.
+    #[error("no such user: {0}")]
+    UnknownUser(String),
+    /// The operation needs a logged-in client.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// The local state belongs to another account.
+    #[error("state dir holds the account {found}, not {expected}")]
+    StateMismatch {
+        /// Username in the state dir.
+        found: String,
+        /// Username asked for.
+        expected: String,
+    },
+    /// The peer has no devices with key packages, so no conversation can be created yet.
+    #[error("{0} has no device that can be invited yet (no key packages)")]
+    NoKeyPackages(String),
+    /// The peer created this DM first; its invitation has not arrived yet.
+    #[error("waiting for {0}'s invitation to the conversation; try again shortly")]
+    AwaitingInvitation(String),
+    /// Cryptographic failure.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CoreError),
+    /// The local database failed.
+    #[error("local store: {0}")]
+    LocalStore(#[from] rusqlite::Error),
+    /// Local file I/O failed.
+    #[error("local state ({path}): {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server sent something that does not parse.
+    #[error("malformed data from the server: {0}")]
+    Protocol(&'static str),
+    /// The server did not answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// An internal lock was poisoned by a panic elsewhere.
+    #[error("internal state poisoned")]
+    Poisoned,
+}
+
+impl SdkError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SdkError::Transport(e) => e.is_retryable(),
+            SdkError::Timeout | SdkError::AwaitingInvitation(_) => true,
+            SdkError::Server { status, .. } => matches!(*status, "RATE_LIMITED" | "UNAVAILABLE" | "QUEUE_FULL"),
+            _ => false,
+        }
+    }
+}
+
+impl From<quicprochat_rpc::Error> for SdkError {
+    fn from(e: quicprochat_rpc::Error) -> Self {
+        match e {
+            quicprochat_rpc::Error::Rpc(r) => SdkError::Server { status: r.status.name(), message: r.message },
+            other => SdkError::Transport(other),
+        }
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, SdkError>;

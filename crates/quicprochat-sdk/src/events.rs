@@ -1,0 +1,35 @@
+//! Events the client emits to its subscribers.
+
+use crate::{ConversationId, Message};
+
+/// Something that happened, delivered through [`crate::QpcClient::subscribe`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A message from another member arrived and was stored.
+    MessageReceived {
+        /// Where.
+        conversation: ConversationId,
+        /// The message.
+        message: Message,
+    },
+    /// This device joined a conversation (by Welcome or by creating it).
+    ConversationCreated {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Display name (the peer's username for a DM).
+        name: String,
+    },
+    /// A conversation moved to a new MLS epoch.
+    EpochChanged {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The push connection to the server ended.
+    ConnectionLost {
+        /// Why.
+        reason: String,
+    },
+}

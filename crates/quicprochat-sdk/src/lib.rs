@@ -1,0 +1,109 @@
+//! The quicprochat client SDK.
+//!
+//! ```no_run
+//! # async fn demo(config: quicprochat_sdk::ClientConfig) -> Result<(), quicprochat_sdk::SdkError> {
+//! use quicprochat_sdk::QpcClient;
+//! let client = QpcClient::connect(config).await?;
+//! client.register("alice", b"correct horse").await?;
+//! let dm = client.dm("bob").await?;
+//! dm.send_text("hello").await?;
+//! let mut events = client.subscribe();
+//! # let _ = events.recv().await;
+//! # Ok(()) }
+//! ```
+//!
+//! `QpcClient` is a cheap, cloneable handle; all state (session, identity, MLS groups, local
+//! database) belongs to it — there is no global state. All client business logic lives here;
+//! front ends (`qpc`, bots) are thin shells.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod account;
+mod client;
+mod config;
+mod conversation;
+mod error;
+mod events;
+mod store;
+mod sync;
+
+use std::fmt;
+
+pub use client::QpcClient;
+pub use config::{ClientConfig, KdfStrength, Trust};
+pub use conversation::ConversationHandle;
+pub use error::SdkError;
+pub use events::ClientEvent;
+
+/// Identifies a conversation (equal to its channel and MLS group id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConversationId(pub [u8; 16]);
+
+impl fmt::Debug for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConversationId({self})")
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..6]))
+    }
+}
+
+/// Identifies a message (chosen by its sender; receivers deduplicate on it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl fmt::Display for MessageId {
+    /// A short id for humans: the first 4 bytes in hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..4]))
+    }
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Id.
+    pub id: MessageId,
+    /// Conversation.
+    pub conversation: ConversationId,
+    /// Sender's username.
+    pub sender: String,
+    /// Text.
+    pub text: String,
+    /// Sender's clock, Unix ms.
+    pub sent_at_ms: u64,
+    /// When this device stored it, Unix ms.
+    pub stored_at_ms: u64,
+    /// Sent by this account.
+    pub outgoing: bool,
+}
+
+/// A conversation as listed by [`QpcClient::conversations`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Id.
+    pub id: ConversationId,
+    /// Display name (the peer for a DM).
+    pub name: String,
+    /// The peer's username, for a DM.
+    pub peer: Option<String>,
+}
+
+/// Whether `state_dir` already holds an account for this device (so `login`, not `register`).
+pub fn has_local_account(state_dir: &std::path::Path) -> bool {
+    state_dir.join(account::ACCOUNT_FILE).exists()
+}
+
+/// Reads certificates from DER or PEM bytes (for [`Trust`]); empty if none parse.
+pub fn parse_certificates(bytes: &[u8]) -> Vec<Vec<u8>> {
+    quicprochat_rpc::tls::parse_certificates(bytes)
+}

@@ -1,0 +1,164 @@
+//! Inbound processing: read the device queue in order, apply each envelope to MLS and the local
+//! store in one transaction, then acknowledge it to the server.
+
+use prost::Message as _;
+use quicprochat_core::mls::{MemberInfo, Processed};
+use quicprochat_proto::{method, v1};
+
+use crate::client::{Account, QpcClient};
+use crate::error::Result;
+use crate::store::{Change, ConversationRow, MessageRow};
+use crate::{ClientEvent, ConversationId, Message, MessageId};
+
+/// Envelopes per page.
+const PAGE: u32 = 100;
+
+/// Conversation kinds as stored locally.
+pub(crate) const KIND_DM: i64 = 1;
+pub(crate) const KIND_GROUP: i64 = 2;
+
+impl QpcClient {
+    /// Fetches and applies everything waiting in this device's queue; returns how many
+    /// envelopes were processed. Runs automatically on every push notification.
+    pub async fn sync(&self) -> Result<usize> {
+        let _guard = self.inner.sync_lock.lock().await;
+        let account = self.account()?;
+        let mut processed = 0;
+        loop {
+            let cursor = account.lock()?.store.cursor()?;
+            let page: v1::PeekResponse = self
+                .inner
+                .rpc
+                .call(method::PEEK, &v1::PeekRequest { after_seq: cursor, limit: PAGE, max_bytes: 0 })
+                .await?;
+            let Some(last) = page.envelopes.last().map(|e| e.seq) else { break };
+            for queued in &page.envelopes {
+                let events = self.apply(account, queued)?;
+                processed += 1;
+                for event in events {
+                    let _ = self.inner.events.send(event);
+                }
+            }
+            // Stored first, acknowledged second: a crash in between only re-reads, never loses.
+            let _: v1::AckResponse = self.inner.rpc.call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
+        }
+        Ok(processed)
+    }
+
+    /// Applies one queued envelope. Envelopes that cannot be processed are logged and skipped,
+    /// so one bad message cannot block the queue.
+    fn apply(&self, account: &Account, queued: &v1::QueuedEnvelope) -> Result<Vec<ClientEvent>> {
+        let mut local = account.lock()?;
+        let seq = queued.seq;
+        let skip = |local: &mut crate::client::Local, why: &str| -> Result<Vec<ClientEvent>> {
+            tracing::warn!(seq, reason = why, "skipping envelope");
+            local.store.apply(Change { cursor: Some(seq), ..Default::default() })?;
+            Ok(Vec::new())
+        };
+        let Some(envelope) = &queued.envelope else { return skip(&mut local, "no envelope") };
+        let Ok(group) = <[u8; 16]>::try_from(queued.channel_id.as_ref()) else {
+            return skip(&mut local, "malformed channel id");
+        };
+        let conversation = ConversationId(group);
+        let kind = v1::EnvelopeKind::try_from(envelope.kind).unwrap_or(v1::EnvelopeKind::Unspecified);
+        match kind {
+            v1::EnvelopeKind::Welcome => {
+                if local.mls.has_group(&group)? {
+                    return skip(&mut local, "welcome for a group this device is already in");
+                }
+                let joined = match local.mls.join_from_welcome(&envelope.payload) {
+                    Ok(j) => j,
+                    Err(e) => return skip(&mut local, &e.to_string()),
+                };
+                if joined.group_id.as_slice() != group.as_slice() {
+                    return skip(&mut local, "welcome group id does not match its channel");
+                }
+                let row = conversation_row(conversation, &account.username, &joined.members);
+                let name = row.name.clone();
+                let state = local.mls.export_state()?;
+                local.store.apply(Change {
+                    mls_state: Some(&state),
+                    conversation: Some(row),
+                    cursor: Some(seq),
+                    ..Default::default()
+                })?;
+                Ok(vec![ClientEvent::ConversationCreated { conversation, name }])
+            }
+            v1::EnvelopeKind::Commit | v1::EnvelopeKind::Proposal | v1::EnvelopeKind::Application => {
+                if !local.mls.has_group(&group)? {
+                    return skip(&mut local, "message for a group this device is not in");
+                }
+                let processed = match local.mls.process(&group, &envelope.payload) {
+                    Ok(p) => p,
+                    Err(e) => return skip(&mut local, &e.to_string()),
+                };
+                let state = local.mls.export_state()?;
+                match processed {
+                    Processed::Application { sender, plaintext, .. } => {
+                        let Ok(app) = v1::AppMessage::decode(plaintext.as_slice()) else {
+                            return skip(&mut local, "undecodable application payload");
+                        };
+                        let Ok(id) = <[u8; 16]>::try_from(app.message_id.as_ref()) else {
+                            return skip(&mut local, "malformed message id");
+                        };
+                        let text = match app.body {
+                            Some(v1::app_message::Body::Text(t)) => t.text,
+                            None => return skip(&mut local, "application message without a body"),
+                        };
+                        let id = MessageId(id);
+                        let fresh = local.store.apply(Change {
+                            mls_state: Some(&state),
+                            message: Some(MessageRow {
+                                id,
+                                conversation,
+                                sender: &sender.username,
+                                text: &text,
+                                sent_at_ms: app.sent_at_ms,
+                                outgoing: false,
+                            }),
+                            cursor: Some(seq),
+                            ..Default::default()
+                        })?;
+                        if !fresh {
+                            return Ok(Vec::new());
+                        }
+                        let message = Message {
+                            id,
+                            conversation,
+                            sender: sender.username,
+                            text,
+                            sent_at_ms: app.sent_at_ms,
+                            stored_at_ms: crate::store::now_ms(),
+                            outgoing: false,
+                        };
+                        Ok(vec![ClientEvent::MessageReceived { conversation, message }])
+                    }
+                    Processed::Commit { epoch, .. } => {
+                        local.store.apply(Change { mls_state: Some(&state), cursor: Some(seq), ..Default::default() })?;
+                        Ok(vec![ClientEvent::EpochChanged { conversation, epoch }])
+                    }
+                    Processed::Proposal { .. } => {
+                        local.store.apply(Change { mls_state: Some(&state), cursor: Some(seq), ..Default::default() })?;
+                        Ok(Vec::new())
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => skip(&mut local, "unsupported MLS message"),
+                }
+            }
+            v1::EnvelopeKind::Unspecified => skip(&mut local, "envelope of unknown kind"),
+        }
+    }
+}
+
+/// Names a conversation after its other members.
+pub(crate) fn conversation_row(id: ConversationId, me: &str, members: &[MemberInfo]) -> ConversationRow {
+    let mut others: Vec<&str> = members.iter().map(|m| m.username.as_str()).filter(|u| *u != me).collect();
+    others.sort_unstable();
+    others.dedup();
+    if others.len() == 1 {
+        let peer = others[0].to_owned();
+        ConversationRow { id, kind: KIND_DM, name: peer.clone(), peer: Some(peer) }
+    } else {
+        ConversationRow { id, kind: KIND_GROUP, name: others.join(", "), peer: None }
+    }
+}

@@ -1,0 +1,46 @@
+//! SDK integration tests against a real server on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod dm;
+
+use std::path::Path;
+use std::time::Duration;
+
+use quicprochat_sdk::{ClientConfig, ClientEvent, KdfStrength, QpcClient, Trust};
+use quicprochat_server::{RunningServer, ServerConfig};
+use tokio::sync::broadcast;
+
+pub async fn start_server(dir: &Path) -> RunningServer {
+    quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir)).await.unwrap()
+}
+
+pub async fn client(server: &RunningServer, state_dir: &Path) -> QpcClient {
+    let mut config =
+        ClientConfig::new(server.local_addr(), Trust::PinnedCertificate(server.certificate_der().to_vec()), state_dir);
+    config.kdf = KdfStrength::InsecureTestOnly;
+    QpcClient::connect(config).await.unwrap()
+}
+
+/// Waits (bounded) for the first event matching `pred`.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if pred(&e) => return e,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream failed: {e}"),
+            Err(_) => panic!("timed out waiting for an event"),
+        }
+    }
+}
+
+pub fn received_text(e: &ClientEvent) -> Option<(&str, &str)> {
+    match e {
+        ClientEvent::MessageReceived { message, .. } => Some((message.sender.as_str(), message.text.as_str())),
+        _ => None,
+    }
+}

@@ -1,0 +1,88 @@
+//! Errors of the domain services, and their one mapping onto the wire.
+
+use quicprochat_core::CoreError;
+use quicprochat_rpc::RpcError;
+
+use crate::store::StoreError;
+
+/// What a domain service can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request is malformed or violates a documented rule.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No valid session, or wrong credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// Authenticated but not allowed.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Already exists (e.g. username taken).
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// A commit for an epoch the channel has left.
+    #[error("stale commit: channel is at epoch {current}")]
+    StaleEpoch {
+        /// The channel's current epoch.
+        current: u64,
+    },
+    /// The payload exceeds the configured limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Offending size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A cryptographic check failed in a way that is the server's problem.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(what) => ServiceError::AlreadyExists(what),
+            StoreError::NotFound(what) => ServiceError::NotFound(what),
+            StoreError::NotMember => ServiceError::Forbidden("not a member of this channel"),
+            StoreError::StaleEpoch { current, .. } => ServiceError::StaleEpoch { current },
+            StoreError::UnknownDevice => ServiceError::BadRequest("welcome for an unknown device".into()),
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+impl From<ServiceError> for RpcError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::BadRequest(m) => RpcError::bad_request(m),
+            ServiceError::Unauthenticated(m) => RpcError::unauthenticated(m),
+            ServiceError::Forbidden(m) => RpcError::forbidden(m),
+            ServiceError::NotFound(what) => RpcError::not_found(format!("{what} not found")),
+            ServiceError::AlreadyExists(what) => RpcError::conflict(format!("{what} already exists")),
+            ServiceError::StaleEpoch { current } => {
+                RpcError::conflict(format!("commit is stale: channel is at epoch {current}"))
+                    .with_detail("current_epoch", current.to_string())
+            }
+            ServiceError::PayloadTooLarge { len, max } => {
+                RpcError::payload_too_large(format!("payload of {len} bytes exceeds the limit of {max}"))
+            }
+            // Internal details stay in the server log, never on the wire.
+            ServiceError::Store(err) => {
+                tracing::error!(error = %err, "store failure");
+                RpcError::internal("internal error")
+            }
+            ServiceError::Crypto(err) => {
+                tracing::error!(error = %err, "crypto failure");
+                RpcError::internal("internal error")
+            }
+        }
+    }
+}

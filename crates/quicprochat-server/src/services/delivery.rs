@@ -1,0 +1,209 @@
+//! Delivery: fan-out into per-device queues, commit sequencing, peek/ack, long-poll, push.
+
+use std::time::Duration;
+
+use quicprochat_core::ids::delivery_proof_digest;
+
+use super::random_bytes;
+use crate::error::ServiceError;
+use crate::session::Session;
+use crate::state::AppState;
+use crate::store::{ChannelId, EnqueueBatch, EnqueueOutcome, EnvelopeKind, QueuedEntry, WelcomeFor};
+
+/// Longest idempotency key.
+const MAX_IDEMPOTENCY_KEY: usize = 64;
+/// Default and largest page of a peek.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// Default byte budget of a peek.
+const DEFAULT_PAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most welcomes in one batch.
+const MAX_WELCOMES: usize = 1000;
+
+/// An envelope to enqueue, as the client described it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Target channel.
+    pub channel: ChannelId,
+    /// Kind of MLS message.
+    pub kind: EnvelopeKind,
+    /// Epoch it was produced in.
+    pub epoch: u64,
+    /// MLS bytes.
+    pub payload: Vec<u8>,
+    /// Idempotency key (may be empty).
+    pub idempotency_key: Vec<u8>,
+    /// Seconds to live (0 = until acked).
+    pub ttl_secs: u32,
+    /// Push-only, never stored.
+    pub ephemeral: bool,
+    /// GroupInfo of the new epoch, for commits.
+    pub group_info: Option<Vec<u8>>,
+    /// Welcomes, for `BatchEnqueue`.
+    pub welcomes: Vec<WelcomeFor>,
+}
+
+/// What the sender gets back.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Server-wide sequence number.
+    pub seq: u64,
+    /// Envelope id.
+    pub envelope_id: [u8; 16],
+    /// Acceptance time, Unix ms.
+    pub timestamp_ms: u64,
+    /// Channel epoch afterwards.
+    pub epoch: u64,
+    /// Server signature over the delivery-proof digest.
+    pub signature: [u8; 64],
+}
+
+/// Stores and fans out an envelope (with welcomes, atomically), then pushes to online devices.
+pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Result<Accepted, ServiceError> {
+    let sender = session.device()?;
+    let max = state.limits.max_payload;
+    let too_big = |len: usize| (len > max).then_some(ServiceError::PayloadTooLarge { len, max });
+    if let Some(e) = too_big(s.payload.len()) {
+        return Err(e);
+    }
+    if let Some(e) = s.welcomes.iter().find_map(|w| too_big(w.payload.len())) {
+        return Err(e);
+    }
+    if s.payload.is_empty() {
+        return Err(ServiceError::BadRequest("empty payload".into()));
+    }
+    if s.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ServiceError::BadRequest("idempotency key longer than 64 bytes".into()));
+    }
+    if s.kind == EnvelopeKind::Welcome {
+        return Err(ServiceError::BadRequest("welcomes travel in BatchEnqueue, addressed to their device".into()));
+    }
+    if !s.welcomes.is_empty() && s.kind != EnvelopeKind::Commit {
+        return Err(ServiceError::BadRequest("welcomes must accompany a commit".into()));
+    }
+    if s.welcomes.len() > MAX_WELCOMES {
+        return Err(ServiceError::BadRequest("too many welcomes in one batch".into()));
+    }
+    let now = state.clock.now_ms();
+
+    if s.ephemeral {
+        return ephemeral(state, sender, s, now).await;
+    }
+
+    let batch = EnqueueBatch {
+        channel: s.channel,
+        sender,
+        kind: s.kind,
+        epoch: s.epoch,
+        payload: s.payload,
+        welcomes: s.welcomes,
+        group_info: s.group_info,
+        envelope_id: random_bytes::<16>(),
+        idempotency_key: s.idempotency_key,
+        expires_ms: (s.ttl_secs > 0).then(|| now + u64::from(s.ttl_secs) * 1000),
+        now_ms: now,
+    };
+    let outcome = state.store.enqueue(batch).await?;
+    for (device, entry) in &outcome.deliveries {
+        state.hub.deliver(*device, entry);
+    }
+    Ok(accepted(state, s.channel, &outcome))
+}
+
+/// Typing indicators and the like: pushed to online member devices, never stored.
+async fn ephemeral(
+    state: &AppState,
+    sender: crate::store::DeviceId,
+    s: Submission,
+    now: u64,
+) -> Result<Accepted, ServiceError> {
+    if s.kind != EnvelopeKind::Application {
+        return Err(ServiceError::BadRequest("only application envelopes can be ephemeral".into()));
+    }
+    let channel = state.store.channel(s.channel).await?.ok_or(ServiceError::NotFound("channel"))?;
+    let members = state.store.members(s.channel).await?;
+    if !members.contains(&sender) {
+        return Err(ServiceError::Forbidden("not a member of this channel"));
+    }
+    let envelope_id = random_bytes::<16>();
+    let entry = QueuedEntry {
+        seq: 0,
+        channel: s.channel,
+        envelope_id,
+        kind: s.kind,
+        epoch: s.epoch,
+        payload: s.payload,
+        created_ms: now,
+    };
+    for device in members.into_iter().filter(|d| *d != sender) {
+        state.hub.deliver(device, &entry);
+    }
+    let outcome =
+        EnqueueOutcome { seq: 0, envelope_id, timestamp_ms: now, epoch: channel.epoch, replayed: false, deliveries: vec![] };
+    Ok(accepted(state, s.channel, &outcome))
+}
+
+fn accepted(state: &AppState, channel: ChannelId, o: &EnqueueOutcome) -> Accepted {
+    let digest = delivery_proof_digest(&o.envelope_id, &channel.0, o.seq, o.timestamp_ms);
+    Accepted {
+        seq: o.seq,
+        envelope_id: o.envelope_id,
+        timestamp_ms: o.timestamp_ms,
+        epoch: o.epoch,
+        signature: state.signing_key.sign(&digest),
+    }
+}
+
+fn page(limit: u32, max_bytes: u64) -> (u32, u64) {
+    let limit = if limit == 0 { DEFAULT_PAGE } else { limit.min(MAX_PAGE) };
+    let bytes = if max_bytes == 0 { DEFAULT_PAGE_BYTES } else { max_bytes };
+    (limit, bytes)
+}
+
+/// Reads the session device's queue without deleting.
+pub async fn peek(state: &AppState, session: &Session, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, ServiceError> {
+    let device = session.device()?;
+    let (limit, bytes) = page(limit, max_bytes);
+    Ok(state.store.peek(device, after_seq, limit, bytes).await?)
+}
+
+/// Deletes acknowledged entries.
+pub async fn ack(state: &AppState, session: &Session, up_to_seq: u64) -> Result<u64, ServiceError> {
+    let device = session.device()?;
+    Ok(state.store.ack(device, up_to_seq).await?)
+}
+
+/// Legacy fetch: peek then ack what was returned.
+pub async fn fetch(state: &AppState, session: &Session, limit: u32) -> Result<Vec<QueuedEntry>, ServiceError> {
+    let entries = peek(state, session, 0, limit, 0).await?;
+    if let Some(last) = entries.last() {
+        ack(state, session, last.seq).await?;
+    }
+    Ok(entries)
+}
+
+/// Long-poll: like `peek`, but waits up to `timeout` for an entry. The waiter is registered
+/// before the queue is read, so an entry enqueued in between still wakes it.
+pub async fn fetch_wait(
+    state: &AppState,
+    session: &Session,
+    after_seq: u64,
+    limit: u32,
+    timeout: Duration,
+) -> Result<Vec<QueuedEntry>, ServiceError> {
+    let device = session.device()?;
+    let deadline = tokio::time::Instant::now() + timeout.min(state.limits.max_wait);
+    let notify = state.hub.waiter(device);
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let entries = peek(state, session, after_seq, limit, 0).await?;
+        if !entries.is_empty() {
+            return Ok(entries);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Vec::new());
+        }
+    }
+}

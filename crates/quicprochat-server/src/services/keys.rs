@@ -1,0 +1,38 @@
+//! MLS key packages: single-use pools with a last-resort package per device.
+
+use super::normalize_username;
+use crate::error::ServiceError;
+use crate::session::Session;
+use crate::state::AppState;
+use crate::store::{ClaimedKeyPackage, UserId};
+
+/// Largest single key package accepted.
+const MAX_KEY_PACKAGE_LEN: usize = 64 * 1024;
+
+/// Adds key packages to the session device's pool; returns the pool size.
+pub async fn upload(
+    state: &AppState,
+    session: &Session,
+    packages: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+) -> Result<u32, ServiceError> {
+    let device = session.device()?;
+    if packages.len() > state.limits.max_key_packages_per_upload {
+        return Err(ServiceError::BadRequest(format!(
+            "at most {} key packages per upload",
+            state.limits.max_key_packages_per_upload
+        )));
+    }
+    if packages.iter().chain(last_resort.iter()).any(|kp| kp.is_empty() || kp.len() > MAX_KEY_PACKAGE_LEN) {
+        return Err(ServiceError::BadRequest("key package empty or larger than 64 KiB".into()));
+    }
+    Ok(state.store.add_key_packages(device, packages, last_resort).await?)
+}
+
+/// Claims one key package per device of `username`.
+pub async fn fetch(state: &AppState, username: &str) -> Result<(UserId, Vec<ClaimedKeyPackage>), ServiceError> {
+    let username = normalize_username(username)?;
+    let user = state.store.user_by_name(&username).await?.ok_or(ServiceError::NotFound("user"))?;
+    let packages = state.store.claim_key_packages(user.id).await?;
+    Ok((user.id, packages))
+}

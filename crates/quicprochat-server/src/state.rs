@@ -1,0 +1,118 @@
+//! The one bundle of dependencies every service receives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quicprochat_core::identity::IdentityKeyPair;
+use quicprochat_core::opaque::{OpaqueServerSetup, ServerLogin};
+
+use crate::push::PushHub;
+use crate::store::{Store, UserId};
+
+/// Wall clock, injectable for tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        }))
+    }
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Limits and lifetimes the services enforce.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How long a session lives.
+    pub session_ttl: Duration,
+    /// Largest envelope payload accepted.
+    pub max_payload: usize,
+    /// Most key packages per upload.
+    pub max_key_packages_per_upload: usize,
+    /// Longest `FetchWait`.
+    pub max_wait: Duration,
+    /// Minimum duration of `ResolveUser`, against enumeration by timing.
+    pub resolve_floor: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_payload: 1024 * 1024,
+            max_key_packages_per_upload: 200,
+            max_wait: Duration::from_secs(60),
+            resolve_floor: Duration::from_millis(5),
+        }
+    }
+}
+
+/// An OPAQUE login between `LoginStart` and `LoginFinish`.
+pub(crate) struct PendingLogin {
+    pub state: ServerLogin,
+    pub user: Option<(UserId, String)>,
+    pub expires_ms: u64,
+}
+
+/// Logins waiting for their second message; bounded so a flood cannot grow memory.
+#[derive(Default)]
+pub(crate) struct PendingLogins {
+    map: Mutex<HashMap<[u8; 16], PendingLogin>>,
+}
+
+/// Most logins in flight at once.
+const MAX_PENDING_LOGINS: usize = 10_000;
+
+impl PendingLogins {
+    pub fn insert(&self, id: [u8; 16], login: PendingLogin, now_ms: u64) -> bool {
+        let Ok(mut map) = self.map.lock() else { return false };
+        if map.len() >= MAX_PENDING_LOGINS {
+            map.retain(|_, l| l.expires_ms > now_ms);
+            if map.len() >= MAX_PENDING_LOGINS {
+                return false;
+            }
+        }
+        map.insert(id, login);
+        true
+    }
+    pub fn take(&self, id: &[u8; 16], now_ms: u64) -> Option<PendingLogin> {
+        let mut map = self.map.lock().ok()?;
+        map.remove(id).filter(|l| l.expires_ms > now_ms)
+    }
+}
+
+/// Everything a service needs: storage, keys, push, clock, limits. Built once in `main`.
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// OPAQUE server keys, generated once per data dir.
+    pub opaque: OpaqueServerSetup,
+    /// Signs delivery proofs; public key published by `ServerInfo`.
+    pub signing_key: IdentityKeyPair,
+    /// Online devices and long-poll waiters.
+    pub hub: PushHub,
+    /// Wall clock.
+    pub clock: Clock,
+    /// Limits.
+    pub limits: Limits,
+    pub(crate) pending_logins: PendingLogins,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,121 @@
+//! Persistence behind one trait, so domain services never see SQL.
+//!
+//! Reads return `Result<Option<T>, StoreError>`; every multi-row effect (store an envelope, fan it
+//! out, advance the epoch, record the idempotency key) happens in **one** transaction inside the
+//! backend. `SqliteStore` is the embedded default.
+
+mod sqlite;
+mod types;
+
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+use async_trait::async_trait;
+
+/// Errors of a store backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A unique value (username, device key) is already taken.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// The row the operation needs does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller is not a member of the channel.
+    #[error("device is not a member of the channel")]
+    NotMember,
+    /// A commit was built for an epoch the channel has already left.
+    #[error("commit for epoch {attempted} but the channel is at epoch {current}")]
+    StaleEpoch {
+        /// The epoch the commit was built for.
+        attempted: u64,
+        /// The channel's current epoch.
+        current: u64,
+    },
+    /// A welcome names a device that does not exist.
+    #[error("welcome for an unknown device")]
+    UnknownDevice,
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The schema on disk is newer than this binary understands.
+    #[error("database schema version {found} is newer than supported version {supported}")]
+    SchemaTooNew {
+        /// Version found on disk.
+        found: i64,
+        /// Highest version this binary knows.
+        supported: i64,
+    },
+    /// A stored value does not have the expected shape.
+    #[error("corrupt row in {0}")]
+    Corrupt(&'static str),
+    /// The blocking worker could not run the operation.
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}
+
+/// Account and session persistence.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates a user; `AlreadyExists("user")` if the username is taken.
+    async fn create_user(&self, username: &str, opaque_record: Vec<u8>, now_ms: u64) -> Result<UserRecord, StoreError>;
+    /// Looks a user up by (already case-folded) username.
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a user up by id.
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// Persists a new session.
+    async fn create_session(&self, session: SessionRecord) -> Result<(), StoreError>;
+    /// Loads a session by the SHA-256 of its token.
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
+    /// Binds a device to a session.
+    async fn set_session_device(&self, token_hash: [u8; 32], device: DeviceId) -> Result<(), StoreError>;
+    /// Revokes a session; returns whether it existed.
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
+}
+
+/// Devices and their key packages.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Inserts a device, or does nothing if this exact key is already bound to this user.
+    /// `AlreadyExists("device")` if the key is bound to another account.
+    async fn upsert_device(&self, device: DeviceRecord) -> Result<(), StoreError>;
+    /// Devices of a user, oldest first.
+    async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Adds key packages to a device's pool and optionally replaces its last-resort package.
+    /// Returns the pool size afterwards.
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<u32, StoreError>;
+    /// Atomically removes and returns one key package per device of `user` (the last-resort
+    /// one, not removed, for a device whose pool is empty).
+    async fn claim_key_packages(&self, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError>;
+}
+
+/// Channels, membership and per-device queues.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Creates a channel with `first_member` in it, unless a channel with this id exists.
+    /// Returns `true` when this call created it.
+    async fn create_channel(&self, channel: NewChannel) -> Result<bool, StoreError>;
+    /// Loads a channel.
+    async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError>;
+    /// Member devices of a channel.
+    async fn members(&self, id: ChannelId) -> Result<Vec<DeviceId>, StoreError>;
+    /// Stores one envelope (and optional welcomes) and fans it out, in one transaction:
+    /// idempotency lookup, membership check, commit epoch check and advance, payload stored once,
+    /// one queue entry per other member device, welcomes queued to (and making members of) the
+    /// devices they add.
+    async fn enqueue(&self, request: EnqueueBatch) -> Result<EnqueueOutcome, StoreError>;
+    /// Reads queue entries with `seq > after_seq`, at most `limit` and about `max_bytes`.
+    async fn peek(&self, device: DeviceId, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, StoreError>;
+    /// Deletes queue entries with `seq <= up_to_seq`; returns how many.
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
+}
+
+/// Everything the server persists.
+pub trait Store: AccountStore + DeviceStore + DeliveryStore {}
+impl<T: AccountStore + DeviceStore + DeliveryStore> Store for T {}

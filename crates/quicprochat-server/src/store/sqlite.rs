@@ -1,0 +1,687 @@
+//! The embedded default store: one SQLite file in the data dir, WAL mode, schema migrations.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    AccountStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore,
+    DeviceId, DeviceRecord, DeviceStore, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
+    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+};
+
+/// Migrations, applied in order; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            BLOB PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    opaque_record BLOB NOT NULL,
+    created_ms    INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id    BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    device_id  BLOB,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    id           BLOB PRIMARY KEY,
+    user_id      BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    identity_key BLOB NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    next_seq     INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX devices_by_user ON devices(user_id);
+CREATE TABLE key_packages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   BLOB NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    key_package BLOB NOT NULL,
+    last_resort INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE channels (
+    id         BLOB PRIMARY KEY,
+    kind       INTEGER NOT NULL,
+    epoch      INTEGER NOT NULL DEFAULT 0,
+    group_info BLOB,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE channel_members (
+    channel_id BLOB NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    device_id  BLOB NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    PRIMARY KEY (channel_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE envelopes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          BLOB NOT NULL UNIQUE,
+    channel_id  BLOB NOT NULL,
+    kind        INTEGER NOT NULL,
+    epoch       INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER
+);
+CREATE TABLE queue (
+    device_id   BLOB NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    envelope    INTEGER NOT NULL REFERENCES envelopes(seq) ON DELETE CASCADE,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX queue_by_envelope ON queue(envelope);
+CREATE TABLE idempotency (
+    device_id   BLOB NOT NULL,
+    key         BLOB NOT NULL,
+    envelope    INTEGER NOT NULL,
+    envelope_id BLOB NOT NULL,
+    epoch_after INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (device_id, key)
+) WITHOUT ROWID;
+"#];
+
+/// Idempotency records are honoured for this long.
+const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// SQLite-backed [`super::Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew { found: version, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn u64_to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn i64_to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn blob16(v: Vec<u8>, what: &'static str) -> Result<[u8; 16], StoreError> {
+    <[u8; 16]>::try_from(v.as_slice()).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, String, Vec<u8>)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn user_from(parts: (Vec<u8>, String, Vec<u8>)) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord { id: UserId(blob16(parts.0, "users.id")?), username: parts.1, opaque_record: parts.2 })
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_user(&self, username: &str, opaque_record: Vec<u8>, now_ms: u64) -> Result<UserRecord, StoreError> {
+        let username = username.to_owned();
+        self.run(move |conn| {
+            let mut id = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+            let inserted = conn.execute(
+                "INSERT INTO users (id, username, opaque_record, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![id.as_slice(), username, opaque_record, u64_to_i64(now_ms)],
+            );
+            match inserted {
+                Ok(_) => Ok(UserRecord { id: UserId(id), username, opaque_record }),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists("user")),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let username = username.to_owned();
+        self.run(move |conn| {
+            conn.query_row("SELECT id, username, opaque_record FROM users WHERE username = ?1", [username], read_user)
+                .optional()?
+                .map(user_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.run(move |conn| {
+            conn.query_row("SELECT id, username, opaque_record FROM users WHERE id = ?1", [id.0.as_slice()], read_user)
+                .optional()?
+                .map(user_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: SessionRecord) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    s.token_hash.as_slice(),
+                    s.user_id.0.as_slice(),
+                    s.device_id.map(|d| d.0.to_vec()),
+                    u64_to_i64(s.created_ms),
+                    u64_to_i64(s.expires_ms)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        self.run(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT user_id, device_id, created_ms, expires_ms FROM sessions WHERE token_hash = ?1",
+                    [token_hash.as_slice()],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            row.map(|(user, device, created, expires)| {
+                Ok(SessionRecord {
+                    token_hash,
+                    user_id: UserId(blob16(user, "sessions.user_id")?),
+                    device_id: device.map(|d| blob16(d, "sessions.device_id").map(DeviceId)).transpose()?,
+                    created_ms: i64_to_u64(created),
+                    expires_ms: i64_to_u64(expires),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn set_session_device(&self, token_hash: [u8; 32], device: DeviceId) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let n = conn.execute(
+                "UPDATE sessions SET device_id = ?2 WHERE token_hash = ?1",
+                params![token_hash.as_slice(), device.0.as_slice()],
+            )?;
+            if n == 0 { Err(StoreError::NotFound("session")) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
+        self.run(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash.as_slice()])? > 0))
+            .await
+    }
+}
+
+#[async_trait]
+impl DeviceStore for SqliteStore {
+    async fn upsert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let owner: Option<Vec<u8>> = tx
+                .query_row("SELECT user_id FROM devices WHERE id = ?1", [d.id.0.as_slice()], |r| r.get(0))
+                .optional()?;
+            match owner {
+                Some(owner) if owner.as_slice() == d.user_id.0.as_slice() => {}
+                Some(_) => return Err(StoreError::AlreadyExists("device")),
+                None => {
+                    tx.execute(
+                        "INSERT INTO devices (id, user_id, identity_key, name, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            d.id.0.as_slice(),
+                            d.user_id.0.as_slice(),
+                            d.identity_key.as_slice(),
+                            d.name,
+                            u64_to_i64(d.created_ms)
+                        ],
+                    )
+                    .map_err(|e| if is_unique_violation(&e) { StoreError::AlreadyExists("device") } else { e.into() })?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, identity_key, name, created_ms FROM devices WHERE user_id = ?1 ORDER BY created_ms, id",
+            )?;
+            let rows = stmt.query_map([user.0.as_slice()], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, key, name, created) = row?;
+                out.push(DeviceRecord {
+                    id: DeviceId(blob16(id, "devices.id")?),
+                    user_id: user,
+                    identity_key: blob32(key, "devices.identity_key")?,
+                    name,
+                    created_ms: i64_to_u64(created),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<u32, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO key_packages (device_id, key_package, last_resort) VALUES (?1, ?2, ?3)",
+                )?;
+                for kp in &packages {
+                    insert.execute(params![device.0.as_slice(), kp, 0])?;
+                }
+                if let Some(lr) = &last_resort {
+                    tx.execute(
+                        "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+                        [device.0.as_slice()],
+                    )?;
+                    insert.execute(params![device.0.as_slice(), lr, 1])?;
+                }
+            }
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+                [device.0.as_slice()],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn claim_key_packages(&self, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let devices: Vec<Vec<u8>> = {
+                let mut stmt = tx.prepare_cached("SELECT id FROM devices WHERE user_id = ?1 ORDER BY created_ms, id")?;
+                stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
+            let mut out = Vec::new();
+            for dev in devices {
+                // Regular packages first (oldest first); the last-resort one only when none is left.
+                let pick: Option<(i64, Vec<u8>, bool)> = tx
+                    .query_row(
+                        "SELECT id, key_package, last_resort FROM key_packages WHERE device_id = ?1 \
+                         ORDER BY last_resort ASC, id ASC LIMIT 1",
+                        [dev.as_slice()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)),
+                    )
+                    .optional()?;
+                if let Some((id, kp, last_resort)) = pick {
+                    if !last_resort {
+                        tx.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
+                    }
+                    out.push(ClaimedKeyPackage {
+                        device_id: DeviceId(blob16(dev, "devices.id")?),
+                        key_package: kp,
+                        last_resort,
+                    });
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
+fn entry_from(parts: (i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, i64)) -> Result<QueuedEntry, StoreError> {
+    let (seq, channel, id, kind, epoch, payload, created) = parts;
+    Ok(QueuedEntry {
+        seq: i64_to_u64(seq),
+        channel: ChannelId(blob16(channel, "envelopes.channel_id")?),
+        envelope_id: blob16(id, "envelopes.id")?,
+        kind: EnvelopeKind::from_i64(kind).ok_or(StoreError::Corrupt("envelopes.kind"))?,
+        epoch: i64_to_u64(epoch),
+        payload,
+        created_ms: i64_to_u64(created),
+    })
+}
+
+/// Appends an envelope row to one device's queue, returning its per-device sequence number.
+fn push_to_queue(tx: &rusqlite::Transaction<'_>, device: &DeviceId, envelope_seq: i64) -> Result<u64, StoreError> {
+    let seq: i64 = tx.query_row(
+        "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+        [device.0.as_slice()],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO queue (device_id, seq, envelope) VALUES (?1, ?2, ?3)",
+        params![device.0.as_slice(), seq, envelope_seq],
+    )?;
+    Ok(i64_to_u64(seq))
+}
+
+fn insert_envelope(
+    tx: &rusqlite::Transaction<'_>,
+    id: &[u8; 16],
+    batch: &EnqueueBatch,
+    kind: EnvelopeKind,
+    payload: &[u8],
+) -> Result<i64, StoreError> {
+    tx.execute(
+        "INSERT INTO envelopes (id, channel_id, kind, epoch, payload, created_ms, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id.as_slice(),
+            batch.channel.0.as_slice(),
+            kind.as_i64(),
+            u64_to_i64(batch.epoch),
+            payload,
+            u64_to_i64(batch.now_ms),
+            batch.expires_ms.map(u64_to_i64)
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+    if !b.idempotency_key.is_empty() {
+        let earlier: Option<(i64, i64, Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
+                 WHERE device_id = ?1 AND key = ?2 AND created_ms >= ?3",
+                params![
+                    b.sender.0.as_slice(),
+                    b.idempotency_key,
+                    u64_to_i64(b.now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        if let Some((seq, epoch, id, created)) = earlier {
+            return Ok(EnqueueOutcome {
+                seq: i64_to_u64(seq),
+                envelope_id: blob16(id, "envelopes.id")?,
+                timestamp_ms: i64_to_u64(created),
+                epoch: i64_to_u64(epoch),
+                replayed: true,
+                deliveries: Vec::new(),
+            });
+        }
+    }
+
+    let current_epoch: i64 = tx
+        .query_row("SELECT epoch FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound("channel"))?;
+    let is_member: bool = tx
+        .query_row(
+            "SELECT 1 FROM channel_members WHERE channel_id = ?1 AND device_id = ?2",
+            params![b.channel.0.as_slice(), b.sender.0.as_slice()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !is_member {
+        return Err(StoreError::NotMember);
+    }
+
+    let mut epoch = i64_to_u64(current_epoch);
+    if b.kind == EnvelopeKind::Commit {
+        if b.epoch != epoch {
+            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
+        }
+        epoch += 1;
+        tx.execute(
+            "UPDATE channels SET epoch = ?2, group_info = COALESCE(?3, group_info) WHERE id = ?1",
+            params![b.channel.0.as_slice(), u64_to_i64(epoch), b.group_info],
+        )?;
+    }
+
+    let members: Vec<Vec<u8>> = {
+        let mut stmt = tx.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
+        stmt.query_map([b.channel.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+
+    let envelope_seq = insert_envelope(&tx, &b.envelope_id, &b, b.kind, &b.payload)?;
+    let mut deliveries = Vec::new();
+    for m in members {
+        let device = DeviceId(blob16(m, "channel_members.device_id")?);
+        if device == b.sender {
+            continue;
+        }
+        let seq = push_to_queue(&tx, &device, envelope_seq)?;
+        deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
+    }
+
+    for w in &b.welcomes {
+        let known: bool = tx
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [w.device.0.as_slice()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !known {
+            return Err(StoreError::UnknownDevice);
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO channel_members (channel_id, device_id) VALUES (?1, ?2)",
+            params![b.channel.0.as_slice(), w.device.0.as_slice()],
+        )?;
+        let mut wid = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
+        let welcome_seq = insert_envelope(&tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
+        let seq = push_to_queue(&tx, &w.device, welcome_seq)?;
+        deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
+    }
+
+    if !b.idempotency_key.is_empty() {
+        tx.execute(
+            "INSERT OR REPLACE INTO idempotency (device_id, key, envelope, envelope_id, epoch_after, created_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                b.sender.0.as_slice(),
+                b.idempotency_key,
+                envelope_seq,
+                b.envelope_id.as_slice(),
+                u64_to_i64(epoch),
+                u64_to_i64(b.now_ms)
+            ],
+        )?;
+    }
+    tx.commit()?;
+    Ok(EnqueueOutcome {
+        seq: i64_to_u64(envelope_seq),
+        envelope_id: b.envelope_id,
+        timestamp_ms: b.now_ms,
+        epoch,
+        replayed: false,
+        deliveries,
+    })
+}
+
+fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &[u8]) -> QueuedEntry {
+    QueuedEntry {
+        seq,
+        channel: b.channel,
+        envelope_id: id,
+        kind,
+        epoch: b.epoch,
+        payload: payload.to_vec(),
+        created_ms: b.now_ms,
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn create_channel(&self, c: NewChannel) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let created = tx.execute(
+                "INSERT OR IGNORE INTO channels (id, kind, epoch, created_ms) VALUES (?1, ?2, 0, ?3)",
+                params![c.id.0.as_slice(), c.kind.as_i64(), u64_to_i64(c.now_ms)],
+            )? == 1;
+            if created {
+                tx.execute(
+                    "INSERT INTO channel_members (channel_id, device_id) VALUES (?1, ?2)",
+                    params![c.id.0.as_slice(), c.first_member.0.as_slice()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
+        self.run(move |conn| {
+            let row = conn
+                .query_row("SELECT kind, epoch, group_info FROM channels WHERE id = ?1", [id.0.as_slice()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
+                })
+                .optional()?;
+            row.map(|(kind, epoch, group_info)| {
+                Ok(ChannelRecord {
+                    id,
+                    kind: ChannelKind::from_i64(kind).ok_or(StoreError::Corrupt("channels.kind"))?,
+                    epoch: i64_to_u64(epoch),
+                    group_info,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn members(&self, id: ChannelId) -> Result<Vec<DeviceId>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
+            let rows: Vec<Vec<u8>> = stmt.query_map([id.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|d| blob16(d, "channel_members.device_id").map(DeviceId)).collect()
+        })
+        .await
+    }
+
+    async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+        self.run(move |conn| enqueue_tx(conn, batch)).await
+    }
+
+    async fn peek(&self, device: DeviceId, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
+                 FROM queue q JOIN envelopes e ON e.seq = q.envelope \
+                 WHERE q.device_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit)], read_entry)?;
+            let mut out = Vec::new();
+            let mut bytes = 0u64;
+            for row in rows {
+                let e = entry_from(row?)?;
+                bytes += e.payload.len() as u64;
+                if !out.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                out.push(e);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let released: Vec<i64> = {
+                let mut stmt =
+                    tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING envelope")?;
+                stmt.query_map(params![device.0.as_slice(), u64_to_i64(up_to_seq)], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let removed = released.len();
+            // The payload is stored once; it goes when the last queue entry naming it is acked.
+            let mut gc = tx.prepare_cached(
+                "DELETE FROM envelopes WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE envelope = ?1)",
+            )?;
+            for seq in released {
+                gc.execute([seq])?;
+            }
+            drop(gc);
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+}

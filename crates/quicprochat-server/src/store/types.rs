@@ -1,0 +1,243 @@
+//! Typed rows of the store.
+
+use std::fmt;
+
+pub use quicprochat_core::ids::{ChannelId, DeviceId};
+
+/// A 16-byte account id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub [u8; 16]);
+
+impl UserId {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl TryFrom<&[u8]> for UserId {
+    type Error = ();
+    fn try_from(value: &[u8]) -> Result<Self, Self::Error> {
+        <[u8; 16]>::try_from(value).map(UserId).map_err(|_| ())
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({})", hex::encode(&self.0[..4]))
+    }
+}
+
+/// An account.
+#[derive(Clone)]
+pub struct UserRecord {
+    /// Account id.
+    pub id: UserId,
+    /// Case-folded username.
+    pub username: String,
+    /// The OPAQUE password file (not secret on its own, but never logged).
+    pub opaque_record: Vec<u8>,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord").field("id", &self.id).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// A login session. Only the hash of its token is stored.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    /// SHA-256 of the session token.
+    pub token_hash: [u8; 32],
+    /// Account the session belongs to.
+    pub user_id: UserId,
+    /// Device bound by `RegisterDevice`, if any.
+    pub device_id: Option<DeviceId>,
+    /// Creation time, Unix ms.
+    pub created_ms: u64,
+    /// Expiry time, Unix ms.
+    pub expires_ms: u64,
+}
+
+/// A device bound to an account.
+#[derive(Clone, Debug)]
+pub struct DeviceRecord {
+    /// `SHA-256(identity_key)[..16]`.
+    pub id: DeviceId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Ed25519 public key.
+    pub identity_key: [u8; 32],
+    /// User-chosen label.
+    pub name: String,
+    /// Creation time, Unix ms.
+    pub created_ms: u64,
+}
+
+/// A key package handed out by `claim_key_packages`.
+#[derive(Clone, Debug)]
+pub struct ClaimedKeyPackage {
+    /// Device the package belongs to.
+    pub device_id: DeviceId,
+    /// Serialized MLS KeyPackage.
+    pub key_package: Vec<u8>,
+    /// Whether this is the device's reusable last-resort package.
+    pub last_resort: bool,
+}
+
+/// Direct message or group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Two accounts.
+    Dm,
+    /// Any number of accounts.
+    Group,
+}
+
+impl ChannelKind {
+    pub(crate) fn as_i64(self) -> i64 {
+        match self {
+            ChannelKind::Dm => 1,
+            ChannelKind::Group => 2,
+        }
+    }
+    pub(crate) fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(ChannelKind::Dm),
+            2 => Some(ChannelKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A channel to create.
+#[derive(Clone, Debug)]
+pub struct NewChannel {
+    /// Channel (and MLS group) id.
+    pub id: ChannelId,
+    /// Kind.
+    pub kind: ChannelKind,
+    /// The creating device, first member.
+    pub first_member: DeviceId,
+    /// Creation time, Unix ms.
+    pub now_ms: u64,
+}
+
+/// A channel.
+#[derive(Clone, Debug)]
+pub struct ChannelRecord {
+    /// Id.
+    pub id: ChannelId,
+    /// Kind.
+    pub kind: ChannelKind,
+    /// Current MLS epoch as sequenced by the server.
+    pub epoch: u64,
+    /// Latest MLS GroupInfo, if a commit carried one.
+    pub group_info: Option<Vec<u8>>,
+}
+
+/// What an envelope carries, for routing (the payload is opaque).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvelopeKind {
+    /// MLS application message.
+    Application,
+    /// MLS commit.
+    Commit,
+    /// MLS welcome.
+    Welcome,
+    /// MLS proposal.
+    Proposal,
+}
+
+impl EnvelopeKind {
+    pub(crate) fn as_i64(self) -> i64 {
+        match self {
+            EnvelopeKind::Application => 1,
+            EnvelopeKind::Commit => 2,
+            EnvelopeKind::Welcome => 3,
+            EnvelopeKind::Proposal => 4,
+        }
+    }
+    pub(crate) fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(EnvelopeKind::Application),
+            2 => Some(EnvelopeKind::Commit),
+            3 => Some(EnvelopeKind::Welcome),
+            4 => Some(EnvelopeKind::Proposal),
+            _ => None,
+        }
+    }
+}
+
+/// A welcome for one added device.
+#[derive(Clone, Debug)]
+pub struct WelcomeFor {
+    /// The device the welcome adds.
+    pub device: DeviceId,
+    /// MLS Welcome bytes.
+    pub payload: Vec<u8>,
+}
+
+/// One enqueue (an envelope plus, for a commit, its welcomes).
+#[derive(Clone, Debug)]
+pub struct EnqueueBatch {
+    /// Target channel.
+    pub channel: ChannelId,
+    /// Sending device (must be a member).
+    pub sender: DeviceId,
+    /// Envelope kind.
+    pub kind: EnvelopeKind,
+    /// MLS epoch the payload was produced in.
+    pub epoch: u64,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// Welcomes to queue with a commit.
+    pub welcomes: Vec<WelcomeFor>,
+    /// GroupInfo of the new epoch, for commits.
+    pub group_info: Option<Vec<u8>>,
+    /// Fresh envelope id chosen by the caller.
+    pub envelope_id: [u8; 16],
+    /// Idempotency key (empty = none).
+    pub idempotency_key: Vec<u8>,
+    /// Expiry, Unix ms (None = until acked).
+    pub expires_ms: Option<u64>,
+    /// Now, Unix ms.
+    pub now_ms: u64,
+}
+
+/// The envelope as a recipient sees it.
+#[derive(Clone, Debug)]
+pub struct QueuedEntry {
+    /// Per-device sequence number.
+    pub seq: u64,
+    /// Channel.
+    pub channel: ChannelId,
+    /// Envelope id.
+    pub envelope_id: [u8; 16],
+    /// Kind.
+    pub kind: EnvelopeKind,
+    /// MLS epoch.
+    pub epoch: u64,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// When the server accepted it, Unix ms.
+    pub created_ms: u64,
+}
+
+/// Result of an enqueue.
+#[derive(Clone, Debug)]
+pub struct EnqueueOutcome {
+    /// Server-wide sequence number of the envelope.
+    pub seq: u64,
+    /// Envelope id (the original one for an idempotent retry).
+    pub envelope_id: [u8; 16],
+    /// When it was accepted, Unix ms.
+    pub timestamp_ms: u64,
+    /// Channel epoch afterwards.
+    pub epoch: u64,
+    /// True when this was a retry answered from the idempotency record.
+    pub replayed: bool,
+    /// New queue entries, for push.
+    pub deliveries: Vec<(DeviceId, QueuedEntry)>,
+}

@@ -1,0 +1,89 @@
+//! Starts servers and logs raw RPC clients in.
+
+use bytes::Bytes;
+use quicprochat_core::identity::IdentityKeyPair;
+use quicprochat_core::ids::device_binding_challenge;
+use quicprochat_core::opaque::{ClientLogin, ClientRegistration, OpaqueParams};
+use quicprochat_proto::{method, v1};
+use quicprochat_rpc::{RpcClient, ServerTrust};
+use quicprochat_server::{RunningServer, ServerConfig};
+use sha2::{Digest, Sha256};
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))
+            .await
+            .unwrap();
+        Self { server, dir }
+    }
+
+    pub async fn client(&self) -> RpcClient {
+        let tls = quicprochat_rpc::tls::client_config(&ServerTrust::Pinned(self.server.certificate_der().to_vec())).unwrap();
+        RpcClient::connect(self.server.local_addr(), "localhost", tls).await.unwrap()
+    }
+}
+
+pub async fn register(rpc: &RpcClient, username: &str, password: &[u8]) {
+    let (reg, request) = ClientRegistration::start(&mut rand_core::OsRng, password).unwrap();
+    let start: v1::RegisterStartResponse = rpc
+        .call(method::REGISTER_START, &v1::RegisterStartRequest { username: username.into(), registration_request: request.into() })
+        .await
+        .unwrap();
+    let upload = reg.finish(&mut rand_core::OsRng, password, &start.registration_response, &OpaqueParams::light()).unwrap();
+    let _: v1::RegisterFinishResponse = rpc
+        .call(method::REGISTER_FINISH, &v1::RegisterFinishRequest { username: username.into(), registration_upload: upload.into() })
+        .await
+        .unwrap();
+}
+
+/// Runs an OPAQUE login; returns the session token or the RPC error of LoginFinish.
+pub async fn login(rpc: &RpcClient, username: &str, password: &[u8]) -> Result<Vec<u8>, quicprochat_rpc::Error> {
+    let (login, request) = ClientLogin::start(&mut rand_core::OsRng, password).unwrap();
+    let start: v1::LoginStartResponse = rpc
+        .call(method::LOGIN_START, &v1::LoginStartRequest { username: username.into(), credential_request: request.into() })
+        .await?;
+    // With a wrong password the client cannot even build a finalization; send garbage to make
+    // the server decide as well.
+    let finalization = match login.finish(password, &start.credential_response, &OpaqueParams::light()) {
+        Ok(out) => out.finalization,
+        Err(_) => vec![0u8; 64],
+    };
+    let fin: v1::LoginFinishResponse = rpc
+        .call(method::LOGIN_FINISH, &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: finalization.into() })
+        .await?;
+    Ok(fin.session_token.to_vec())
+}
+
+pub async fn register_device(rpc: &RpcClient, token: &[u8]) -> (IdentityKeyPair, Vec<u8>) {
+    let identity = IdentityKeyPair::generate(&mut rand_core::OsRng);
+    let hash: [u8; 32] = Sha256::digest(token).into();
+    let key = identity.public_key();
+    let sig = identity.sign(&device_binding_challenge(&hash, &key));
+    let resp: v1::RegisterDeviceResponse = rpc
+        .call(
+            method::REGISTER_DEVICE,
+            &v1::RegisterDeviceRequest {
+                identity_key: Bytes::copy_from_slice(&key),
+                signature: Bytes::copy_from_slice(&sig),
+                name: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    (identity, resp.device_id.to_vec())
+}
+
+/// A connection logged in as a fresh user with a bound device.
+pub async fn user(server: &TestServer, name: &str) -> (RpcClient, Vec<u8>, Vec<u8>) {
+    let rpc = server.client().await;
+    register(&rpc, name, b"pw").await;
+    let token = login(&rpc, name, b"pw").await.unwrap();
+    let (_, device) = register_device(&rpc, &token).await;
+    (rpc, token, device)
+}

@@ -1,0 +1,8 @@
+//! Server integration tests: a real `qpc-server` on 127.0.0.1:0, spoken to over QUIC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+mod protocol;
+mod accounts;
+mod delivery;
