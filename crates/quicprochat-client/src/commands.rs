@@ -10,8 +10,8 @@ use crate::cli::{Cli, Command, resolve_server};
 use crate::local_server;
 
 /// Runs the parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Repl);
+pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.take().unwrap_or(Command::Repl);
     if let Command::Demo = command {
         return crate::demo::run().await;
     }

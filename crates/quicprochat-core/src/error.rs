@@ -5,13 +5,13 @@
 //! the underlying library error where there is one. openmls errors are boxed
 //! to keep `Result<_, CoreError>` small.
 
-use openmls::prelude::{
-    AddMembersError, CommitToPendingProposalsError, CreateMessageError, ExportGroupInfoError,
-    KeyPackageNewError, KeyPackageVerifyError, LeaveGroupError, MergeCommitError,
-    MergePendingCommitError, NewGroupError, ProcessMessageError,
-    RemoveMembersError, SelfUpdateError, WelcomeError, WireFormat,
-};
 use openmls::framing::errors::MlsMessageError;
+use openmls::prelude::{
+    AddMembersError, CommitToPendingProposalsError, CreateCommitError, CreateMessageError, ExportGroupInfoError,
+    ExternalCommitBuilderError, ExternalCommitBuilderFinalizeError, KeyPackageNewError, KeyPackageVerifyError,
+    LeaveGroupError, MergeCommitError, MergePendingCommitError, NewGroupError, ProcessMessageError, RemoveMembersError,
+    SelfUpdateError, WelcomeError, WireFormat,
+};
 use openmls_memory_storage::MemoryStorageError;
 use thiserror::Error;
 
@@ -152,6 +152,14 @@ pub enum CoreError {
     /// An application message's padding is malformed.
     #[error("malformed application message padding")]
     InvalidPadding,
+    /// A proposal from outside the group (an external join proposal); such
+    /// proposals are not accepted.
+    #[error("proposals from outside the group are not accepted")]
+    ExternalProposal,
+    /// An external commit that is not a rejoin: it does not replace a leaf of
+    /// the same device. Refused, since joining needs a member's add.
+    #[error("external commit is not a rejoin of an existing member")]
+    UnauthorizedExternalJoin,
     /// The Welcome was not encrypted to any key package of this client.
     #[error("no key package of this client matches the Welcome")]
     NoMatchingKeyPackage,
@@ -193,6 +201,15 @@ pub enum CoreError {
     /// Processing an incoming message failed (bad signature, bad commit, …).
     #[error("processing the MLS message failed")]
     MlsProcess(#[source] Box<ProcessMessageError<StorageError>>),
+    /// Preparing an external commit from a GroupInfo failed.
+    #[error("joining by external commit failed")]
+    MlsExternalJoin(#[source] Box<ExternalCommitBuilderError<StorageError>>),
+    /// Building the external commit failed.
+    #[error("building the external commit failed")]
+    MlsExternalCommit(#[source] Box<CreateCommitError>),
+    /// Finalising (storing and merging) the external commit failed.
+    #[error("finalising the external commit failed")]
+    MlsExternalFinalize(#[source] Box<ExternalCommitBuilderFinalizeError<StorageError>>),
     /// Exporting the GroupInfo failed.
     #[error("exporting the group info failed")]
     MlsExportGroupInfo(#[source] Box<ExportGroupInfoError>),
@@ -216,9 +233,7 @@ pub enum CoreError {
 
     // ----- key derivation and sealed blobs ----------------------------------
     /// Argon2 parameters beyond this crate's bounds.
-    #[error(
-        "argon2 parameters out of bounds (m={m_cost_kib} KiB, t={t_cost}, p={p_cost})"
-    )]
+    #[error("argon2 parameters out of bounds (m={m_cost_kib} KiB, t={t_cost}, p={p_cost})")]
     KdfParamsOutOfBounds {
         /// Memory cost in KiB.
         m_cost_kib: u32,

@@ -30,16 +30,12 @@ pub struct IdentityKeyPair {
 impl IdentityKeyPair {
     /// Generates a fresh key pair from `rng`.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self {
-            signing_key: SigningKey::generate(rng),
-        }
+        Self { signing_key: SigningKey::generate(rng) }
     }
 
     /// Rebuilds a key pair from its 32-byte secret seed.
     pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
-        Self {
-            signing_key: SigningKey::from_bytes(secret),
-        }
+        Self { signing_key: SigningKey::from_bytes(secret) }
     }
 
     /// The 32-byte secret seed, for sealing into a keystore.
@@ -68,9 +64,7 @@ impl ZeroizeOnDrop for IdentityKeyPair {}
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKeyPair")
-            .field("public_key", &hex::encode(self.public_key()))
-            .finish_non_exhaustive()
+        f.debug_struct("IdentityKeyPair").field("public_key", &hex::encode(self.public_key())).finish_non_exhaustive()
     }
 }
 
@@ -82,26 +76,15 @@ impl fmt::Debug for IdentityKeyPair {
 /// [`CoreError::InvalidPublicKey`] when the key is not a valid point, and
 /// [`CoreError::InvalidSignature`] when the signature does not verify.
 pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), CoreError> {
-    let key_bytes: &[u8; PUBLIC_KEY_LEN] =
-        public_key
-            .try_into()
-            .map_err(|_| CoreError::InvalidKeyLength {
-                expected: PUBLIC_KEY_LEN,
-                actual: public_key.len(),
-            })?;
-    let signature_bytes: &[u8; SIGNATURE_LEN] =
-        signature
-            .try_into()
-            .map_err(|_| CoreError::InvalidSignatureLength {
-                expected: SIGNATURE_LEN,
-                actual: signature.len(),
-            })?;
-    let verifying_key =
-        VerifyingKey::from_bytes(key_bytes).map_err(CoreError::InvalidPublicKey)?;
+    let key_bytes: &[u8; PUBLIC_KEY_LEN] = public_key
+        .try_into()
+        .map_err(|_| CoreError::InvalidKeyLength { expected: PUBLIC_KEY_LEN, actual: public_key.len() })?;
+    let signature_bytes: &[u8; SIGNATURE_LEN] = signature
+        .try_into()
+        .map_err(|_| CoreError::InvalidSignatureLength { expected: SIGNATURE_LEN, actual: signature.len() })?;
+    let verifying_key = VerifyingKey::from_bytes(key_bytes).map_err(CoreError::InvalidPublicKey)?;
     let signature = Signature::from_bytes(signature_bytes);
-    verifying_key
-        .verify_strict(message, &signature)
-        .map_err(CoreError::InvalidSignature)
+    verifying_key.verify_strict(message, &signature).map_err(CoreError::InvalidSignature)
 }
 
 #[cfg(test)]
@@ -136,23 +119,14 @@ mod tests {
         let alice = IdentityKeyPair::generate(&mut OsRng);
         let bob = IdentityKeyPair::generate(&mut OsRng);
         let signature = alice.sign(b"m");
-        assert!(matches!(
-            verify_signature(&bob.public_key(), b"m", &signature),
-            Err(CoreError::InvalidSignature(_))
-        ));
+        assert!(matches!(verify_signature(&bob.public_key(), b"m", &signature), Err(CoreError::InvalidSignature(_))));
         assert!(matches!(
             verify_signature(&[0u8; 31], b"m", &signature),
-            Err(CoreError::InvalidKeyLength {
-                expected: 32,
-                actual: 31
-            })
+            Err(CoreError::InvalidKeyLength { expected: 32, actual: 31 })
         ));
         assert!(matches!(
             verify_signature(&alice.public_key(), b"m", &signature[..63]),
-            Err(CoreError::InvalidSignatureLength {
-                expected: 64,
-                actual: 63
-            })
+            Err(CoreError::InvalidSignatureLength { expected: 64, actual: 63 })
         ));
     }
 

@@ -108,11 +108,7 @@ pub fn device_id_for_key(identity_key: &[u8; 32]) -> DeviceId {
 /// byte-wise lexicographic order, the id is
 /// `SHA-256("qpc/v1/dm-channel" || u32be(len(lo)) || lo || u32be(len(hi)) || hi)[..16]`.
 pub fn dm_channel_id(user_a: &[u8], user_b: &[u8]) -> ChannelId {
-    let (lo, hi) = if user_a <= user_b {
-        (user_a, user_b)
-    } else {
-        (user_b, user_a)
-    };
+    let (lo, hi) = if user_a <= user_b { (user_a, user_b) } else { (user_b, user_a) };
     let mut hasher = Sha256::new();
     hasher.update(DM_CHANNEL_LABEL);
     for part in [lo, hi] {
@@ -135,12 +131,7 @@ pub fn device_binding_challenge(session_token_hash: &[u8; 32], identity_key: &[u
 
 /// The digest the server signs as a delivery proof:
 /// `SHA-256(envelope_id || channel_id || u64be(seq) || u64be(timestamp_ms))`.
-pub fn delivery_proof_digest(
-    envelope_id: &[u8],
-    channel_id: &[u8],
-    seq: u64,
-    timestamp_ms: u64,
-) -> [u8; 32] {
+pub fn delivery_proof_digest(envelope_id: &[u8], channel_id: &[u8], seq: u64, timestamp_ms: u64) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(envelope_id);
     hasher.update(channel_id);
@@ -207,10 +198,7 @@ mod tests {
         assert_eq!(DeviceId::from_hex(&id.to_hex()).unwrap(), id);
         assert!(matches!(
             ChannelId::try_from(&[1u8; 15][..]),
-            Err(CoreError::InvalidIdLength {
-                expected: 16,
-                actual: 15
-            })
+            Err(CoreError::InvalidIdLength { expected: 16, actual: 15 })
         ));
     }
 

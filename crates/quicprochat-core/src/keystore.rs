@@ -69,11 +69,7 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// Production strength: 64 MiB, 3 iterations, 1 lane.
     fn default() -> Self {
-        Self {
-            m_cost_kib: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-        }
+        Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 }
     }
 }
 
@@ -81,11 +77,7 @@ impl KdfParams {
     /// The cheapest parameters Argon2 allows (8 KiB, 1 iteration, 1 lane).
     /// For tests only: they give no protection against guessing.
     pub fn light() -> Self {
-        Self {
-            m_cost_kib: 8,
-            t_cost: 1,
-            p_cost: 1,
-        }
+        Self { m_cost_kib: 8, t_cost: 1, p_cost: 1 }
     }
 
     fn argon2(&self) -> Result<Argon2<'static>, CoreError> {
@@ -102,14 +94,9 @@ pub(crate) fn argon2id(
     output_len: Option<usize>,
 ) -> Result<Argon2<'static>, CoreError> {
     if m_cost_kib > MAX_M_COST_KIB || t_cost > MAX_T_COST || p_cost > MAX_P_COST {
-        return Err(CoreError::KdfParamsOutOfBounds {
-            m_cost_kib,
-            t_cost,
-            p_cost,
-        });
+        return Err(CoreError::KdfParamsOutOfBounds { m_cost_kib, t_cost, p_cost });
     }
-    let params = Params::new(m_cost_kib, t_cost, p_cost, output_len)
-        .map_err(CoreError::InvalidKdfParams)?;
+    let params = Params::new(m_cost_kib, t_cost, p_cost, output_len).map_err(CoreError::InvalidKdfParams)?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -141,13 +128,7 @@ pub fn seal_with_password(
 
     let key = derive_key(&argon2, password, &salt)?;
     let ciphertext = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()))
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &out,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &out })
         .map_err(|_| CoreError::EncryptionFailed)?;
     out.extend_from_slice(&ciphertext);
     Ok(out)
@@ -162,25 +143,16 @@ pub fn seal_with_password(
 /// modified: the two are cryptographically indistinguishable.
 pub fn open_with_password(password: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CoreError> {
     if sealed.len() < 5 {
-        return Err(CoreError::Truncated {
-            format: PASSWORD_FORMAT,
-        });
+        return Err(CoreError::Truncated { format: PASSWORD_FORMAT });
     }
     if sealed[..4] != PASSWORD_SEALED_MAGIC {
-        return Err(CoreError::BadMagic {
-            format: PASSWORD_FORMAT,
-        });
+        return Err(CoreError::BadMagic { format: PASSWORD_FORMAT });
     }
     if sealed[4] != PASSWORD_SEALED_VERSION {
-        return Err(CoreError::UnsupportedVersion {
-            format: PASSWORD_FORMAT,
-            version: sealed[4],
-        });
+        return Err(CoreError::UnsupportedVersion { format: PASSWORD_FORMAT, version: sealed[4] });
     }
     if sealed.len() < PASSWORD_HEADER_LEN + TAG_LEN {
-        return Err(CoreError::Truncated {
-            format: PASSWORD_FORMAT,
-        });
+        return Err(CoreError::Truncated { format: PASSWORD_FORMAT });
     }
     let (header, ciphertext) = sealed.split_at(PASSWORD_HEADER_LEN);
     let params = KdfParams {
@@ -193,13 +165,7 @@ pub fn open_with_password(password: &[u8], sealed: &[u8]) -> Result<Zeroizing<Ve
 
     let key = derive_key(&params.argon2()?, password, salt)?;
     let plaintext = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()))
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: header,
-            },
-        )
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: header })
         .map_err(|_| CoreError::WrongPassword)?;
     Ok(Zeroizing::new(plaintext))
 }
@@ -215,13 +181,7 @@ pub fn seal_with_key(
     rng.fill_bytes(&mut nonce);
     let full_aad = key_sealed_aad(aad);
     let ciphertext = ChaCha20Poly1305::new(Key::from_slice(key))
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &full_aad,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &full_aad })
         .map_err(|_| CoreError::EncryptionFailed)?;
     let mut out = Vec::with_capacity(KEY_SEALED_HEADER_LEN + ciphertext.len());
     out.push(KEY_SEALED_VERSION);
@@ -240,10 +200,7 @@ pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroiz
         return Err(CoreError::Truncated { format: KEY_FORMAT });
     };
     if version != KEY_SEALED_VERSION {
-        return Err(CoreError::UnsupportedVersion {
-            format: KEY_FORMAT,
-            version,
-        });
+        return Err(CoreError::UnsupportedVersion { format: KEY_FORMAT, version });
     }
     if rest.len() < NONCE_LEN + TAG_LEN {
         return Err(CoreError::Truncated { format: KEY_FORMAT });
@@ -251,26 +208,14 @@ pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroiz
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
     let full_aad = key_sealed_aad(aad);
     let plaintext = ChaCha20Poly1305::new(Key::from_slice(key))
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: &full_aad,
-            },
-        )
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &full_aad })
         .map_err(|_| CoreError::DecryptionFailed)?;
     Ok(Zeroizing::new(plaintext))
 }
 
-fn derive_key(
-    argon2: &Argon2<'_>,
-    password: &[u8],
-    salt: &[u8],
-) -> Result<Zeroizing<[u8; KEY_LEN]>, CoreError> {
+fn derive_key(argon2: &Argon2<'_>, password: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, CoreError> {
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    argon2
-        .hash_password_into(password, salt, key.as_mut_slice())
-        .map_err(CoreError::KeyDerivation)?;
+    argon2.hash_password_into(password, salt, key.as_mut_slice()).map_err(CoreError::KeyDerivation)?;
     Ok(key)
 }
 
@@ -308,10 +253,7 @@ mod tests {
     #[test]
     fn wrong_password_is_refused() {
         let blob = sealed(b"hunter2", b"secret");
-        assert!(matches!(
-            open_with_password(b"hunter3", &blob),
-            Err(CoreError::WrongPassword)
-        ));
+        assert!(matches!(open_with_password(b"hunter3", &blob), Err(CoreError::WrongPassword)));
     }
 
     #[test]
@@ -320,42 +262,27 @@ mod tests {
         // Salt byte.
         let mut tampered = blob.clone();
         tampered[20] ^= 1;
-        assert!(matches!(
-            open_with_password(b"pw", &tampered),
-            Err(CoreError::WrongPassword)
-        ));
+        assert!(matches!(open_with_password(b"pw", &tampered), Err(CoreError::WrongPassword)));
         // Parameter: one more iteration is still in bounds but authenticated.
         let mut tampered = blob.clone();
         tampered[12] = 2;
-        assert!(matches!(
-            open_with_password(b"pw", &tampered),
-            Err(CoreError::WrongPassword)
-        ));
+        assert!(matches!(open_with_password(b"pw", &tampered), Err(CoreError::WrongPassword)));
         // Ciphertext byte.
         let mut tampered = blob.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert!(matches!(
-            open_with_password(b"pw", &tampered),
-            Err(CoreError::WrongPassword)
-        ));
+        assert!(matches!(open_with_password(b"pw", &tampered), Err(CoreError::WrongPassword)));
         // Magic.
         let mut tampered = blob;
         tampered[0] = b'X';
-        assert!(matches!(
-            open_with_password(b"pw", &tampered),
-            Err(CoreError::BadMagic { .. })
-        ));
+        assert!(matches!(open_with_password(b"pw", &tampered), Err(CoreError::BadMagic { .. })));
     }
 
     #[test]
     fn unsupported_version_is_refused() {
         let mut blob = sealed(b"pw", b"secret");
         blob[4] = 2;
-        assert!(matches!(
-            open_with_password(b"pw", &blob),
-            Err(CoreError::UnsupportedVersion { version: 2, .. })
-        ));
+        assert!(matches!(open_with_password(b"pw", &blob), Err(CoreError::UnsupportedVersion { version: 2, .. })));
     }
 
     #[test]
@@ -363,14 +290,8 @@ mod tests {
         let mut blob = sealed(b"pw", b"secret");
         // 100 GiB of memory cost.
         blob[5..9].copy_from_slice(&(100u32 * 1024 * 1024).to_be_bytes());
-        assert!(matches!(
-            open_with_password(b"pw", &blob),
-            Err(CoreError::KdfParamsOutOfBounds { .. })
-        ));
-        let too_heavy = KdfParams {
-            m_cost_kib: MAX_M_COST_KIB + 1,
-            ..KdfParams::light()
-        };
+        assert!(matches!(open_with_password(b"pw", &blob), Err(CoreError::KdfParamsOutOfBounds { .. })));
+        let too_heavy = KdfParams { m_cost_kib: MAX_M_COST_KIB + 1, ..KdfParams::light() };
         assert!(matches!(
             seal_with_password(&mut OsRng, b"pw", b"x", &too_heavy),
             Err(CoreError::KdfParamsOutOfBounds { .. })
@@ -380,14 +301,8 @@ mod tests {
     #[test]
     fn truncated_blobs_are_refused() {
         let blob = sealed(b"pw", b"secret");
-        assert!(matches!(
-            open_with_password(b"pw", &blob[..PASSWORD_HEADER_LEN]),
-            Err(CoreError::Truncated { .. })
-        ));
-        assert!(matches!(
-            open_with_password(b"pw", b"QP"),
-            Err(CoreError::Truncated { .. })
-        ));
+        assert!(matches!(open_with_password(b"pw", &blob[..PASSWORD_HEADER_LEN]), Err(CoreError::Truncated { .. })));
+        assert!(matches!(open_with_password(b"pw", b"QP"), Err(CoreError::Truncated { .. })));
     }
 
     #[test]
@@ -395,27 +310,15 @@ mod tests {
         let key = [9u8; 32];
         let blob = seal_with_key(&mut OsRng, &key, b"state-v1", b"payload").unwrap();
         assert_eq!(blob[0], KEY_SEALED_VERSION);
-        assert_eq!(
-            open_with_key(&key, b"state-v1", &blob).unwrap().as_slice(),
-            b"payload"
-        );
-        assert!(matches!(
-            open_with_key(&key, b"other", &blob),
-            Err(CoreError::DecryptionFailed)
-        ));
-        assert!(matches!(
-            open_with_key(&[8u8; 32], b"state-v1", &blob),
-            Err(CoreError::DecryptionFailed)
-        ));
+        assert_eq!(open_with_key(&key, b"state-v1", &blob).unwrap().as_slice(), b"payload");
+        assert!(matches!(open_with_key(&key, b"other", &blob), Err(CoreError::DecryptionFailed)));
+        assert!(matches!(open_with_key(&[8u8; 32], b"state-v1", &blob), Err(CoreError::DecryptionFailed)));
         let mut wrong_version = blob.clone();
         wrong_version[0] = 7;
         assert!(matches!(
             open_with_key(&key, b"state-v1", &wrong_version),
             Err(CoreError::UnsupportedVersion { version: 7, .. })
         ));
-        assert!(matches!(
-            open_with_key(&key, b"state-v1", &blob[..10]),
-            Err(CoreError::Truncated { .. })
-        ));
+        assert!(matches!(open_with_key(&key, b"state-v1", &blob[..10]), Err(CoreError::Truncated { .. })));
     }
 }

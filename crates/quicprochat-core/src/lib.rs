@@ -27,15 +27,10 @@ pub mod opaque;
 
 pub use error::CoreError;
 pub use identity::{IdentityKeyPair, verify_signature};
-pub use ids::{
-    ChannelId, DeviceId, delivery_proof_digest, device_binding_challenge, device_id_for_key,
-    dm_channel_id,
-};
+pub use ids::{ChannelId, DeviceId, delivery_proof_digest, device_binding_challenge, device_id_for_key, dm_channel_id};
 pub use keystore::{KdfParams, open_with_key, open_with_password, seal_with_key, seal_with_password};
-pub use mls::{
-    AddOutcome, CommitOutcome, JoinedGroup, MemberInfo, MlsClient, MlsSuite, Processed,
-};
+pub use mls::{AddOutcome, CommitOutcome, ExternalJoin, JoinedGroup, MemberInfo, MlsClient, MlsSuite, Processed};
 pub use opaque::{
-    ClientLogin, ClientLoginOutput, ClientRegistration, OpaqueParams, OpaqueServerSetup,
-    ServerLogin, server_registration_finish, server_registration_start,
+    ClientLogin, ClientLoginOutput, ClientRegistration, OpaqueParams, OpaqueServerSetup, ServerLogin,
+    server_registration_finish, server_registration_start,
 };

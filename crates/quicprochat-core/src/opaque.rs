@@ -15,9 +15,9 @@ use std::fmt;
 use opaque_ke::errors::ProtocolError;
 use opaque_ke::key_exchange::tripledh::TripleDh;
 use opaque_ke::{
-    ClientLoginFinishParameters, ClientRegistrationFinishParameters, CredentialFinalization,
-    CredentialRequest, CredentialResponse, Identifiers, RegistrationRequest, RegistrationResponse,
-    RegistrationUpload, Ristretto255, ServerLoginStartParameters, ServerRegistration, ServerSetup,
+    ClientLoginFinishParameters, ClientRegistrationFinishParameters, CredentialFinalization, CredentialRequest,
+    CredentialResponse, Identifiers, RegistrationRequest, RegistrationResponse, RegistrationUpload, Ristretto255,
+    ServerLoginStartParameters, ServerRegistration, ServerSetup,
 };
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
@@ -55,11 +55,7 @@ pub struct OpaqueParams {
 impl Default for OpaqueParams {
     /// Production strength: 64 MiB, 3 iterations, 1 lane.
     fn default() -> Self {
-        Self {
-            m_cost_kib: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-        }
+        Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 }
     }
 }
 
@@ -67,11 +63,7 @@ impl OpaqueParams {
     /// The cheapest parameters Argon2 allows (8 KiB, 1 iteration, 1 lane).
     /// For tests only.
     pub fn light() -> Self {
-        Self {
-            m_cost_kib: 8,
-            t_cost: 1,
-            p_cost: 1,
-        }
+        Self { m_cost_kib: 8, t_cost: 1, p_cost: 1 }
     }
 
     fn ksf(&self) -> Result<argon2::Argon2<'static>, CoreError> {
@@ -91,14 +83,8 @@ pub struct ClientRegistration {
 impl ClientRegistration {
     /// Blinds the password; returns the state and the `RegistrationRequest`.
     pub fn start(rng: &mut impl CryptoRngCore, password: &[u8]) -> Result<(Self, Vec<u8>), CoreError> {
-        let result = opaque_ke::ClientRegistration::<Suite>::start(rng, password)
-            .map_err(CoreError::OpaqueProtocol)?;
-        Ok((
-            Self {
-                state: result.state,
-            },
-            result.message.serialize().to_vec(),
-        ))
+        let result = opaque_ke::ClientRegistration::<Suite>::start(rng, password).map_err(CoreError::OpaqueProtocol)?;
+        Ok((Self { state: result.state }, result.message.serialize().to_vec()))
     }
 
     /// Consumes the server's `RegistrationResponse`; returns the
@@ -162,14 +148,8 @@ impl ClientLogin {
     /// Blinds the password and starts the key exchange; returns the state and
     /// the `CredentialRequest`.
     pub fn start(rng: &mut impl CryptoRngCore, password: &[u8]) -> Result<(Self, Vec<u8>), CoreError> {
-        let result = opaque_ke::ClientLogin::<Suite>::start(rng, password)
-            .map_err(CoreError::OpaqueProtocol)?;
-        Ok((
-            Self {
-                state: result.state,
-            },
-            result.message.serialize().to_vec(),
-        ))
+        let result = opaque_ke::ClientLogin::<Suite>::start(rng, password).map_err(CoreError::OpaqueProtocol)?;
+        Ok((Self { state: result.state }, result.message.serialize().to_vec()))
     }
 
     /// Consumes the server's `CredentialResponse`.
@@ -190,11 +170,7 @@ impl ClientLogin {
             .finish(
                 password,
                 response,
-                ClientLoginFinishParameters::new(
-                    Some(LOGIN_CONTEXT),
-                    Identifiers::default(),
-                    Some(&ksf),
-                ),
+                ClientLoginFinishParameters::new(Some(LOGIN_CONTEXT), Identifiers::default(), Some(&ksf)),
             )
             .map_err(login_error)?;
         Ok(ClientLoginOutput {
@@ -224,9 +200,7 @@ pub struct OpaqueServerSetup {
 impl OpaqueServerSetup {
     /// Generates fresh server secrets.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self {
-            setup: ServerSetup::<Suite>::new(rng),
-        }
+        Self { setup: ServerSetup::<Suite>::new(rng) }
     }
 
     /// Serialises the setup for storage. Secret: store it encrypted.
@@ -236,8 +210,7 @@ impl OpaqueServerSetup {
 
     /// Parses bytes produced by [`Self::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CoreError> {
-        let setup = ServerSetup::<Suite>::deserialize(bytes)
-            .map_err(|source| decode_error("ServerSetup", source))?;
+        let setup = ServerSetup::<Suite>::deserialize(bytes).map_err(|source| decode_error("ServerSetup", source))?;
         Ok(Self { setup })
     }
 }
@@ -258,8 +231,8 @@ pub fn server_registration_start(
 ) -> Result<Vec<u8>, CoreError> {
     let request = RegistrationRequest::<Suite>::deserialize(request)
         .map_err(|source| decode_error("RegistrationRequest", source))?;
-    let result = ServerRegistration::<Suite>::start(&setup.setup, request, credential_id)
-        .map_err(CoreError::OpaqueProtocol)?;
+    let result =
+        ServerRegistration::<Suite>::start(&setup.setup, request, credential_id).map_err(CoreError::OpaqueProtocol)?;
     Ok(result.message.serialize().to_vec())
 }
 
@@ -268,9 +241,7 @@ pub fn server_registration_start(
 pub fn server_registration_finish(upload: &[u8]) -> Result<Vec<u8>, CoreError> {
     let upload = RegistrationUpload::<Suite>::deserialize(upload)
         .map_err(|source| decode_error("RegistrationUpload", source))?;
-    Ok(ServerRegistration::<Suite>::finish(upload)
-        .serialize()
-        .to_vec())
+    Ok(ServerRegistration::<Suite>::finish(upload).serialize().to_vec())
 }
 
 /// Server side of a login, waiting for the client's finalization.
@@ -305,18 +276,10 @@ impl ServerLogin {
             password_file,
             request,
             credential_id,
-            ServerLoginStartParameters {
-                context: Some(LOGIN_CONTEXT),
-                identifiers: Identifiers::default(),
-            },
+            ServerLoginStartParameters { context: Some(LOGIN_CONTEXT), identifiers: Identifiers::default() },
         )
         .map_err(CoreError::OpaqueProtocol)?;
-        Ok((
-            Self {
-                state: result.state,
-            },
-            result.message.serialize().to_vec(),
-        ))
+        Ok((Self { state: result.state }, result.message.serialize().to_vec()))
     }
 
     /// Checks the client's `CredentialFinalization`; returns the session key
@@ -355,9 +318,7 @@ mod tests {
     fn register(setup: &OpaqueServerSetup, user: &[u8], password: &[u8]) -> Vec<u8> {
         let (client, request) = ClientRegistration::start(&mut OsRng, password).unwrap();
         let response = server_registration_start(setup, &request, user).unwrap();
-        let upload = client
-            .finish(&mut OsRng, password, &response, &OpaqueParams::light())
-            .unwrap();
+        let upload = client.finish(&mut OsRng, password, &response, &OpaqueParams::light()).unwrap();
         server_registration_finish(&upload).unwrap()
     }
 
@@ -367,11 +328,8 @@ mod tests {
         let file = register(&setup, b"alice", b"correct horse");
 
         let (client, request) = ClientLogin::start(&mut OsRng, b"correct horse").unwrap();
-        let (server, response) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
-        let output = client
-            .finish(b"correct horse", &response, &OpaqueParams::light())
-            .unwrap();
+        let (server, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+        let output = client.finish(b"correct horse", &response, &OpaqueParams::light()).unwrap();
         let server_key = server.finish(&output.finalization).unwrap();
         assert_eq!(output.session_key.as_slice(), server_key.as_slice());
         assert_eq!(server_key.len(), 64);
@@ -384,8 +342,7 @@ mod tests {
         let file = register(&setup, b"alice", b"pw");
         let login = || {
             let (client, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-            let (_, response) =
-                ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+            let (_, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
             client.finish(b"pw", &response, &OpaqueParams::light()).unwrap()
         };
         assert_eq!(login().export_key, login().export_key);
@@ -396,12 +353,8 @@ mod tests {
         let setup = OpaqueServerSetup::generate(&mut OsRng);
         let file = register(&setup, b"alice", b"right");
         let (client, request) = ClientLogin::start(&mut OsRng, b"wrong").unwrap();
-        let (_, response) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
-        assert!(matches!(
-            client.finish(b"wrong", &response, &OpaqueParams::light()),
-            Err(CoreError::InvalidLogin)
-        ));
+        let (_, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+        assert!(matches!(client.finish(b"wrong", &response, &OpaqueParams::light()), Err(CoreError::InvalidLogin)));
     }
 
     #[test]
@@ -409,16 +362,9 @@ mod tests {
         let setup = OpaqueServerSetup::generate(&mut OsRng);
         let file = register(&setup, b"alice", b"pw");
         let (client, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-        let (_, response) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
-        let other = OpaqueParams {
-            t_cost: 2,
-            ..OpaqueParams::light()
-        };
-        assert!(matches!(
-            client.finish(b"pw", &response, &other),
-            Err(CoreError::InvalidLogin)
-        ));
+        let (_, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+        let other = OpaqueParams { t_cost: 2, ..OpaqueParams::light() };
+        assert!(matches!(client.finish(b"pw", &response, &other), Err(CoreError::InvalidLogin)));
     }
 
     #[test]
@@ -426,20 +372,13 @@ mod tests {
         let setup = OpaqueServerSetup::generate(&mut OsRng);
         let file = register(&setup, b"alice", b"pw");
         let (_, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-        let (server, response) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+        let (server, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
         // A finalization from a different, unrelated login does not verify.
         let (client, request2) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-        let (_, response2) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request2, b"alice").unwrap();
-        let other = client
-            .finish(b"pw", &response2, &OpaqueParams::light())
-            .unwrap();
+        let (_, response2) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request2, b"alice").unwrap();
+        let other = client.finish(b"pw", &response2, &OpaqueParams::light()).unwrap();
         assert_eq!(response.len(), response2.len());
-        assert!(matches!(
-            server.finish(&other.finalization),
-            Err(CoreError::InvalidLogin)
-        ));
+        assert!(matches!(server.finish(&other.finalization), Err(CoreError::InvalidLogin)));
     }
 
     #[test]
@@ -448,17 +387,12 @@ mod tests {
         let file = register(&setup, b"alice", b"pw");
 
         let (_, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-        let (_, known) =
-            ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+        let (_, known) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
 
         let (client, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
-        let (_, unknown) =
-            ServerLogin::start(&mut OsRng, &setup, None, &request, b"mallory").unwrap();
+        let (_, unknown) = ServerLogin::start(&mut OsRng, &setup, None, &request, b"mallory").unwrap();
         assert_eq!(known.len(), unknown.len());
-        assert!(matches!(
-            client.finish(b"pw", &unknown, &OpaqueParams::light()),
-            Err(CoreError::InvalidLogin)
-        ));
+        assert!(matches!(client.finish(b"pw", &unknown, &OpaqueParams::light()), Err(CoreError::InvalidLogin)));
     }
 
     #[test]
@@ -468,20 +402,11 @@ mod tests {
         assert_eq!(restored.to_bytes().as_slice(), setup.to_bytes().as_slice());
         assert_eq!(format!("{setup:?}"), "OpaqueServerSetup { <redacted> }");
 
-        assert!(matches!(
-            OpaqueServerSetup::from_bytes(b"short"),
-            Err(CoreError::OpaqueDecode { .. })
-        ));
+        assert!(matches!(OpaqueServerSetup::from_bytes(b"short"), Err(CoreError::OpaqueDecode { .. })));
         assert!(matches!(
             server_registration_start(&setup, b"garbage", b"alice"),
-            Err(CoreError::OpaqueDecode {
-                message: "RegistrationRequest",
-                ..
-            })
+            Err(CoreError::OpaqueDecode { message: "RegistrationRequest", .. })
         ));
-        assert!(matches!(
-            server_registration_finish(&[0u8; 3]),
-            Err(CoreError::OpaqueDecode { .. })
-        ));
+        assert!(matches!(server_registration_finish(&[0u8; 3]), Err(CoreError::OpaqueDecode { .. })));
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{RecvStream, VarInt};
 use quicprochat_proto::v1;
+use quinn::{RecvStream, VarInt};
 
 use crate::codes;
 use crate::error::{Error, RpcError};
@@ -28,10 +28,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self {
-            max_payload: DEFAULT_MAX_PAYLOAD,
-            call_timeout: None,
-        }
+        Self { max_payload: DEFAULT_MAX_PAYLOAD, call_timeout: None }
     }
 }
 
@@ -55,11 +52,7 @@ impl RpcClient {
     /// Connects to `addr`, verifying the server as `server_name` with `config` (see
     /// [`crate::client_config`]), with default [`ClientOptions`]. Binds its own UDP endpoint
     /// on the unspecified address of `addr`'s family.
-    pub async fn connect(
-        addr: SocketAddr,
-        server_name: &str,
-        config: quinn::ClientConfig,
-    ) -> Result<Self, Error> {
+    pub async fn connect(addr: SocketAddr, server_name: &str, config: quinn::ClientConfig) -> Result<Self, Error> {
         Self::connect_with(addr, server_name, config, ClientOptions::default()).await
     }
 
@@ -74,17 +67,11 @@ impl RpcClient {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|source| Error::Bind { addr: bind, source })?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| Error::Bind { addr: bind, source })?;
         endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, server_name)?.await?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                _endpoint: endpoint,
-                connection,
-                next_request_id: AtomicU32::new(1),
-                options,
-            }),
+            inner: Arc::new(Inner { _endpoint: endpoint, connection, next_request_id: AtomicU32::new(1), options }),
         })
     }
 
@@ -153,9 +140,7 @@ impl RpcClient {
 
     /// Closes the connection with application code 0 and `reason`; pending calls fail.
     pub fn close(&self, reason: &str) {
-        self.inner
-            .connection
-            .close(VarInt::from_u32(codes::CLOSE_NORMAL), reason.as_bytes());
+        self.inner.connection.close(VarInt::from_u32(codes::CLOSE_NORMAL), reason.as_bytes());
     }
 
     /// Resolves when the connection is closed, by either side or by a timeout.
@@ -180,21 +165,12 @@ impl RpcClient {
 }
 
 /// Reads the one response frame of a call's stream.
-async fn read_response(
-    recv: &mut RecvStream,
-    request_id: u32,
-    max_payload: u32,
-) -> Result<(Status, Bytes), Error> {
+async fn read_response(recv: &mut RecvStream, request_id: u32, max_payload: u32) -> Result<(Status, Bytes), Error> {
     let mut head = [0u8; RESPONSE_HEADER_LEN];
-    recv.read_exact(&mut head)
-        .await
-        .map_err(|e| read_failure(e, "header", RESPONSE_HEADER_LEN))?;
+    recv.read_exact(&mut head).await.map_err(|e| read_failure(e, "header", RESPONSE_HEADER_LEN))?;
     let header = ResponseHeader::decode(&head);
     if header.request_id != request_id {
-        return Err(Error::RequestIdMismatch {
-            expected: request_id,
-            got: header.request_id,
-        });
+        return Err(Error::RequestIdMismatch { expected: request_id, got: header.request_id });
     }
     let status = Status::from_u8(header.status).ok_or(Error::UnknownStatus(header.status))?;
     let len = match frame::check_payload_len(header.payload_len, max_payload) {
@@ -204,8 +180,6 @@ async fn read_response(
             return Err(e.into());
         }
     };
-    let payload = read_payload(recv, len)
-        .await
-        .map_err(|e| read_failure(e, "payload", len))?;
+    let payload = read_payload(recv, len).await.map_err(|e| read_failure(e, "payload", len))?;
     Ok((status, payload))
 }

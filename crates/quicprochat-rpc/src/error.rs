@@ -32,12 +32,7 @@ pub struct RpcError {
 impl RpcError {
     /// An error with the given status and message.
     pub fn new(status: Status, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after_ms: 0,
-            details: BTreeMap::new(),
-        }
+        Self { status, message: message.into(), retry_after_ms: 0, details: BTreeMap::new() }
     }
 
     /// [`Status::BadRequest`].
@@ -118,23 +113,14 @@ impl RpcError {
             code: u32::from(self.status.as_u8()),
             message: self.message.clone(),
             retry_after_ms: self.retry_after_ms,
-            details: self
-                .details
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            details: self.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 
     /// Rebuilds the error from a response frame's status byte and `qpc.v1.Error` body. The
     /// frame's status wins over the body's `code`, which is redundant.
     pub fn from_proto(status: Status, e: v1::Error) -> Self {
-        Self {
-            status,
-            message: e.message,
-            retry_after_ms: e.retry_after_ms,
-            details: e.details.into_iter().collect(),
-        }
+        Self { status, message: e.message, retry_after_ms: e.retry_after_ms, details: e.details.into_iter().collect() }
     }
 }
 
@@ -347,10 +333,7 @@ mod tests {
         let wire = e.to_proto();
         assert_eq!(wire.code, 6);
         assert_eq!(wire.retry_after_ms, 1500);
-        assert_eq!(
-            wire.details.get("bucket").map(String::as_str),
-            Some("enqueue")
-        );
+        assert_eq!(wire.details.get("bucket").map(String::as_str), Some("enqueue"));
         assert_eq!(RpcError::from_proto(Status::RateLimited, wire), e);
         assert_eq!(e.to_string(), "RATE_LIMITED: slow down (retry after 1500 ms)");
     }
@@ -362,10 +345,7 @@ mod tests {
         assert!(Error::Connection(quinn::ConnectionError::TimedOut).is_retryable());
         assert!(!Error::Connection(quinn::ConnectionError::VersionMismatch).is_retryable());
         assert!(!Error::Frame(FrameError::TrailingBytes { extra: 1 }).is_retryable());
-        assert_eq!(
-            Error::Rpc(RpcError::conflict("epoch")).rpc_status(),
-            Some(Status::Conflict)
-        );
+        assert_eq!(Error::Rpc(RpcError::conflict("epoch")).rpc_status(), Some(Status::Conflict));
         assert_eq!(Error::PushClosed.rpc_status(), None);
     }
 }

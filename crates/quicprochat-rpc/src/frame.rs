@@ -57,23 +57,14 @@ pub enum FrameError {
 /// Call this on every header read from the network before allocating the body.
 pub fn check_payload_len(len: u32, max: u32) -> Result<usize, FrameError> {
     if len > max {
-        return Err(FrameError::PayloadTooLarge {
-            len: u64::from(len),
-            max,
-        });
+        return Err(FrameError::PayloadTooLarge { len: u64::from(len), max });
     }
-    usize::try_from(len).map_err(|_| FrameError::PayloadTooLarge {
-        len: u64::from(len),
-        max,
-    })
+    usize::try_from(len).map_err(|_| FrameError::PayloadTooLarge { len: u64::from(len), max })
 }
 
 /// Converts an outgoing payload length to its `u32` wire form, refusing anything above `max`.
 pub fn payload_len_for(payload: &[u8], max: u32) -> Result<u32, FrameError> {
-    let too_large = || FrameError::PayloadTooLarge {
-        len: u64::try_from(payload.len()).unwrap_or(u64::MAX),
-        max,
-    };
+    let too_large = || FrameError::PayloadTooLarge { len: u64::try_from(payload.len()).unwrap_or(u64::MAX), max };
     let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
     if len > max {
         return Err(too_large());
@@ -179,65 +170,34 @@ fn join(header: &[u8], payload: &[u8]) -> Bytes {
 }
 
 /// Builds a whole request frame, refusing a payload larger than `max`.
-pub fn encode_request(
-    method_id: u16,
-    request_id: u32,
-    payload: &[u8],
-    max: u32,
-) -> Result<Bytes, FrameError> {
-    let header = RequestHeader {
-        method_id,
-        request_id,
-        payload_len: payload_len_for(payload, max)?,
-    };
+pub fn encode_request(method_id: u16, request_id: u32, payload: &[u8], max: u32) -> Result<Bytes, FrameError> {
+    let header = RequestHeader { method_id, request_id, payload_len: payload_len_for(payload, max)? };
     Ok(join(&header.encode(), payload))
 }
 
 /// Builds a whole response frame, refusing a payload larger than `max`.
-pub fn encode_response(
-    status: u8,
-    request_id: u32,
-    payload: &[u8],
-    max: u32,
-) -> Result<Bytes, FrameError> {
-    let header = ResponseHeader {
-        status,
-        request_id,
-        payload_len: payload_len_for(payload, max)?,
-    };
+pub fn encode_response(status: u8, request_id: u32, payload: &[u8], max: u32) -> Result<Bytes, FrameError> {
+    let header = ResponseHeader { status, request_id, payload_len: payload_len_for(payload, max)? };
     Ok(join(&header.encode(), payload))
 }
 
 /// Builds a whole push frame, refusing a payload larger than `max`.
 pub fn encode_push(event_type: u16, payload: &[u8], max: u32) -> Result<Bytes, FrameError> {
-    let header = PushHeader {
-        event_type,
-        payload_len: payload_len_for(payload, max)?,
-    };
+    let header = PushHeader { event_type, payload_len: payload_len_for(payload, max)? };
     Ok(join(&header.encode(), payload))
 }
 
 /// Splits the fixed header of `N` bytes off `buf`.
 fn split_header<const N: usize>(buf: &[u8]) -> Result<(&[u8; N], &[u8]), FrameError> {
-    buf.split_first_chunk::<N>().ok_or(FrameError::Truncated {
-        part: "header",
-        expected: N,
-        actual: buf.len(),
-    })
+    buf.split_first_chunk::<N>().ok_or(FrameError::Truncated { part: "header", expected: N, actual: buf.len() })
 }
 
 /// Checks that `rest` is exactly the declared payload.
 fn exact_payload(rest: &[u8], declared: u32, max: u32) -> Result<&[u8], FrameError> {
     let len = check_payload_len(declared, max)?;
     match rest.len().cmp(&len) {
-        std::cmp::Ordering::Less => Err(FrameError::Truncated {
-            part: "payload",
-            expected: len,
-            actual: rest.len(),
-        }),
-        std::cmp::Ordering::Greater => Err(FrameError::TrailingBytes {
-            extra: rest.len() - len,
-        }),
+        std::cmp::Ordering::Less => Err(FrameError::Truncated { part: "payload", expected: len, actual: rest.len() }),
+        std::cmp::Ordering::Greater => Err(FrameError::TrailingBytes { extra: rest.len() - len }),
         std::cmp::Ordering::Equal => Ok(rest),
     }
 }
@@ -269,11 +229,7 @@ mod tests {
 
     #[test]
     fn request_header_known_answer() {
-        let header = RequestHeader {
-            method_id: 0x0320,
-            request_id: 0x0102_0304,
-            payload_len: 0x0000_0105,
-        };
+        let header = RequestHeader { method_id: 0x0320, request_id: 0x0102_0304, payload_len: 0x0000_0105 };
         let bytes = header.encode();
         assert_eq!(bytes, [0x03, 0x20, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x01, 0x05]);
         assert_eq!(RequestHeader::decode(&bytes), header);
@@ -281,11 +237,7 @@ mod tests {
 
     #[test]
     fn response_header_known_answer() {
-        let header = ResponseHeader {
-            status: 11,
-            request_id: 7,
-            payload_len: 0x00AB_CDEF,
-        };
+        let header = ResponseHeader { status: 11, request_id: 7, payload_len: 0x00AB_CDEF };
         let bytes = header.encode();
         assert_eq!(bytes, [11, 0, 0, 0, 7, 0x00, 0xAB, 0xCD, 0xEF]);
         assert_eq!(ResponseHeader::decode(&bytes), header);
@@ -293,10 +245,7 @@ mod tests {
 
     #[test]
     fn push_header_known_answer() {
-        let header = PushHeader {
-            event_type: 1,
-            payload_len: 3,
-        };
+        let header = PushHeader { event_type: 1, payload_len: 3 };
         let bytes = header.encode();
         assert_eq!(bytes, [0, 1, 0, 0, 0, 3]);
         assert_eq!(PushHeader::decode(&bytes), header);
@@ -344,26 +293,16 @@ mod tests {
 
     #[test]
     fn oversized_length_prefix_is_refused_before_the_body() {
-        let header = RequestHeader {
-            method_id: 1,
-            request_id: 1,
-            payload_len: DEFAULT_MAX_PAYLOAD + 1,
-        };
+        let header = RequestHeader { method_id: 1, request_id: 1, payload_len: DEFAULT_MAX_PAYLOAD + 1 };
         // Only the header is present: the length check fires before any body is needed.
         let err = decode_request(&header.encode(), DEFAULT_MAX_PAYLOAD).unwrap_err();
         assert_eq!(
             err,
-            FrameError::PayloadTooLarge {
-                len: u64::from(DEFAULT_MAX_PAYLOAD) + 1,
-                max: DEFAULT_MAX_PAYLOAD
-            }
+            FrameError::PayloadTooLarge { len: u64::from(DEFAULT_MAX_PAYLOAD) + 1, max: DEFAULT_MAX_PAYLOAD }
         );
         assert_eq!(
             check_payload_len(u32::MAX, DEFAULT_MAX_PAYLOAD),
-            Err(FrameError::PayloadTooLarge {
-                len: u64::from(u32::MAX),
-                max: DEFAULT_MAX_PAYLOAD
-            })
+            Err(FrameError::PayloadTooLarge { len: u64::from(u32::MAX), max: DEFAULT_MAX_PAYLOAD })
         );
         assert_eq!(check_payload_len(DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD), Ok(8 << 20));
     }
@@ -380,39 +319,17 @@ mod tests {
     #[test]
     fn truncated_header_is_reported() {
         let err = decode_request(&[0u8; 9], DEFAULT_MAX_PAYLOAD).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::Truncated {
-                part: "header",
-                expected: REQUEST_HEADER_LEN,
-                actual: 9
-            }
-        );
-        assert!(matches!(
-            decode_response(&[], DEFAULT_MAX_PAYLOAD),
-            Err(FrameError::Truncated { part: "header", .. })
-        ));
-        assert!(matches!(
-            decode_push(&[0; 5], DEFAULT_MAX_PAYLOAD),
-            Err(FrameError::Truncated { part: "header", .. })
-        ));
+        assert_eq!(err, FrameError::Truncated { part: "header", expected: REQUEST_HEADER_LEN, actual: 9 });
+        assert!(matches!(decode_response(&[], DEFAULT_MAX_PAYLOAD), Err(FrameError::Truncated { part: "header", .. })));
+        assert!(matches!(decode_push(&[0; 5], DEFAULT_MAX_PAYLOAD), Err(FrameError::Truncated { part: "header", .. })));
     }
 
     #[test]
     fn short_body_is_reported() {
-        let mut frame = encode_request(1, 1, b"abcdef", DEFAULT_MAX_PAYLOAD)
-            .unwrap()
-            .to_vec();
+        let mut frame = encode_request(1, 1, b"abcdef", DEFAULT_MAX_PAYLOAD).unwrap().to_vec();
         frame.truncate(frame.len() - 2);
         let err = decode_request(&frame, DEFAULT_MAX_PAYLOAD).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::Truncated {
-                part: "payload",
-                expected: 6,
-                actual: 4
-            }
-        );
+        assert_eq!(err, FrameError::Truncated { part: "payload", expected: 6, actual: 4 });
     }
 
     #[test]
@@ -432,9 +349,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = usize::try_from(state % 24).unwrap();
-            let bytes: Vec<u8> = (0..len)
-                .map(|i| u8::try_from((state >> (i % 8 * 8)) & 0xFF).unwrap())
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|i| u8::try_from((state >> (i % 8 * 8)) & 0xFF).unwrap()).collect();
             let _ = decode_request(&bytes, 16);
             let _ = decode_response(&bytes, 16);
             let _ = decode_push(&bytes, 16);

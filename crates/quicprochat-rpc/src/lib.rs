@@ -35,9 +35,8 @@ pub use router::{Context, Router};
 pub use server::{RpcServer, SHUTDOWN_REASON};
 pub use status::Status;
 pub use tls::{
-    ALPN, DevCertificate, ServerCertificate, ServerTrust, client_config, client_config_with,
-    generate_self_signed, load_or_generate_dev_certificate, load_pem_or_der_certificate,
-    server_config,
+    ALPN, DevCertificate, ServerCertificate, ServerTrust, client_config, client_config_with, generate_self_signed,
+    load_or_generate_dev_certificate, load_pem_or_der_certificate, server_config,
 };
 
 /// QUIC application error codes used by this protocol on connections and streams.

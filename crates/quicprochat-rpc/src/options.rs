@@ -32,27 +32,17 @@ impl TransportOptions {
     /// (stream limits are set by the caller, which knows its side).
     pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, Error> {
         if self.idle_timeout.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "idle_timeout",
-                problem: "must be positive",
-            });
+            return Err(Error::InvalidOption { option: "idle_timeout", problem: "must be positive" });
         }
         if !self.keep_alive.is_zero() && self.keep_alive >= self.idle_timeout {
-            return Err(Error::InvalidOption {
-                option: "keep_alive",
-                problem: "must be shorter than idle_timeout",
-            });
+            return Err(Error::InvalidOption { option: "keep_alive", problem: "must be shorter than idle_timeout" });
         }
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
-            Error::InvalidOption {
-                option: "idle_timeout",
-                problem: "too large for QUIC",
-            }
-        })?;
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| Error::InvalidOption { option: "idle_timeout", problem: "too large for QUIC" })?;
         let mut config = quinn::TransportConfig::default();
-        config.max_idle_timeout(Some(idle)).keep_alive_interval(
-            (!self.keep_alive.is_zero()).then_some(self.keep_alive),
-        );
+        config
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive));
         Ok(config)
     }
 }
@@ -79,6 +69,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Connections beyond this many are refused. Default 10 000.
     pub max_connections: usize,
+    /// Per connection, the most request payload bytes held at once (being read or being
+    /// handled), counted by declared length before the body is read. A request that cannot
+    /// get its share within `read_timeout` is answered UNAVAILABLE. At least `max_payload`.
+    /// Default 64 MiB.
+    pub max_request_bytes_in_flight: u32,
     /// QUIC transport settings.
     pub transport: TransportOptions,
 }
@@ -93,6 +88,7 @@ impl Default for ServerOptions {
             push_queue_len: 1024,
             shutdown_grace: Duration::from_secs(10),
             max_connections: 10_000,
+            max_request_bytes_in_flight: 64 << 20,
             transport: TransportOptions::default(),
         }
     }
@@ -107,6 +103,9 @@ impl ServerOptions {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be positive");
+        }
+        if self.max_request_bytes_in_flight < self.max_payload {
+            return invalid("max_request_bytes_in_flight", "must be at least max_payload");
         }
         if self.read_timeout.is_zero() || self.write_timeout.is_zero() {
             return invalid("read_timeout/write_timeout", "must be positive");
@@ -129,26 +128,11 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused() {
-        let opts = ServerOptions {
-            push_queue_len: 0,
-            ..ServerOptions::default()
-        };
-        assert!(matches!(
-            opts.validate(),
-            Err(Error::InvalidOption {
-                option: "push_queue_len",
-                ..
-            })
-        ));
-        let transport = TransportOptions {
-            keep_alive: Duration::from_secs(60),
-            ..TransportOptions::default()
-        };
+        let opts = ServerOptions { push_queue_len: 0, ..ServerOptions::default() };
+        assert!(matches!(opts.validate(), Err(Error::InvalidOption { option: "push_queue_len", .. })));
+        let transport = TransportOptions { keep_alive: Duration::from_secs(60), ..TransportOptions::default() };
         assert!(transport.transport_config().is_err());
-        let transport = TransportOptions {
-            keep_alive: Duration::ZERO,
-            ..TransportOptions::default()
-        };
+        let transport = TransportOptions { keep_alive: Duration::ZERO, ..TransportOptions::default() };
         assert!(transport.transport_config().is_ok());
     }
 }

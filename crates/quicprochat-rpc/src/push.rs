@@ -33,17 +33,9 @@ pub struct PushSender {
 
 impl PushSender {
     /// A sender and the receiving end that [`run_writer`] drains.
-    pub(crate) fn channel(
-        connection_id: u64,
-        capacity: usize,
-        max_payload: u32,
-    ) -> (Self, mpsc::Receiver<Bytes>) {
+    pub(crate) fn channel(connection_id: u64, capacity: usize, max_payload: u32) -> (Self, mpsc::Receiver<Bytes>) {
         let (queue, rx) = mpsc::channel(capacity);
-        let sender = Self {
-            queue,
-            connection_id,
-            max_payload,
-        };
+        let sender = Self { queue, connection_id, max_payload };
         (sender, rx)
     }
 
@@ -173,9 +165,11 @@ impl PushStream {
         match self.recv.read_exact(&mut head).await {
             Ok(()) => {}
             Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(ReadExactError::ReadError(ReadError::ConnectionLost(
-                ConnectionError::ApplicationClosed(close),
-            ))) if close.error_code == VarInt::from_u32(codes::CLOSE_NORMAL) => return Ok(None),
+            Err(ReadExactError::ReadError(ReadError::ConnectionLost(ConnectionError::ApplicationClosed(close))))
+                if close.error_code == VarInt::from_u32(codes::CLOSE_NORMAL) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(read_failure(e, "header", PUSH_HEADER_LEN)),
         }
         let header = PushHeader::decode(&head);
@@ -186,13 +180,8 @@ impl PushStream {
                 return Err(e.into());
             }
         };
-        let payload = read_payload(&mut self.recv, len)
-            .await
-            .map_err(|e| read_failure(e, "payload", len))?;
-        Ok(Some(PushFrame {
-            event_type: header.event_type,
-            payload,
-        }))
+        let payload = read_payload(&mut self.recv, len).await.map_err(|e| read_failure(e, "payload", len))?;
+        Ok(Some(PushFrame { event_type: header.event_type, payload }))
     }
 }
 
@@ -205,9 +194,7 @@ mod tests {
     fn full_and_closed_queues_are_reported_without_waiting() {
         let (sender, mut rx) = PushSender::channel(7, 2, 1024);
         assert_eq!(sender.connection_id(), 7);
-        let msg = v1::SessionExpired {
-            reason: "expired".into(),
-        };
+        let msg = v1::SessionExpired { reason: "expired".into() };
         sender.try_push(4, &msg).unwrap();
         sender.try_push(4, &msg).unwrap();
         assert!(matches!(sender.try_push(4, &msg), Err(Error::PushQueueFull)));
@@ -215,10 +202,7 @@ mod tests {
         let queued = rx.try_recv().unwrap();
         let (header, payload) = frame::decode_push(&queued, 1024).unwrap();
         assert_eq!(header.event_type, 4);
-        assert_eq!(
-            <v1::SessionExpired as prost::Message>::decode(payload).unwrap(),
-            msg
-        );
+        assert_eq!(<v1::SessionExpired as prost::Message>::decode(payload).unwrap(), msg);
 
         drop(rx);
         assert!(sender.is_closed());

@@ -21,8 +21,7 @@ use crate::push::PushSender;
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A type-erased handler: request payload in, response payload out.
-pub(crate) type Handler<S> =
-    Box<dyn Fn(Context<S>, Bytes) -> BoxFuture<Result<Bytes, RpcError>> + Send + Sync>;
+pub(crate) type Handler<S> = Box<dyn Fn(Context<S>, Bytes) -> BoxFuture<Result<Bytes, RpcError>> + Send + Sync>;
 
 type DisconnectHook<S> = Box<dyn Fn(u64, Option<S>) + Send + Sync>;
 
@@ -42,11 +41,7 @@ impl<S: Clone + Send + Sync + 'static> Default for Router<S> {
 impl<S: Clone + Send + Sync + 'static> Router<S> {
     /// An empty router: every method answers UNKNOWN_METHOD.
     pub fn new() -> Self {
-        Self {
-            routes: HashMap::new(),
-            deadlines: HashMap::new(),
-            on_disconnect: None,
-        }
+        Self { routes: HashMap::new(), deadlines: HashMap::new(), on_disconnect: None }
     }
 
     /// Registers the handler of a method callable without a session. Registering a method id
@@ -81,9 +76,7 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
             method_id,
             Box::new(move |ctx: Context<S>, body: Bytes| {
                 let Some(session) = ctx.session() else {
-                    return Box::pin(future::ready(Err(RpcError::unauthenticated(
-                        "this method requires a session",
-                    ))));
+                    return Box::pin(future::ready(Err(RpcError::unauthenticated("this method requires a session"))));
                 };
                 match decode::<Req>(method_id, body) {
                     Ok(request) => respond(handler(ctx, session, request)),
@@ -158,8 +151,7 @@ impl<S> fmt::Debug for Router<S> {
 }
 
 fn decode<Req: prost::Message + Default>(method_id: u16, body: Bytes) -> Result<Req, RpcError> {
-    Req::decode(body)
-        .map_err(|e| RpcError::bad_request(format!("malformed request for method {method_id}: {e}")))
+    Req::decode(body).map_err(|e| RpcError::bad_request(format!("malformed request for method {method_id}: {e}")))
 }
 
 fn respond<Resp, Fut>(response: Fut) -> BoxFuture<Result<Bytes, RpcError>>
@@ -180,12 +172,7 @@ pub(crate) struct ConnectionState<S> {
 
 impl<S> ConnectionState<S> {
     pub(crate) fn new(id: u64, remote: SocketAddr, push: PushSender) -> Self {
-        Self {
-            id,
-            remote,
-            session: Mutex::new(None),
-            push,
-        }
+        Self { id, remote, session: Mutex::new(None), push }
     }
 
     /// The connection's id.
@@ -195,10 +182,7 @@ impl<S> ConnectionState<S> {
 
     /// Removes and returns the session, when the connection ends.
     pub(crate) fn take_session(&self) -> Option<S> {
-        self.session
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.session.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -211,28 +195,17 @@ pub struct Context<S> {
 
 impl<S> Clone for Context<S> {
     fn clone(&self) -> Self {
-        Self {
-            connection: Arc::clone(&self.connection),
-            method_id: self.method_id,
-            request_id: self.request_id,
-        }
+        Self { connection: Arc::clone(&self.connection), method_id: self.method_id, request_id: self.request_id }
     }
 }
 
 impl<S: Clone> Context<S> {
     pub(crate) fn new(connection: Arc<ConnectionState<S>>, method_id: u16, request_id: u32) -> Self {
-        Self {
-            connection,
-            method_id,
-            request_id,
-        }
+        Self { connection, method_id, request_id }
     }
 
     fn session_slot(&self) -> std::sync::MutexGuard<'_, Option<S>> {
-        self.connection
-            .session
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.connection.session.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The session the connection is bound to, if any.

@@ -11,9 +11,9 @@
 //! is closed with application code 0, reason `"server shutting down"`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use quinn::{ReadExactError, RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,13 +41,21 @@ use crate::tls::{self, ServerCertificate};
 pub const SHUTDOWN_REASON: &[u8] = b"server shutting down";
 
 /// An RPC server bound to a UDP socket, ready to [`serve`](Self::serve).
-#[derive(Debug)]
 pub struct RpcServer<S> {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared<S>>,
 }
 
-#[derive(Debug)]
+impl<S> std::fmt::Debug for RpcServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("local_addr", &self.endpoint.local_addr().ok())
+            .field("router", &self.shared.router)
+            .field("opts", &self.shared.opts)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared<S> {
     router: Router<S>,
     opts: ServerOptions,
@@ -64,16 +73,8 @@ impl<S: Clone + Send + Sync + 'static> RpcServer<S> {
     ) -> Result<Self, Error> {
         opts.validate()?;
         let config = tls::server_config(cert, &opts.transport)?;
-        let endpoint =
-            quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
-        Ok(Self {
-            endpoint,
-            shared: Arc::new(Shared {
-                router,
-                opts,
-                next_connection_id: AtomicU64::new(1),
-            }),
-        })
+        let endpoint = quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
+        Ok(Self { endpoint, shared: Arc::new(Shared { router, opts, next_connection_id: AtomicU64::new(1) }) })
     }
 
     /// The address the endpoint is bound to (with the real port when bound to port 0).
@@ -126,10 +127,7 @@ impl<S: Clone + Send + Sync + 'static> RpcServer<S> {
         .await
         .is_ok();
         if !drained {
-            tracing::warn!(
-                connections = connections.len(),
-                "shutdown grace elapsed; cutting off in-flight RPCs"
-            );
+            tracing::warn!(connections = connections.len(), "shutdown grace elapsed; cutting off in-flight RPCs");
             abort.cancel();
             while let Some(done) = connections.join_next().await {
                 log_join_error(done, "connection");
@@ -189,14 +187,11 @@ async fn run_connection<S: Clone + Send + Sync + 'static>(
     let state = Arc::new(ConnectionState::new(id, remote, push));
     let push_cancel = CancellationToken::new();
     let mut writer = JoinSet::new();
-    writer.spawn(push::run_writer(
-        connection.clone(),
-        push_queue,
-        push_cancel.clone(),
-        opts.write_timeout,
-        id,
-    ));
+    writer.spawn(push::run_writer(connection.clone(), push_queue, push_cancel.clone(), opts.write_timeout, id));
 
+    let request_budget = Arc::new(Semaphore::new(
+        usize::try_from(opts.max_request_bytes_in_flight).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
+    ));
     let mut rpcs = JoinSet::new();
     let mut shutting_down = false;
     let end = loop {
@@ -213,8 +208,8 @@ async fn run_connection<S: Clone + Send + Sync + 'static>(
                     rpcs.spawn(handle_stream(
                         Arc::clone(&shared),
                         Arc::clone(&state),
-                        send,
-                        recv,
+                        Arc::clone(&request_budget),
+                        Stream { send, recv },
                         shutting_down,
                     ));
                 }
@@ -264,9 +259,7 @@ impl ResponseStream {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::error!(request_id, error = %e, "response exceeds the payload limit");
-                let body = RpcError::internal("the response exceeds the payload limit")
-                    .to_proto()
-                    .encode_to_vec();
+                let body = RpcError::internal("the response exceeds the payload limit").to_proto().encode_to_vec();
                 match frame::encode_response(Status::Internal.as_u8(), request_id, &body, max_payload) {
                     Ok(frame) => frame,
                     Err(_) => return,
@@ -293,20 +286,9 @@ impl ResponseStream {
     }
 
     async fn respond_error(&mut self, request_id: u32, error: &RpcError, shared: &ServerOptions) {
-        let status = if error.status == Status::Ok {
-            Status::Internal
-        } else {
-            error.status
-        };
+        let status = if error.status == Status::Ok { Status::Internal } else { error.status };
         let body = error.to_proto().encode_to_vec();
-        self.respond(
-            status,
-            request_id,
-            &body,
-            shared.max_payload,
-            shared.write_timeout,
-        )
-        .await;
+        self.respond(status, request_id, &body, shared.max_payload, shared.write_timeout).await;
     }
 }
 
@@ -318,10 +300,16 @@ impl Drop for ResponseStream {
     }
 }
 
+/// Both halves of an RPC stream.
+struct Stream {
+    send: SendStream,
+    recv: RecvStream,
+}
+
 /// The request frame of one stream, or why there is none.
 enum RequestRead {
-    /// A complete frame for a routed method.
-    Complete(RequestHeader, Bytes),
+    /// A complete frame for a routed method, and its share of the connection's request budget.
+    Complete(RequestHeader, Bytes, OwnedSemaphorePermit),
     /// The request is refused with this error; the rest of the stream is not read.
     Refused(u32, RpcError),
     /// The peer reset the stream or the connection is gone: nobody to answer.
@@ -332,6 +320,7 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
     recv: &mut RecvStream,
     router: &Router<S>,
     opts: &ServerOptions,
+    budget: Arc<Semaphore>,
     shutting_down: bool,
 ) -> RequestRead {
     let deadline = Instant::now() + opts.read_timeout;
@@ -343,9 +332,7 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
         Ok(Err(ReadExactError::FinishedEarly(n))) => {
             return RequestRead::Refused(
                 0,
-                RpcError::bad_request(format!(
-                    "truncated request header: {n} of {REQUEST_HEADER_LEN} bytes"
-                )),
+                RpcError::bad_request(format!("truncated request header: {n} of {REQUEST_HEADER_LEN} bytes")),
             );
         }
         Ok(Err(ReadExactError::ReadError(_))) => return RequestRead::Abandoned,
@@ -355,10 +342,7 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
     let request_id = header.request_id;
 
     if shutting_down {
-        return RequestRead::Refused(
-            request_id,
-            RpcError::unavailable("the server is shutting down"),
-        );
+        return RequestRead::Refused(request_id, RpcError::unavailable("the server is shutting down"));
     }
     let len = match frame::check_payload_len(header.payload_len, opts.max_payload) {
         Ok(len) => len,
@@ -370,8 +354,17 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
             RpcError::unknown_method(format!("unknown method {}", header.method_id)),
         );
     }
+    let share = match tokio::time::timeout_at(deadline, budget.acquire_many_owned(header.payload_len)).await {
+        Ok(Ok(share)) => share,
+        Ok(Err(_)) | Err(_) => {
+            return RequestRead::Refused(
+                request_id,
+                RpcError::unavailable("too many request bytes in flight on this connection").with_retry_after_ms(1000),
+            );
+        }
+    };
     match tokio::time::timeout_at(deadline, read_payload(recv, len)).await {
-        Ok(Ok(body)) => RequestRead::Complete(header, body),
+        Ok(Ok(body)) => RequestRead::Complete(header, body, share),
         Ok(Err(ReadExactError::FinishedEarly(n))) => RequestRead::Refused(
             request_id,
             RpcError::bad_request(format!("truncated request payload: {n} of {len} bytes")),
@@ -384,17 +377,17 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
 async fn handle_stream<S: Clone + Send + Sync + 'static>(
     shared: Arc<Shared<S>>,
     state: Arc<ConnectionState<S>>,
-    send: SendStream,
-    mut recv: RecvStream,
+    request_budget: Arc<Semaphore>,
+    stream: Stream,
     shutting_down: bool,
 ) {
     let opts = &shared.opts;
-    let mut response = ResponseStream {
-        send,
-        finished: false,
-    };
-    let (header, body) = match read_request(&mut recv, &shared.router, opts, shutting_down).await {
-        RequestRead::Complete(header, body) => (header, body),
+    let Stream { send, mut recv } = stream;
+    let mut response = ResponseStream { send, finished: false };
+    let read = read_request(&mut recv, &shared.router, opts, request_budget, shutting_down).await;
+    // Held until the response is written: the body lives that long.
+    let (header, body, _share) = match read {
+        RequestRead::Complete(header, body, share) => (header, body, share),
         RequestRead::Refused(request_id, error) => {
             // Tell the client to stop sending whatever remains; the response says why.
             let _ = recv.stop(codes::REQUEST_REFUSED);
@@ -411,10 +404,7 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
         response.respond_error(header.request_id, &error, opts).await;
         return;
     };
-    let deadline = shared
-        .router
-        .deadline(header.method_id)
-        .unwrap_or(opts.request_deadline);
+    let deadline = shared.router.deadline(header.method_id).unwrap_or(opts.request_deadline);
     let connection_id = state.id();
     let ctx = Context::new(state, header.method_id, header.request_id);
     let started = Instant::now();
@@ -422,10 +412,7 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
         Ok(call) => match tokio::time::timeout(deadline, CatchUnwind(call)).await {
             Ok(Ok(result)) => result,
             Ok(Err(Panicked)) => Err(handler_panicked(header)),
-            Err(_) => Err(RpcError::deadline_exceeded(format!(
-                "no response within {} ms",
-                deadline.as_millis()
-            ))),
+            Err(_) => Err(RpcError::deadline_exceeded(format!("no response within {} ms", deadline.as_millis()))),
         },
         Err(_) => Err(handler_panicked(header)),
     };
@@ -440,26 +427,14 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
     );
     match outcome {
         Ok(payload) => {
-            response
-                .respond(
-                    Status::Ok,
-                    header.request_id,
-                    &payload,
-                    opts.max_payload,
-                    opts.write_timeout,
-                )
-                .await;
+            response.respond(Status::Ok, header.request_id, &payload, opts.max_payload, opts.write_timeout).await;
         }
         Err(error) => response.respond_error(header.request_id, &error, opts).await,
     }
 }
 
 fn handler_panicked(header: RequestHeader) -> RpcError {
-    tracing::error!(
-        method_id = header.method_id,
-        request_id = header.request_id,
-        "handler panicked"
-    );
+    tracing::error!(method_id = header.method_id, request_id = header.request_id, "handler panicked");
     RpcError::internal("internal error")
 }
 

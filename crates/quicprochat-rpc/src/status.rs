@@ -84,13 +84,7 @@ impl Status {
     /// Whether the same request may succeed if sent again later (possibly after
     /// `retry_after_ms`). Callers still decide whether the method is safe to repeat.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            Status::RateLimited
-                | Status::QueueFull
-                | Status::DeadlineExceeded
-                | Status::Unavailable
-        )
+        matches!(self, Status::RateLimited | Status::QueueFull | Status::DeadlineExceeded | Status::Unavailable)
     }
 }
 

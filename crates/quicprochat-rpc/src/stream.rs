@@ -31,11 +31,7 @@ pub(crate) async fn read_payload(recv: &mut RecvStream, len: usize) -> Result<By
 /// Turns a failed exact read of `part` (`expected` bytes) into a crate error.
 pub(crate) fn read_failure(e: ReadExactError, part: &'static str, expected: usize) -> Error {
     match e {
-        ReadExactError::FinishedEarly(actual) => Error::Frame(FrameError::Truncated {
-            part,
-            expected,
-            actual,
-        }),
+        ReadExactError::FinishedEarly(actual) => Error::Frame(FrameError::Truncated { part, expected, actual }),
         ReadExactError::ReadError(e) => e.into(),
     }
 }

@@ -41,19 +41,9 @@ pub type DevCertificate = ServerCertificate;
 impl ServerCertificate {
     /// Builds a certificate from DER parts. The key may be PKCS#8, SEC1 or PKCS#1; whether it
     /// matches the certificate is checked when a [`server_config`] is built.
-    pub fn from_der(
-        cert_der: Vec<u8>,
-        intermediates_der: Vec<Vec<u8>>,
-        key_der: &[u8],
-    ) -> Result<Self, Error> {
-        let key = PrivateKeyDer::try_from(key_der)
-            .map_err(|_| Error::UnrecognisedPrivateKey)?
-            .clone_key();
-        Ok(Self {
-            cert_der,
-            intermediates_der,
-            key: Zeroizing::new(key),
-        })
+    pub fn from_der(cert_der: Vec<u8>, intermediates_der: Vec<Vec<u8>>, key_der: &[u8]) -> Result<Self, Error> {
+        let key = PrivateKeyDer::try_from(key_der).map_err(|_| Error::UnrecognisedPrivateKey)?.clone_key();
+        Ok(Self { cert_der, intermediates_der, key: Zeroizing::new(key) })
     }
 
     /// DER of the private key (PKCS#8 for generated keys).
@@ -117,14 +107,8 @@ pub fn load_or_generate_dev_certificate(dir: &Path) -> Result<(DevCertificate, b
             })?;
             Ok((cert, true))
         }
-        (true, false) => Err(Error::IncompleteCertificatePair {
-            present: cert_path,
-            missing: key_path,
-        }),
-        (false, true) => Err(Error::IncompleteCertificatePair {
-            present: key_path,
-            missing: cert_path,
-        }),
+        (true, false) => Err(Error::IncompleteCertificatePair { present: cert_path, missing: key_path }),
+        (false, true) => Err(Error::IncompleteCertificatePair { present: key_path, missing: cert_path }),
     }
 }
 
@@ -143,27 +127,17 @@ pub fn load_pem_or_der_certificate(cert: &Path, key: &Path) -> Result<ServerCert
         vec![cert_bytes]
     };
     if chain.is_empty() {
-        return Err(Error::InvalidKeyMaterial {
-            path: cert.to_path_buf(),
-            problem: "no certificate found",
-        });
+        return Err(Error::InvalidKeyMaterial { path: cert.to_path_buf(), problem: "no certificate found" });
     }
     let leaf = chain.remove(0);
 
     if looks_like_pem(&key_bytes) {
-        let key_der =
-            PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|source| pem_error(key, source))?;
-        Ok(ServerCertificate {
-            cert_der: leaf,
-            intermediates_der: chain,
-            key: Zeroizing::new(key_der),
-        })
+        let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|source| pem_error(key, source))?;
+        Ok(ServerCertificate { cert_der: leaf, intermediates_der: chain, key: Zeroizing::new(key_der) })
     } else {
-        ServerCertificate::from_der(leaf, chain, &key_bytes).map_err(|_| {
-            Error::InvalidKeyMaterial {
-                path: key.to_path_buf(),
-                problem: "not a PKCS#8, SEC1 or PKCS#1 private key",
-            }
+        ServerCertificate::from_der(leaf, chain, &key_bytes).map_err(|_| Error::InvalidKeyMaterial {
+            path: key.to_path_buf(),
+            problem: "not a PKCS#8, SEC1 or PKCS#1 private key",
         })
     }
 }
@@ -173,27 +147,16 @@ fn looks_like_pem(bytes: &[u8]) -> bool {
 }
 
 fn pem_error(path: &Path, source: rustls::pki_types::pem::Error) -> Error {
-    Error::Pem {
-        path: path.to_path_buf(),
-        source,
-    }
+    Error::Pem { path: path.to_path_buf(), source }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::File {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| Error::File { action: "read", path: path.to_path_buf(), source })
 }
 
 fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), Error> {
     use std::io::Write as _;
-    let err = |action, source| Error::File {
-        action,
-        path: PathBuf::from(path),
-        source,
-    };
+    let err = |action, source| Error::File { action, path: PathBuf::from(path), source };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -213,10 +176,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// Builds the QUIC server configuration: TLS 1.3 only, ALPN `qpc/2`, no client certificates,
 /// no 0-RTT, and the stream limits, idle timeout and keep-alive of `opts`. Clients may not open
 /// unidirectional streams.
-pub fn server_config(
-    cert: &ServerCertificate,
-    opts: &TransportOptions,
-) -> Result<quinn::ServerConfig, Error> {
+pub fn server_config(cert: &ServerCertificate, opts: &TransportOptions) -> Result<quinn::ServerConfig, Error> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -262,10 +222,7 @@ pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, Error> 
 /// Builds the QUIC client configuration: TLS 1.3 only, ALPN `qpc/2`, no 0-RTT, the idle timeout
 /// and keep-alive of `opts`. The server may open one unidirectional stream (the push stream)
 /// and no bidirectional ones.
-pub fn client_config_with(
-    trust: &ServerTrust,
-    opts: &TransportOptions,
-) -> Result<quinn::ClientConfig, Error> {
+pub fn client_config_with(trust: &ServerTrust, opts: &TransportOptions) -> Result<quinn::ClientConfig, Error> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -300,6 +257,17 @@ pub fn client_config_with(
     Ok(config)
 }
 
+/// Reads certificates from PEM (any number) or DER (one) bytes; empty if none parse.
+pub fn parse_certificates(bytes: &[u8]) -> Vec<Vec<u8>> {
+    if looks_like_pem(bytes) {
+        CertificateDer::pem_slice_iter(bytes).filter_map(Result::ok).map(|c| c.to_vec()).collect()
+    } else if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![bytes.to_vec()]
+    }
+}
+
 /// Accepts exactly one end-entity certificate and verifies handshake signatures with its key.
 #[derive(Debug)]
 struct PinnedServerCertificate {
@@ -319,9 +287,7 @@ impl ServerCertVerifier for PinnedServerCertificate {
         if end_entity.as_ref() == self.pinned.as_ref() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
         }
     }
 
@@ -332,9 +298,7 @@ impl ServerCertVerifier for PinnedServerCertificate {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // Only TLS 1.3 is offered, so a TLS 1.2 signature is a protocol violation.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
     }
 
     fn verify_tls13_signature(
@@ -364,14 +328,11 @@ mod tests {
         let cert = generate_self_signed(&names()).unwrap();
         assert!(!cert.cert_der.is_empty());
         assert!(!cert.key_der().is_empty());
-        assert!(!format!("{cert:?}").contains(&format!("{:?}", &cert.key_der()[..4])));
+        assert!(format!("{cert:?}").contains("<redacted>"));
         server_config(&cert, &TransportOptions::default()).unwrap();
         client_config(&ServerTrust::Pinned(cert.cert_der.clone())).unwrap();
         client_config(&ServerTrust::Roots(vec![cert.cert_der.clone()])).unwrap();
-        assert!(matches!(
-            client_config(&ServerTrust::Roots(Vec::new())),
-            Err(Error::NoTrustAnchors)
-        ));
+        assert!(matches!(client_config(&ServerTrust::Roots(Vec::new())), Err(Error::NoTrustAnchors)));
     }
 
     #[test]
@@ -387,10 +348,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(sub.join(DEV_KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(sub.join(DEV_KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -424,10 +382,7 @@ mod tests {
         assert_eq!(loaded.cert_der, certified.cert.der().to_vec());
 
         std::fs::write(&der_key, b"not a key").unwrap();
-        assert!(matches!(
-            load_pem_or_der_certificate(&der_cert, &der_key),
-            Err(Error::InvalidKeyMaterial { .. })
-        ));
+        assert!(matches!(load_pem_or_der_certificate(&der_cert, &der_key), Err(Error::InvalidKeyMaterial { .. })));
         std::fs::write(&pem_cert, b"-----BEGIN NOTHING-----\n").unwrap();
         assert!(load_pem_or_der_certificate(&pem_cert, &pem_key).is_err());
     }

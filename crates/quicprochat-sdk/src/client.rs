@@ -276,6 +276,11 @@ impl QpcClient {
         Ok(self.account()?.username.clone())
     }
 
+    /// The logged-in account's id (16 bytes).
+    pub fn user_id(&self) -> Result<Vec<u8>> {
+        Ok(self.account()?.user_id.clone())
+    }
+
     /// This device's id.
     pub fn device_id(&self) -> Result<[u8; 16]> {
         Ok(self.account()?.device_id.0)

@@ -68,10 +68,7 @@ pub struct MemberInfo {
 }
 
 /// Encodes a credential identity (see the module docs).
-pub fn encode_credential_identity(
-    username: &str,
-    device_id: &DeviceId,
-) -> Result<Vec<u8>, CredentialError> {
+pub fn encode_credential_identity(username: &str, device_id: &DeviceId) -> Result<Vec<u8>, CredentialError> {
     let name = username.as_bytes();
     if name.is_empty() || name.len() > MAX_USERNAME_LEN {
         return Err(CredentialError::BadUsernameLength(name.len()));
@@ -102,18 +99,13 @@ pub fn decode_credential_identity(identity: &[u8]) -> Result<(String, DeviceId),
     if name.len() != usize::from(name_len) {
         return Err(CredentialError::BadLength);
     }
-    let username = std::str::from_utf8(name)
-        .map_err(|_| CredentialError::UsernameNotUtf8)?
-        .to_owned();
+    let username = std::str::from_utf8(name).map_err(|_| CredentialError::UsernameNotUtf8)?.to_owned();
     let device_id = DeviceId::try_from(device).map_err(|_| CredentialError::BadLength)?;
     Ok((username, device_id))
 }
 
 /// Builds the MLS credential for a device.
-pub(crate) fn credential_for(
-    username: &str,
-    device_id: &DeviceId,
-) -> Result<Credential, CredentialError> {
+pub(crate) fn credential_for(username: &str, device_id: &DeviceId) -> Result<Credential, CredentialError> {
     Ok(BasicCredential::new(encode_credential_identity(username, device_id)?).into())
 }
 
@@ -125,23 +117,15 @@ pub(crate) fn member_from_parts(
     leaf_index: u32,
 ) -> Result<MemberInfo, CredentialError> {
     if credential.credential_type() != CredentialType::Basic {
-        return Err(CredentialError::UnsupportedType(u16::from(
-            credential.credential_type(),
-        )));
+        return Err(CredentialError::UnsupportedType(u16::from(credential.credential_type())));
     }
     let (username, device_id) = decode_credential_identity(credential.serialized_content())?;
-    let identity_key: [u8; 32] = signature_key
-        .try_into()
-        .map_err(|_| CredentialError::BadSignatureKeyLength(signature_key.len()))?;
+    let identity_key: [u8; 32] =
+        signature_key.try_into().map_err(|_| CredentialError::BadSignatureKeyLength(signature_key.len()))?;
     if device_id_for_key(&identity_key) != device_id {
         return Err(CredentialError::DeviceIdMismatch);
     }
-    Ok(MemberInfo {
-        username,
-        device_id,
-        identity_key,
-        leaf_index,
-    })
+    Ok(MemberInfo { username, device_id, identity_key, leaf_index })
 }
 
 #[cfg(test)]
@@ -156,10 +140,7 @@ mod tests {
         assert_eq!(&encoded[1..17], &[3; 16]);
         assert_eq!(encoded[17], 5);
         assert_eq!(&encoded[18..], b"alice");
-        assert_eq!(
-            decode_credential_identity(&encoded).unwrap(),
-            ("alice".to_owned(), device)
-        );
+        assert_eq!(decode_credential_identity(&encoded).unwrap(), ("alice".to_owned(), device));
     }
 
     #[test]
@@ -168,30 +149,15 @@ mod tests {
         let good = encode_credential_identity("bob", &device).unwrap();
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(
-            decode_credential_identity(&trailing),
-            Err(CredentialError::BadLength)
-        );
-        assert_eq!(
-            decode_credential_identity(&good[..good.len() - 1]),
-            Err(CredentialError::BadLength)
-        );
+        assert_eq!(decode_credential_identity(&trailing), Err(CredentialError::BadLength));
+        assert_eq!(decode_credential_identity(&good[..good.len() - 1]), Err(CredentialError::BadLength));
         let mut version = good.clone();
         version[0] = 9;
-        assert_eq!(
-            decode_credential_identity(&version),
-            Err(CredentialError::UnsupportedVersion(9))
-        );
+        assert_eq!(decode_credential_identity(&version), Err(CredentialError::UnsupportedVersion(9)));
         let mut not_utf8 = good;
         not_utf8[18] = 0xff;
-        assert_eq!(
-            decode_credential_identity(&not_utf8),
-            Err(CredentialError::UsernameNotUtf8)
-        );
-        assert_eq!(
-            encode_credential_identity("", &device),
-            Err(CredentialError::BadUsernameLength(0))
-        );
+        assert_eq!(decode_credential_identity(&not_utf8), Err(CredentialError::UsernameNotUtf8));
+        assert_eq!(encode_credential_identity("", &device), Err(CredentialError::BadUsernameLength(0)));
         assert!(encode_credential_identity(&"x".repeat(256), &device).is_err());
     }
 
@@ -202,13 +168,7 @@ mod tests {
         let member = member_from_parts(&credential, &key, 2).unwrap();
         assert_eq!(member.username, "carol");
         assert_eq!(member.leaf_index, 2);
-        assert_eq!(
-            member_from_parts(&credential, &[6u8; 32], 2),
-            Err(CredentialError::DeviceIdMismatch)
-        );
-        assert_eq!(
-            member_from_parts(&credential, &[5u8; 31], 2),
-            Err(CredentialError::BadSignatureKeyLength(31))
-        );
+        assert_eq!(member_from_parts(&credential, &[6u8; 32], 2), Err(CredentialError::DeviceIdMismatch));
+        assert_eq!(member_from_parts(&credential, &[5u8; 31], 2), Err(CredentialError::BadSignatureKeyLength(31)));
     }
 }

@@ -27,6 +27,8 @@
 //! the caller serialises them (e.g. one lock per client).
 
 mod credential;
+mod error_map;
+mod outcome;
 mod padding;
 mod state;
 
@@ -34,17 +36,12 @@ use std::fmt;
 
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
-    AddMembersError, Capabilities, Ciphersuite, CommitToPendingProposalsError, ContentType,
-    CreateMessageError, CredentialType, CredentialWithKey, ExtensionType, GroupId, KeyPackage,
-    LeafNodeIndex, LeafNodeParameters, LeaveGroupError, MergePendingCommitError, MlsGroup,
-    MlsGroupJoinConfig, MlsGroupStateError, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    NewGroupError, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage,
-    ProtocolVersion, PURE_PLAINTEXT_WIRE_FORMAT_POLICY, RemoveMembersError, SelfUpdateError,
-    Sender, SenderRatchetConfiguration, StagedCommit, StagedWelcome, ValidationError,
-    WelcomeError,
+    Capabilities, Ciphersuite, ContentType, CredentialType, CredentialWithKey, ExtensionType, GroupId, KeyPackage,
+    LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    NewGroupError, PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, Proposal, ProtocolMessage,
+    ProtocolVersion, Sender, SenderRatchetConfiguration, StagedCommit, StagedWelcome,
 };
 use openmls_libcrux_crypto::Provider;
-use openmls_memory_storage::MemoryStorageError;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
@@ -55,10 +52,16 @@ use crate::identity::IdentityKeyPair;
 use crate::ids::DeviceId;
 
 pub use credential::{
-    CREDENTIAL_IDENTITY_VERSION, CredentialError, MAX_USERNAME_LEN, MemberInfo,
-    decode_credential_identity, encode_credential_identity,
+    CREDENTIAL_IDENTITY_VERSION, CredentialError, MAX_USERNAME_LEN, MemberInfo, decode_credential_identity,
+    encode_credential_identity,
 };
+pub use outcome::{AddOutcome, CommitOutcome, ExternalJoin, JoinedGroup, Processed};
 pub use state::{STATE_MAGIC, STATE_VERSION};
+
+use error_map::{
+    add_members_error, commit_proposals_error, create_message_error, leave_group_error, merge_pending_error,
+    process_error, remove_members_error, self_update_error, welcome_error,
+};
 
 /// How many past epochs keep their secrets, so application messages sent
 /// just before a commit still decrypt after it.
@@ -89,9 +92,7 @@ impl MlsSuite {
 
     /// The suite with this IANA ciphersuite number, if quicprochat speaks it.
     pub fn from_ciphersuite_id(id: u16) -> Option<Self> {
-        [Self::XWing, Self::Classic]
-            .into_iter()
-            .find(|suite| suite.ciphersuite_id() == id)
+        [Self::XWing, Self::Classic].into_iter().find(|suite| suite.ciphersuite_id() == id)
     }
 
     fn ciphersuite(self) -> Ciphersuite {
@@ -99,147 +100,6 @@ impl MlsSuite {
             Self::XWing => Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
             Self::Classic => Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
         }
-    }
-}
-
-/// The result of [`MlsClient::add_members`]. The commit is pending locally.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AddOutcome {
-    /// The commit (`MLSMessage`, `PublicMessage`) for the existing members.
-    pub commit: Vec<u8>,
-    /// The Welcome (`MLSMessage`) for the added devices.
-    pub welcome: Vec<u8>,
-    /// The GroupInfo of the new epoch (`MLSMessage`, with ratchet tree and
-    /// external public key), for the server to keep.
-    pub group_info: Vec<u8>,
-    /// The epoch the commit was built for; the server accepts it only while
-    /// the channel is still there.
-    pub epoch_before: u64,
-}
-
-/// The result of a commit that may or may not add members (remove,
-/// self-update, committing proposals). The commit is pending locally.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CommitOutcome {
-    /// The commit (`MLSMessage`, `PublicMessage`).
-    pub commit: Vec<u8>,
-    /// A Welcome, when the commit adds members (from committed proposals).
-    pub welcome: Option<Vec<u8>>,
-    /// The GroupInfo of the new epoch (`MLSMessage`).
-    pub group_info: Vec<u8>,
-    /// The epoch the commit was built for.
-    pub epoch_before: u64,
-}
-
-/// A group joined from a Welcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JoinedGroup {
-    /// The MLS group id (the channel id for quicprochat channels).
-    pub group_id: Vec<u8>,
-    /// The epoch joined at.
-    pub epoch: u64,
-    /// Every member, this device included.
-    pub members: Vec<MemberInfo>,
-}
-
-/// What processing an incoming message did.
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Processed {
-    /// A decrypted application message.
-    Application {
-        /// Who sent it.
-        sender: MemberInfo,
-        /// The plaintext, padding removed.
-        plaintext: Vec<u8>,
-        /// The epoch it was sent in.
-        epoch: u64,
-    },
-    /// A commit, already merged.
-    Commit {
-        /// The committer (`None` only for external senders).
-        sender: Option<MemberInfo>,
-        /// The new epoch.
-        epoch: u64,
-        /// Members the commit added (leaf indices in the new tree).
-        added: Vec<MemberInfo>,
-        /// Members the commit removed (as they were before it), possibly
-        /// this device: then the group is no longer usable.
-        removed: Vec<MemberInfo>,
-    },
-    /// A proposal, stored as pending until a commit covers it. Sending
-    /// application messages fails with [`CoreError::PendingProposals`] until
-    /// then.
-    Proposal {
-        /// The proposer (`None` for senders outside the group).
-        sender: Option<MemberInfo>,
-        /// The epoch of the proposal.
-        epoch: u64,
-    },
-    /// An application message this device sent itself, fanned back to it.
-    /// There is nothing to do: its sender cannot decrypt it.
-    OwnMessage {
-        /// The epoch it was sent in.
-        epoch: u64,
-    },
-}
-
-impl fmt::Debug for Processed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Application {
-                sender,
-                plaintext,
-                epoch,
-            } => f
-                .debug_struct("Application")
-                .field("sender", sender)
-                .field("plaintext_len", &plaintext.len())
-                .field("epoch", epoch)
-                .finish(),
-            Self::Commit {
-                sender,
-                epoch,
-                added,
-                removed,
-            } => f
-                .debug_struct("Commit")
-                .field("sender", sender)
-                .field("epoch", epoch)
-                .field("added", added)
-                .field("removed", removed)
-                .finish(),
-            Self::Proposal { sender, epoch } => f
-                .debug_struct("Proposal")
-                .field("sender", sender)
-                .field("epoch", epoch)
-                .finish(),
-            Self::OwnMessage { epoch } => {
-                f.debug_struct("OwnMessage").field("epoch", epoch).finish()
-            }
-        }
-    }
-}
-
-impl fmt::Debug for AddOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AddOutcome")
-            .field("commit_len", &self.commit.len())
-            .field("welcome_len", &self.welcome.len())
-            .field("group_info_len", &self.group_info.len())
-            .field("epoch_before", &self.epoch_before)
-            .finish()
-    }
-}
-
-impl fmt::Debug for CommitOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommitOutcome")
-            .field("commit_len", &self.commit.len())
-            .field("welcome_len", &self.welcome.as_ref().map(Vec::len))
-            .field("group_info_len", &self.group_info.len())
-            .field("epoch_before", &self.epoch_before)
-            .finish()
     }
 }
 
@@ -288,10 +148,7 @@ impl MlsClient {
         Ok(Self {
             provider,
             signer: DeviceSigner(identity.clone()),
-            credential: CredentialWithKey {
-                credential,
-                signature_key: identity.public_key().to_vec().into(),
-            },
+            credential: CredentialWithKey { credential, signature_key: identity.public_key().to_vec().into() },
             suite,
             username: username.to_owned(),
         })
@@ -309,12 +166,7 @@ impl MlsClient {
     ) -> Result<Self, CoreError> {
         let client = Self::new(identity, username, suite)?;
         let values = state::decode(&identity.public_key(), state)?;
-        *client
-            .provider
-            .storage()
-            .values
-            .write()
-            .map_err(|_| CoreError::StorageLockPoisoned)? = values;
+        *client.provider.storage().values.write().map_err(|_| CoreError::StorageLockPoisoned)? = values;
         Ok(client)
     }
 
@@ -327,12 +179,7 @@ impl MlsClient {
     /// sorted by key, each `u32be(len) key u32be(len) value`. The encoding is
     /// deterministic.
     pub fn export_state(&self) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-        let values = self
-            .provider
-            .storage()
-            .values
-            .read()
-            .map_err(|_| CoreError::StorageLockPoisoned)?;
+        let values = self.provider.storage().values.read().map_err(|_| CoreError::StorageLockPoisoned)?;
         state::encode(&self.signer.0.public_key(), &values)
     }
 
@@ -374,16 +221,9 @@ impl MlsClient {
             builder = builder.mark_as_last_resort();
         }
         let bundle = builder
-            .build(
-                self.suite.ciphersuite(),
-                &self.provider,
-                &self.signer,
-                self.credential.clone(),
-            )
+            .build(self.suite.ciphersuite(), &self.provider, &self.signer, self.credential.clone())
             .map_err(CoreError::KeyPackageCreation)?;
-        MlsMessageOut::from(bundle.key_package().clone())
-            .to_bytes()
-            .map_err(CoreError::MlsEncode)
+        MlsMessageOut::from(bundle.key_package().clone()).to_bytes().map_err(CoreError::MlsEncode)
     }
 
     /// Parses and validates a key package for a group of `ciphersuite`.
@@ -391,10 +231,7 @@ impl MlsClient {
         let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(CoreError::MlsDecode)?;
         let found = message.wire_format();
         let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
-            return Err(CoreError::UnexpectedMessage {
-                expected: "KeyPackage",
-                found,
-            });
+            return Err(CoreError::UnexpectedMessage { expected: "KeyPackage", found });
         };
         let key_package = key_package
             .validate(self.provider.crypto(), ProtocolVersion::Mls10)
@@ -439,9 +276,7 @@ impl MlsClient {
 
     /// Deletes a group's local state (after leaving or being removed).
     pub fn delete_group(&self, group_id: &[u8]) -> Result<(), CoreError> {
-        self.load_group(group_id)?
-            .delete(self.provider.storage())
-            .map_err(CoreError::MlsStorage)
+        self.load_group(group_id)?.delete(self.provider.storage()).map_err(CoreError::MlsStorage)
     }
 
     /// The group's current epoch.
@@ -486,12 +321,10 @@ impl MlsClient {
             .map(|bytes| self.parse_key_package(bytes, ciphersuite))
             .collect::<Result<Vec<_>, _>>()?;
         let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) = group
-            .add_members(&self.provider, &self.signer, &key_packages)
-            .map_err(add_members_error)?;
-        let group_info = group_info.ok_or(CoreError::Internal(
-            "commit produced no GroupInfo despite the ratchet tree extension",
-        ))?;
+        let (commit, welcome, group_info) =
+            group.add_members(&self.provider, &self.signer, &key_packages).map_err(add_members_error)?;
+        let group_info =
+            group_info.ok_or(CoreError::Internal("commit produced no GroupInfo despite the ratchet tree extension"))?;
         Ok(AddOutcome {
             commit: to_bytes(&commit)?,
             welcome: to_bytes(&welcome)?,
@@ -516,9 +349,8 @@ impl MlsClient {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) = group
-            .remove_members(&self.provider, &self.signer, &leaves)
-            .map_err(remove_members_error)?;
+        let (commit, welcome, group_info) =
+            group.remove_members(&self.provider, &self.signer, &leaves).map_err(remove_members_error)?;
         commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
     }
 
@@ -540,9 +372,8 @@ impl MlsClient {
     pub fn commit_pending_proposals(&self, group_id: &[u8]) -> Result<CommitOutcome, CoreError> {
         let mut group = self.load_group(group_id)?;
         let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) = group
-            .commit_to_pending_proposals(&self.provider, &self.signer)
-            .map_err(commit_proposals_error)?;
+        let (commit, welcome, group_info) =
+            group.commit_to_pending_proposals(&self.provider, &self.signer).map_err(commit_proposals_error)?;
         commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
     }
 
@@ -550,9 +381,7 @@ impl MlsClient {
     /// device learns it left when it processes that commit.
     pub fn leave_group(&self, group_id: &[u8]) -> Result<Vec<u8>, CoreError> {
         let mut group = self.load_group(group_id)?;
-        let proposal = group
-            .leave_group(&self.provider, &self.signer)
-            .map_err(leave_group_error)?;
+        let proposal = group.leave_group(&self.provider, &self.signer).map_err(leave_group_error)?;
         to_bytes(&proposal)
     }
 
@@ -563,18 +392,14 @@ impl MlsClient {
         if group.pending_commit().is_none() {
             return Err(CoreError::NoPendingCommit);
         }
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(merge_pending_error)?;
+        group.merge_pending_commit(&self.provider).map_err(merge_pending_error)?;
         Ok(group.epoch().as_u64())
     }
 
     /// Drops this device's pending commit after the server refused it. Does
     /// nothing when no commit is pending.
     pub fn clear_pending_commit(&self, group_id: &[u8]) -> Result<(), CoreError> {
-        self.load_group(group_id)?
-            .clear_pending_commit(self.provider.storage())
-            .map_err(CoreError::MlsStorage)
+        self.load_group(group_id)?.clear_pending_commit(self.provider.storage()).map_err(CoreError::MlsStorage)
     }
 
     // ----- joining ------------------------------------------------------
@@ -589,10 +414,7 @@ impl MlsClient {
         let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(CoreError::MlsDecode)?;
         let found = message.wire_format();
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-            return Err(CoreError::UnexpectedMessage {
-                expected: "Welcome",
-                found,
-            });
+            return Err(CoreError::UnexpectedMessage { expected: "Welcome", found });
         };
         let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
             .map_err(welcome_error)?
@@ -601,19 +423,61 @@ impl MlsClient {
             .map_err(welcome_error)?;
         let members = staged
             .members()
-            .map(|member| {
-                credential::member_from_parts(
-                    &member.credential,
-                    &member.signature_key,
-                    member.index.u32(),
-                )
-            })
+            .map(|member| credential::member_from_parts(&member.credential, &member.signature_key, member.index.u32()))
             .collect::<Result<Vec<_>, _>>()?;
         let group = staged.into_group(&self.provider).map_err(welcome_error)?;
-        Ok(JoinedGroup {
-            group_id: group.group_id().as_slice().to_vec(),
-            epoch: group.epoch().as_u64(),
-            members,
+        Ok(JoinedGroup { group_id: group.group_id().as_slice().to_vec(), epoch: group.epoch().as_u64(), members })
+    }
+
+    /// Rejoins a group by external commit, from a GroupInfo (`MLSMessage`,
+    /// as kept by the server) of its current epoch: the way back for a
+    /// device whose state for the group is lost or hopelessly behind.
+    ///
+    /// The commit removes this device's old leaf, if the tree still has it,
+    /// and is merged at once, replacing any local state of the group. If the
+    /// server refuses the commit (the group moved on), fetch the newer
+    /// GroupInfo and call this again.
+    ///
+    /// Members accept an external commit only as such a rejoin (see
+    /// [`CoreError::UnauthorizedExternalJoin`]): joining a group for the
+    /// first time needs a member's add.
+    pub fn join_by_external_commit(&self, group_info: &[u8]) -> Result<ExternalJoin, CoreError> {
+        let message = MlsMessageIn::tls_deserialize_exact(group_info).map_err(CoreError::MlsDecode)?;
+        let found = message.wire_format();
+        let MlsMessageBodyIn::GroupInfo(group_info) = message.extract() else {
+            return Err(CoreError::UnexpectedMessage { expected: "GroupInfo", found });
+        };
+        let group_id = group_info.group_id().clone();
+        let epoch_before = group_info.epoch().as_u64();
+        let storage = self.provider.storage();
+        let complete = MlsGroup::external_commit_builder()
+            .with_config(join_config())
+            .skip_lifetime_validation()
+            .build_group(&self.provider, group_info, self.credential.clone())
+            .map_err(|error| CoreError::MlsExternalJoin(Box::new(error)))?
+            .leaf_node_parameters(LeafNodeParameters::builder().with_capabilities(capabilities()).build())
+            .load_psks(storage)
+            .map_err(|error| CoreError::MlsExternalCommit(Box::new(error)))?
+            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+            .map_err(|error| CoreError::MlsExternalCommit(Box::new(error)))?;
+        // Only now that the commit is built, drop the stale state it replaces.
+        if let Some(mut stale) = MlsGroup::load(storage, &group_id).map_err(CoreError::MlsStorage)? {
+            stale.delete(storage).map_err(CoreError::MlsStorage)?;
+        }
+        let (group, bundle) =
+            complete.finalize(&self.provider).map_err(|error| CoreError::MlsExternalFinalize(Box::new(error)))?;
+        let (commit, _welcome, group_info) = bundle.into_messages();
+        let group_info = group_info
+            .ok_or(CoreError::Internal("external commit produced no GroupInfo despite the ratchet tree extension"))?;
+        Ok(ExternalJoin {
+            joined: JoinedGroup {
+                group_id: group.group_id().as_slice().to_vec(),
+                epoch: group.epoch().as_u64(),
+                members: group_members(&group)?,
+            },
+            commit: to_bytes(&commit)?,
+            group_info: to_bytes(&group_info)?,
+            epoch_before,
         })
     }
 
@@ -647,20 +511,14 @@ impl MlsClient {
         }
         let message_epoch = message.epoch().as_u64();
         let group_epoch = group.epoch().as_u64();
-        let wrong_epoch = CoreError::WrongEpoch {
-            message_epoch,
-            group_epoch,
-        };
+        let wrong_epoch = CoreError::WrongEpoch { message_epoch, group_epoch };
         let is_application = message.content_type() == ContentType::Application;
-        if (is_application && message_epoch > group_epoch)
-            || (!is_application && message_epoch != group_epoch)
-        {
+        if (is_application && message_epoch > group_epoch) || (!is_application && message_epoch != group_epoch) {
             return Err(wrong_epoch);
         }
 
-        let processed = group
-            .process_message(&self.provider, message)
-            .map_err(|error| process_error(error, wrong_epoch))?;
+        let processed =
+            group.process_message(&self.provider, message).map_err(|error| process_error(error, wrong_epoch))?;
         let epoch = processed.epoch().as_u64();
         let sender = processed.sender().clone();
         let sender_credential = processed.credential().clone();
@@ -676,34 +534,21 @@ impl MlsClient {
                 let member = group
                     .member_at(leaf)
                     .filter(|member| member.credential == sender_credential)
-                    .ok_or(CoreError::UnknownSender {
-                        leaf_index: leaf.u32(),
-                    })?;
-                let sender = credential::member_from_parts(
-                    &member.credential,
-                    &member.signature_key,
-                    leaf.u32(),
-                )?;
-                Ok(Processed::Application {
-                    sender,
-                    plaintext: padding::unpad(message.into_bytes())?,
-                    epoch,
-                })
+                    .ok_or(CoreError::UnknownSender { leaf_index: leaf.u32() })?;
+                let sender = credential::member_from_parts(&member.credential, &member.signature_key, leaf.u32())?;
+                Ok(Processed::Application { sender, plaintext: padding::unpad(message.into_bytes())?, epoch })
             }
-            ProcessedMessageContent::ProposalMessage(proposal)
-            | ProcessedMessageContent::ExternalJoinProposalMessage(proposal) => {
+            // Joins go through a member's add commit (or, later, an external
+            // commit); a join proposal from outside is never stored, so no
+            // later commit can sweep it in.
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(CoreError::ExternalProposal),
+            ProcessedMessageContent::ProposalMessage(proposal) => {
                 if let Proposal::Add(add) = proposal.proposal() {
                     let leaf = add.key_package().leaf_node();
-                    credential::member_from_parts(
-                        leaf.credential(),
-                        leaf.signature_key().as_slice(),
-                        0,
-                    )?;
+                    credential::member_from_parts(leaf.credential(), leaf.signature_key().as_slice(), 0)?;
                 }
                 let sender = member_sender(&group, &sender)?;
-                group
-                    .store_pending_proposal(self.provider.storage(), *proposal)
-                    .map_err(CoreError::MlsStorage)?;
+                group.store_pending_proposal(self.provider.storage(), *proposal).map_err(CoreError::MlsStorage)?;
                 Ok(Processed::Proposal { sender, epoch })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -723,9 +568,17 @@ impl MlsClient {
         let committer = member_sender(group, sender)?;
         let effects = CommitEffects::inspect(group, &staged)?;
         let joiner_key = match sender {
-            Sender::NewMemberCommit => staged
-                .update_path_leaf_node()
-                .map(|leaf| leaf.signature_key().as_slice().to_vec()),
+            Sender::NewMemberCommit => {
+                let key = staged
+                    .update_path_leaf_node()
+                    .map(|leaf| leaf.signature_key().as_slice().to_vec())
+                    .ok_or(CoreError::Internal("external commit without an update path"))?;
+                // Only a rejoin: the joiner must replace its own old leaf.
+                if !effects.removed.iter().any(|member| member.identity_key.as_slice() == key.as_slice()) {
+                    return Err(CoreError::UnauthorizedExternalJoin);
+                }
+                Some(key)
+            }
             _ => None,
         };
         group
@@ -738,30 +591,17 @@ impl MlsClient {
             sender_info = Some(joiner.clone());
             added.push(joiner);
         }
-        Ok(Processed::Commit {
-            sender: sender_info,
-            epoch: group.epoch().as_u64(),
-            added,
-            removed: effects.removed,
-        })
+        Ok(Processed::Commit { sender: sender_info, epoch: group.epoch().as_u64(), added, removed: effects.removed })
     }
 
     fn merge_own_commit(&self, group: &mut MlsGroup) -> Result<Processed, CoreError> {
         let staged = group.pending_commit().ok_or(CoreError::NoPendingCommit)?;
         let effects = CommitEffects::inspect(group, staged)?;
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(merge_pending_error)?;
+        group.merge_pending_commit(&self.provider).map_err(merge_pending_error)?;
         let own_leaf = group.own_leaf_index();
         let sender = group
             .member_at(own_leaf)
-            .map(|member| {
-                credential::member_from_parts(
-                    &member.credential,
-                    &member.signature_key,
-                    own_leaf.u32(),
-                )
-            })
+            .map(|member| credential::member_from_parts(&member.credential, &member.signature_key, own_leaf.u32()))
             .transpose()?;
         Ok(Processed::Commit {
             sender,
@@ -803,18 +643,12 @@ impl CommitEffects {
         if let Some(leaf) = staged.update_path_leaf_node() {
             credential::member_from_parts(leaf.credential(), leaf.signature_key().as_slice(), 0)?;
         }
-        Ok(Self {
-            removed,
-            added_keys,
-        })
+        Ok(Self { removed, added_keys })
     }
 
     /// The added members as they sit in the merged group.
     fn added(&self, group: &MlsGroup) -> Result<Vec<MemberInfo>, CoreError> {
-        self.added_keys
-            .iter()
-            .map(|key| member_by_key(group, key))
-            .collect()
+        self.added_keys.iter().map(|key| member_by_key(group, key)).collect()
     }
 }
 
@@ -829,14 +663,8 @@ fn group_members(group: &MlsGroup) -> Result<Vec<MemberInfo>, CoreError> {
 }
 
 fn member_at(group: &MlsGroup, leaf: LeafNodeIndex) -> Result<MemberInfo, CoreError> {
-    let member = group.member_at(leaf).ok_or(CoreError::UnknownSender {
-        leaf_index: leaf.u32(),
-    })?;
-    Ok(credential::member_from_parts(
-        &member.credential,
-        &member.signature_key,
-        leaf.u32(),
-    )?)
+    let member = group.member_at(leaf).ok_or(CoreError::UnknownSender { leaf_index: leaf.u32() })?;
+    Ok(credential::member_from_parts(&member.credential, &member.signature_key, leaf.u32())?)
 }
 
 fn member_by_key(group: &MlsGroup, signature_key: &[u8]) -> Result<MemberInfo, CoreError> {
@@ -844,11 +672,7 @@ fn member_by_key(group: &MlsGroup, signature_key: &[u8]) -> Result<MemberInfo, C
         .members()
         .find(|member| member.signature_key == signature_key)
         .ok_or(CoreError::Internal("merged member missing from the tree"))?;
-    Ok(credential::member_from_parts(
-        &member.credential,
-        &member.signature_key,
-        member.index.u32(),
-    )?)
+    Ok(credential::member_from_parts(&member.credential, &member.signature_key, member.index.u32())?)
 }
 
 /// The member behind a handshake sender; `None` for senders outside the group.
@@ -865,10 +689,7 @@ fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, CoreError> {
     match message.extract() {
         MlsMessageBodyIn::PublicMessage(message) => Ok(message.into()),
         MlsMessageBodyIn::PrivateMessage(message) => Ok(message.into()),
-        _ => Err(CoreError::UnexpectedMessage {
-            expected: "PublicMessage or PrivateMessage",
-            found,
-        }),
+        _ => Err(CoreError::UnexpectedMessage { expected: "PublicMessage or PrivateMessage", found }),
     }
 }
 
@@ -882,9 +703,8 @@ fn commit_outcome(
     group_info: Option<MlsMessageOut>,
     epoch_before: u64,
 ) -> Result<CommitOutcome, CoreError> {
-    let group_info = group_info.ok_or(CoreError::Internal(
-        "commit produced no GroupInfo despite the ratchet tree extension",
-    ))?;
+    let group_info =
+        group_info.ok_or(CoreError::Internal("commit produced no GroupInfo despite the ratchet tree extension"))?;
     Ok(CommitOutcome {
         commit: to_bytes(&commit)?,
         welcome: welcome.as_ref().map(to_bytes).transpose()?,
@@ -895,10 +715,7 @@ fn commit_outcome(
 
 fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .ciphersuites(vec![
-            MlsSuite::XWing.ciphersuite(),
-            MlsSuite::Classic.ciphersuite(),
-        ])
+        .ciphersuites(vec![MlsSuite::XWing.ciphersuite(), MlsSuite::Classic.ciphersuite()])
         .extensions(vec![ExtensionType::LastResort])
         .credentials(vec![CredentialType::Basic])
         .build()
@@ -917,96 +734,6 @@ fn join_config() -> MlsGroupJoinConfig {
         .max_past_epochs(MAX_PAST_EPOCHS)
         .sender_ratchet_configuration(sender_ratchet_configuration())
         .build()
-}
-
-// ----- error mapping: lift the cases callers act on into typed variants --------
-
-fn group_state_error(error: &MlsGroupStateError) -> Option<CoreError> {
-    match error {
-        MlsGroupStateError::PendingCommit => Some(CoreError::PendingCommit),
-        MlsGroupStateError::NoPendingCommit => Some(CoreError::NoPendingCommit),
-        MlsGroupStateError::PendingProposal => Some(CoreError::PendingProposals),
-        MlsGroupStateError::UseAfterEviction => Some(CoreError::NotAMember),
-        _ => None,
-    }
-}
-
-fn add_members_error(error: AddMembersError<MemoryStorageError>) -> CoreError {
-    match &error {
-        AddMembersError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsAddMembers(Box::new(error)))
-}
-
-fn remove_members_error(error: RemoveMembersError<MemoryStorageError>) -> CoreError {
-    match &error {
-        RemoveMembersError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsRemoveMembers(Box::new(error)))
-}
-
-fn self_update_error(error: SelfUpdateError<MemoryStorageError>) -> CoreError {
-    match &error {
-        SelfUpdateError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsSelfUpdate(Box::new(error)))
-}
-
-fn commit_proposals_error(error: CommitToPendingProposalsError<MemoryStorageError>) -> CoreError {
-    match &error {
-        CommitToPendingProposalsError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsCommitProposals(Box::new(error)))
-}
-
-fn leave_group_error(error: LeaveGroupError<MemoryStorageError>) -> CoreError {
-    match &error {
-        LeaveGroupError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsLeave(Box::new(error)))
-}
-
-fn merge_pending_error(error: MergePendingCommitError<MemoryStorageError>) -> CoreError {
-    match &error {
-        MergePendingCommitError::MlsGroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsMergePending(Box::new(error)))
-}
-
-fn create_message_error(error: CreateMessageError) -> CoreError {
-    match &error {
-        CreateMessageError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsCreateMessage(Box::new(error)))
-}
-
-fn welcome_error(error: WelcomeError<MemoryStorageError>) -> CoreError {
-    match error {
-        WelcomeError::NoMatchingKeyPackage => CoreError::NoMatchingKeyPackage,
-        WelcomeError::GroupAlreadyExists => CoreError::GroupExists,
-        other => CoreError::MlsWelcome(Box::new(other)),
-    }
-}
-
-fn process_error(error: ProcessMessageError<MemoryStorageError>, wrong_epoch: CoreError) -> CoreError {
-    match &error {
-        ProcessMessageError::ValidationError(
-            ValidationError::WrongEpoch | ValidationError::NoPastEpochData,
-        ) => Some(wrong_epoch),
-        ProcessMessageError::ValidationError(ValidationError::WrongGroupId) => {
-            Some(CoreError::WrongGroup)
-        }
-        ProcessMessageError::GroupStateError(state) => group_state_error(state),
-        _ => None,
-    }
-    .unwrap_or_else(|| CoreError::MlsProcess(Box::new(error)))
 }
 
 #[cfg(test)]

@@ -32,10 +32,7 @@ pub(crate) fn pad(plaintext: &[u8]) -> Vec<u8> {
 
 /// Removes the padding added by [`pad`].
 pub(crate) fn unpad(mut padded: Vec<u8>) -> Result<Vec<u8>, CoreError> {
-    let marker_at = padded
-        .iter()
-        .rposition(|&byte| byte != 0)
-        .ok_or(CoreError::InvalidPadding)?;
+    let marker_at = padded.iter().rposition(|&byte| byte != 0).ok_or(CoreError::InvalidPadding)?;
     if padded[marker_at] != MARKER {
         return Err(CoreError::InvalidPadding);
     }

@@ -52,20 +52,14 @@ pub(crate) fn encode(
 }
 
 /// Decodes a snapshot, checking that it belongs to `identity_key`.
-pub(crate) fn decode(
-    identity_key: &[u8; 32],
-    bytes: &[u8],
-) -> Result<HashMap<Vec<u8>, Vec<u8>>, CoreError> {
+pub(crate) fn decode(identity_key: &[u8; 32], bytes: &[u8]) -> Result<HashMap<Vec<u8>, Vec<u8>>, CoreError> {
     let mut reader = Reader { rest: bytes };
     if reader.take(4)? != STATE_MAGIC {
         return Err(CoreError::BadMagic { format: FORMAT });
     }
     let version = reader.take(1)?[0];
     if version != STATE_VERSION {
-        return Err(CoreError::UnsupportedVersion {
-            format: FORMAT,
-            version,
-        });
+        return Err(CoreError::UnsupportedVersion { format: FORMAT, version });
     }
     if reader.take(32)? != identity_key.as_slice() {
         return Err(CoreError::StateIdentityMismatch);
@@ -75,9 +69,7 @@ pub(crate) fn decode(
     let count = usize::try_from(reader.u32()?)
         .ok()
         .filter(|&count| count <= reader.rest.len() / 8)
-        .ok_or(CoreError::MalformedState {
-            reason: "entry count exceeds snapshot size",
-        })?;
+        .ok_or(CoreError::MalformedState { reason: "entry count exceeds snapshot size" })?;
     let mut values = HashMap::with_capacity(count);
     let mut previous: Option<&[u8]> = None;
     for _ in 0..count {
@@ -86,25 +78,19 @@ pub(crate) fn decode(
         let value_len = reader.u32()?;
         let value = reader.take_len(value_len)?;
         if previous.is_some_and(|previous| previous >= key) {
-            return Err(CoreError::MalformedState {
-                reason: "entries not strictly sorted",
-            });
+            return Err(CoreError::MalformedState { reason: "entries not strictly sorted" });
         }
         previous = Some(key);
         values.insert(key.to_vec(), value.to_vec());
     }
     if !reader.rest.is_empty() {
-        return Err(CoreError::MalformedState {
-            reason: "trailing bytes",
-        });
+        return Err(CoreError::MalformedState { reason: "trailing bytes" });
     }
     Ok(values)
 }
 
 fn len_u32(len: usize) -> Result<u32, CoreError> {
-    u32::try_from(len).map_err(|_| CoreError::MalformedState {
-        reason: "entry larger than 4 GiB",
-    })
+    u32::try_from(len).map_err(|_| CoreError::MalformedState { reason: "entry larger than 4 GiB" })
 }
 
 struct Reader<'a> {
@@ -138,11 +124,7 @@ mod tests {
     use super::*;
 
     fn sample() -> HashMap<Vec<u8>, Vec<u8>> {
-        HashMap::from([
-            (b"b".to_vec(), b"2".to_vec()),
-            (b"a".to_vec(), b"1".to_vec()),
-            (b"c".to_vec(), Vec::new()),
-        ])
+        HashMap::from([(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), Vec::new())])
     }
 
     #[test]
@@ -161,31 +143,16 @@ mod tests {
     fn refuses_malformed_snapshots() {
         let key = [1u8; 32];
         let encoded = encode(&key, &sample()).unwrap();
-        assert!(matches!(
-            decode(&[2u8; 32], &encoded),
-            Err(CoreError::StateIdentityMismatch)
-        ));
-        assert!(matches!(
-            decode(&key, &encoded[..encoded.len() - 1]),
-            Err(CoreError::Truncated { .. })
-        ));
+        assert!(matches!(decode(&[2u8; 32], &encoded), Err(CoreError::StateIdentityMismatch)));
+        assert!(matches!(decode(&key, &encoded[..encoded.len() - 1]), Err(CoreError::Truncated { .. })));
         let mut huge_count = encoded.to_vec();
         huge_count[37..41].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            decode(&key, &huge_count),
-            Err(CoreError::MalformedState { .. })
-        ));
+        assert!(matches!(decode(&key, &huge_count), Err(CoreError::MalformedState { .. })));
         let mut version = encoded.to_vec();
         version[4] = 2;
-        assert!(matches!(
-            decode(&key, &version),
-            Err(CoreError::UnsupportedVersion { version: 2, .. })
-        ));
+        assert!(matches!(decode(&key, &version), Err(CoreError::UnsupportedVersion { version: 2, .. })));
         let mut trailing = encoded.to_vec();
         trailing.push(0);
-        assert!(matches!(
-            decode(&key, &trailing),
-            Err(CoreError::MalformedState { .. })
-        ));
+        assert!(matches!(decode(&key, &trailing), Err(CoreError::MalformedState { .. })));
     }
 }

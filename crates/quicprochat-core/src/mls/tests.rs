@@ -31,9 +31,7 @@ fn add(owner: &MlsClient, joiner: &MlsClient) -> AddOutcome {
 fn send(from: &MlsClient, to: &MlsClient, text: &[u8]) {
     let ciphertext = from.encrypt(GROUP, text).unwrap();
     match to.process(GROUP, &ciphertext).unwrap() {
-        Processed::Application {
-            sender, plaintext, ..
-        } => {
+        Processed::Application { sender, plaintext, .. } => {
             assert_eq!(plaintext, text);
             assert_eq!(sender.username, from.username());
             assert_eq!(sender.device_id, from.device_id());
@@ -98,12 +96,7 @@ fn three_party_group_with_late_join() {
     let outcome = add(&alice.client, &carol.client);
 
     match bob.client.process(GROUP, &outcome.commit).unwrap() {
-        Processed::Commit {
-            sender,
-            epoch,
-            added,
-            removed,
-        } => {
+        Processed::Commit { sender, epoch, added, removed } => {
             assert_eq!(sender.unwrap().username, "alice");
             assert_eq!(epoch, 2);
             assert_eq!(added.len(), 1);
@@ -132,10 +125,7 @@ fn restored_state_keeps_working() {
     send(&alice.client, &bob.client, b"before export");
 
     let snapshot = alice.client.export_state().unwrap();
-    assert_eq!(
-        snapshot.as_slice(),
-        alice.client.export_state().unwrap().as_slice()
-    );
+    assert_eq!(snapshot.as_slice(), alice.client.export_state().unwrap().as_slice());
     let ciphertext = bob.client.encrypt(GROUP, b"while alice was away").unwrap();
     drop(alice.client);
 
@@ -175,10 +165,7 @@ fn restored_key_package_still_opens_its_welcome() {
 fn pending_commit_survives_restore() {
     let (alice, bob) = two_party(MlsSuite::XWing);
     let carol = device("carol", MlsSuite::XWing);
-    let outcome = alice
-        .client
-        .add_members(GROUP, &[carol.client.generate_key_package().unwrap()])
-        .unwrap();
+    let outcome = alice.client.add_members(GROUP, &[carol.client.generate_key_package().unwrap()]).unwrap();
     let snapshot = alice.client.export_state().unwrap();
     let alice = MlsClient::restore(&alice.identity, "alice", MlsSuite::XWing, &snapshot).unwrap();
     assert!(alice.has_pending_commit(GROUP).unwrap());
@@ -199,10 +186,7 @@ fn stale_commit_is_rejected_with_wrong_epoch() {
     let alice_commit = add(&alice.client, &carol.client);
 
     match alice.client.process(GROUP, &bob_commit.commit) {
-        Err(CoreError::WrongEpoch {
-            message_epoch,
-            group_epoch,
-        }) => {
+        Err(CoreError::WrongEpoch { message_epoch, group_epoch }) => {
             assert_eq!(message_epoch, 1);
             assert_eq!(group_epoch, 2);
         }
@@ -229,10 +213,7 @@ fn commit_from_the_future_is_wrong_epoch() {
     alice.client.merge_pending_commit(GROUP).unwrap();
     assert!(matches!(
         bob.client.process(GROUP, &update.commit),
-        Err(CoreError::WrongEpoch {
-            message_epoch: 2,
-            group_epoch: 1
-        })
+        Err(CoreError::WrongEpoch { message_epoch: 2, group_epoch: 1 })
     ));
 }
 
@@ -252,20 +233,14 @@ fn own_commit_echo_does_not_corrupt_state() {
     assert!(!alice.client.has_pending_commit(GROUP).unwrap());
 
     // Echo after merging: stale, refused, nothing changes.
-    assert!(matches!(
-        alice.client.process(GROUP, &update.commit),
-        Err(CoreError::WrongEpoch { .. })
-    ));
+    assert!(matches!(alice.client.process(GROUP, &update.commit), Err(CoreError::WrongEpoch { .. })));
     bob.client.process(GROUP, &update.commit).unwrap();
     send(&alice.client, &bob.client, b"still fine");
     send(&bob.client, &alice.client, b"yes");
 
     // Own application messages fanned back are recognised.
     let own = alice.client.encrypt(GROUP, b"mine").unwrap();
-    assert!(matches!(
-        alice.client.process(GROUP, &own).unwrap(),
-        Processed::OwnMessage { epoch: 2 }
-    ));
+    assert!(matches!(alice.client.process(GROUP, &own).unwrap(), Processed::OwnMessage { epoch: 2 }));
 }
 
 #[test]
@@ -276,9 +251,7 @@ fn messages_from_the_previous_epoch_still_decrypt() {
     alice.client.merge_pending_commit(GROUP).unwrap();
     bob.client.process(GROUP, &update.commit).unwrap();
     match alice.client.process(GROUP, &late).unwrap() {
-        Processed::Application {
-            plaintext, epoch, ..
-        } => {
+        Processed::Application { plaintext, epoch, .. } => {
             assert_eq!(plaintext, b"sent before the commit");
             assert_eq!(epoch, 1);
         }
@@ -293,10 +266,7 @@ fn remove_member() {
     let added = add(&alice.client, &carol.client);
     bob.client.process(GROUP, &added.commit).unwrap();
 
-    let removal = alice
-        .client
-        .remove_members(GROUP, &[bob.identity.device_id()])
-        .unwrap();
+    let removal = alice.client.remove_members(GROUP, &[bob.identity.device_id()]).unwrap();
     assert!(removal.welcome.is_none());
     alice.client.merge_pending_commit(GROUP).unwrap();
 
@@ -314,10 +284,7 @@ fn remove_member() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(matches!(
-        bob.client.encrypt(GROUP, b"am I still here?"),
-        Err(CoreError::NotAMember)
-    ));
+    assert!(matches!(bob.client.encrypt(GROUP, b"am I still here?"), Err(CoreError::NotAMember)));
     bob.client.delete_group(GROUP).unwrap();
     assert!(!bob.client.has_group(GROUP).unwrap());
 
@@ -340,10 +307,7 @@ fn leave_via_proposal() {
         other => panic!("unexpected {other:?}"),
     }
     // Proposals must be committed before sending.
-    assert!(matches!(
-        alice.client.encrypt(GROUP, b"x"),
-        Err(CoreError::PendingProposals)
-    ));
+    assert!(matches!(alice.client.encrypt(GROUP, b"x"), Err(CoreError::PendingProposals)));
     let commit = alice.client.commit_pending_proposals(GROUP).unwrap();
     alice.client.merge_pending_commit(GROUP).unwrap();
     match bob.client.process(GROUP, &commit.commit).unwrap() {
@@ -361,10 +325,7 @@ fn last_resort_key_package_is_reusable() {
     let key_package = bob.client.generate_last_resort_key_package().unwrap();
     for group in [b"group-a".as_slice(), b"group-b".as_slice()] {
         alice.client.create_group(group).unwrap();
-        let outcome = alice
-            .client
-            .add_members(group, std::slice::from_ref(&key_package))
-            .unwrap();
+        let outcome = alice.client.add_members(group, std::slice::from_ref(&key_package)).unwrap();
         alice.client.merge_pending_commit(group).unwrap();
         let joined = bob.client.join_from_welcome(&outcome.welcome).unwrap();
         assert_eq!(joined.group_id, group);
@@ -379,18 +340,12 @@ fn single_use_key_package_is_consumed() {
     let mut welcomes = Vec::new();
     for group in [b"group-a".as_slice(), b"group-b".as_slice()] {
         alice.client.create_group(group).unwrap();
-        let outcome = alice
-            .client
-            .add_members(group, std::slice::from_ref(&key_package))
-            .unwrap();
+        let outcome = alice.client.add_members(group, std::slice::from_ref(&key_package)).unwrap();
         alice.client.merge_pending_commit(group).unwrap();
         welcomes.push(outcome.welcome);
     }
     bob.client.join_from_welcome(&welcomes[0]).unwrap();
-    assert!(matches!(
-        bob.client.join_from_welcome(&welcomes[1]),
-        Err(CoreError::NoMatchingKeyPackage)
-    ));
+    assert!(matches!(bob.client.join_from_welcome(&welcomes[1]), Err(CoreError::NoMatchingKeyPackage)));
 }
 
 #[test]
@@ -407,15 +362,9 @@ fn padding_hides_exact_length() {
 fn typed_errors_for_bad_input() {
     let (alice, bob) = two_party(MlsSuite::XWing);
 
-    assert!(matches!(
-        alice.client.process(GROUP, b"not an mls message"),
-        Err(CoreError::MlsDecode(_))
-    ));
+    assert!(matches!(alice.client.process(GROUP, b"not an mls message"), Err(CoreError::MlsDecode(_))));
     assert!(matches!(alice.client.epoch(b"nope"), Err(CoreError::UnknownGroup)));
-    assert!(matches!(
-        alice.client.create_group(GROUP),
-        Err(CoreError::GroupExists)
-    ));
+    assert!(matches!(alice.client.create_group(GROUP), Err(CoreError::GroupExists)));
 
     // A Welcome is not a group message; a key package is not a Welcome.
     let carol = device("carol", MlsSuite::XWing);
@@ -425,38 +374,24 @@ fn typed_errors_for_bad_input() {
         Err(CoreError::UnexpectedMessage { expected: "Welcome", .. })
     ));
     let outcome = alice.client.add_members(GROUP, &[key_package]).unwrap();
-    assert!(matches!(
-        bob.client.process(GROUP, &outcome.welcome),
-        Err(CoreError::UnexpectedMessage { .. })
-    ));
+    assert!(matches!(bob.client.process(GROUP, &outcome.welcome), Err(CoreError::UnexpectedMessage { .. })));
     assert!(matches!(
         alice.client.add_members(GROUP, &[carol.client.generate_key_package().unwrap()]),
         Err(CoreError::PendingCommit)
     ));
     alice.client.clear_pending_commit(GROUP).unwrap();
-    assert!(matches!(
-        alice.client.merge_pending_commit(GROUP),
-        Err(CoreError::NoPendingCommit)
-    ));
+    assert!(matches!(alice.client.merge_pending_commit(GROUP), Err(CoreError::NoPendingCommit)));
 
     // A message for another group.
     bob.client.create_group(b"other-group").unwrap();
     let other = bob.client.encrypt(b"other-group", b"x").unwrap();
-    assert!(matches!(
-        alice.client.process(GROUP, &other),
-        Err(CoreError::WrongGroup)
-    ));
+    assert!(matches!(alice.client.process(GROUP, &other), Err(CoreError::WrongGroup)));
 
     // Key packages of another suite do not fit.
     let classic = device("dave", MlsSuite::Classic);
     assert!(matches!(
-        alice
-            .client
-            .add_members(GROUP, &[classic.client.generate_key_package().unwrap()]),
-        Err(CoreError::CiphersuiteMismatch {
-            expected: 0x004D,
-            found: 0x0001
-        })
+        alice.client.add_members(GROUP, &[classic.client.generate_key_package().unwrap()]),
+        Err(CoreError::CiphersuiteMismatch { expected: 0x004D, found: 0x0001 })
     ));
 
     // A tampered ciphertext fails without breaking the group.
@@ -474,8 +409,7 @@ fn key_package_with_forged_device_id_is_refused() {
     // Mallory builds a client whose credential claims alice's device id.
     let mallory_identity = IdentityKeyPair::generate(&mut OsRng);
     let mut mallory = MlsClient::new(&mallory_identity, "mallory", MlsSuite::XWing).unwrap();
-    mallory.credential.credential =
-        credential::credential_for("alice", &alice.identity.device_id()).unwrap();
+    mallory.credential.credential = credential::credential_for("alice", &alice.identity.device_id()).unwrap();
     let forged = mallory.generate_key_package().unwrap();
     assert!(matches!(
         alice.client.add_members(GROUP, &[forged]),
@@ -492,4 +426,58 @@ fn debug_output_is_redacted() {
     let ciphertext = alice.client.encrypt(GROUP, b"top secret words").unwrap();
     let processed = bob.client.process(GROUP, &ciphertext).unwrap();
     assert!(!format!("{processed:?}").contains("top secret"));
+}
+
+#[test]
+fn client_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<MlsClient>();
+    assert_send_sync::<IdentityKeyPair>();
+}
+
+#[test]
+fn lost_device_rejoins_by_external_commit() {
+    let (alice, bob) = two_party(MlsSuite::XWing);
+    let carol = device("carol", MlsSuite::XWing);
+    let added = add(&alice.client, &carol.client);
+    // Bob's state is lost; a fresh client with the same identity rejoins from
+    // the GroupInfo the server kept.
+    drop(bob.client);
+    let bob_again = MlsClient::new(&bob.identity, "bob", MlsSuite::XWing).unwrap();
+    let rejoin = bob_again.join_by_external_commit(&added.group_info).unwrap();
+    assert_eq!(rejoin.epoch_before, 2);
+    assert_eq!(rejoin.joined.epoch, 3);
+    assert_eq!(rejoin.joined.members.len(), 3);
+
+    for member in [&alice.client, &carol.client] {
+        match member.process(GROUP, &rejoin.commit).unwrap() {
+            Processed::Commit { sender, epoch, added, removed } => {
+                assert_eq!(epoch, 3);
+                assert_eq!(sender.unwrap().device_id, bob.identity.device_id());
+                assert_eq!(added.len(), 1);
+                assert_eq!(removed.len(), 1);
+                assert_eq!(removed[0].device_id, bob.identity.device_id());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    send(&alice.client, &bob_again, b"welcome back bob");
+    send(&bob_again, &carol.client, b"thanks");
+
+    // Rejoining over stale local state replaces it.
+    let info = alice.client.export_group_info(GROUP).unwrap();
+    let again = bob_again.join_by_external_commit(&info).unwrap();
+    alice.client.process(GROUP, &again.commit).unwrap();
+    send(&bob_again, &alice.client, b"fresh state");
+}
+
+#[test]
+fn stranger_cannot_join_by_external_commit() {
+    let (alice, bob) = two_party(MlsSuite::XWing);
+    let mallory = device("mallory", MlsSuite::XWing);
+    let info = alice.client.export_group_info(GROUP).unwrap();
+    let join = mallory.client.join_by_external_commit(&info).unwrap();
+    assert!(matches!(alice.client.process(GROUP, &join.commit), Err(CoreError::UnauthorizedExternalJoin)));
+    assert_eq!(alice.client.epoch(GROUP).unwrap(), 1);
+    send(&alice.client, &bob.client, b"unaffected");
 }

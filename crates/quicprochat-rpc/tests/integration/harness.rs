@@ -7,8 +7,8 @@ use std::time::Duration;
 use quicprochat_proto::method;
 use quicprochat_proto::v1;
 use quicprochat_rpc::{
-    Context, Error, RpcClient, RpcError, RpcServer, Router, ServerOptions, ServerTrust,
-    client_config, generate_self_signed,
+    Context, Error, Router, RpcClient, RpcError, RpcServer, ServerOptions, ServerTrust, client_config,
+    generate_self_signed,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -86,10 +86,7 @@ impl TestServer {
     pub async fn start() -> TestServer {
         let cert = generate_self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         let (entered_tx, entered) = mpsc::channel(64);
-        let slow = Arc::new(SlowRoute {
-            gate: Semaphore::new(0),
-            entered: entered_tx,
-        });
+        let slow = Arc::new(SlowRoute { gate: Semaphore::new(0), entered: entered_tx });
         let (disconnect_tx, disconnects) = mpsc::channel(64);
         let router = router(Arc::clone(&slow), disconnect_tx);
         let opts = ServerOptions {
@@ -103,32 +100,18 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let mut task = JoinSet::new();
         task.spawn(server.serve(shutdown.clone()));
-        TestServer {
-            addr,
-            cert_der: cert.cert_der.clone(),
-            shutdown,
-            task,
-            slow,
-            entered,
-            disconnects,
-        }
+        TestServer { addr, cert_der: cert.cert_der.clone(), shutdown, task, slow, entered, disconnects }
     }
 
     /// A client that pins this server's certificate.
     pub async fn client(&self) -> RpcClient {
         let config = client_config(&ServerTrust::Pinned(self.cert_der.clone())).unwrap();
-        tokio::time::timeout(WAIT, RpcClient::connect(self.addr, "localhost", config))
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(WAIT, RpcClient::connect(self.addr, "localhost", config)).await.unwrap().unwrap()
     }
 
     /// Waits until a slow call has started.
     pub async fn slow_call_entered(&mut self) {
-        tokio::time::timeout(WAIT, self.entered.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(WAIT, self.entered.recv()).await.unwrap().unwrap();
     }
 
     /// Lets `n` slow calls finish.
@@ -138,20 +121,12 @@ impl TestServer {
 }
 
 fn health() -> v1::HealthResponse {
-    v1::HealthResponse {
-        status: "serving".into(),
-        version: "test".into(),
-    }
+    v1::HealthResponse { status: "serving".into(), version: "test".into() }
 }
 
-fn router(
-    slow: Arc<SlowRoute>,
-    disconnects: mpsc::Sender<(u64, Option<Session>)>,
-) -> Router<Session> {
+fn router(slow: Arc<SlowRoute>, disconnects: mpsc::Sender<(u64, Option<Session>)>) -> Router<Session> {
     Router::new()
-        .route(HEALTH, |_ctx: Context<Session>, _req: v1::HealthRequest| async {
-            Ok(health())
-        })
+        .route(HEALTH, |_ctx: Context<Session>, _req: v1::HealthRequest| async { Ok(health()) })
         .route(LOGIN, |ctx: Context<Session>, req: v1::ResumeRequest| async move {
             let name = String::from_utf8(req.session_token.to_vec())
                 .map_err(|_| RpcError::bad_request("token is not UTF-8"))?;
@@ -159,33 +134,20 @@ fn router(
                 return Err(RpcError::unauthenticated("empty token"));
             }
             ctx.bind_session(name.clone());
-            Ok(v1::ResumeResponse {
-                username: name,
-                ..Default::default()
-            })
+            Ok(v1::ResumeResponse { username: name, ..Default::default() })
         })
         .route(LOGOUT, |ctx: Context<Session>, _req: v1::LogoutRequest| async move {
             ctx.clear_session();
             Ok(v1::LogoutResponse {})
         })
-        .route_authed(
-            WHOAMI,
-            |_ctx: Context<Session>, session: Session, _req: v1::HealthRequest| async move {
-                Ok(v1::HealthResponse {
-                    status: session,
-                    version: String::new(),
-                })
-            },
-        )
+        .route_authed(WHOAMI, |_ctx: Context<Session>, session: Session, _req: v1::HealthRequest| async move {
+            Ok(v1::HealthResponse { status: session, version: String::new() })
+        })
         .route(SLOW, move |_ctx: Context<Session>, _req: v1::HealthRequest| {
             let slow = Arc::clone(&slow);
             async move {
                 let _ = slow.entered.send(()).await;
-                let permit = slow
-                    .gate
-                    .acquire()
-                    .await
-                    .map_err(|_| RpcError::unavailable("gate closed"))?;
+                let permit = slow.gate.acquire().await.map_err(|_| RpcError::unavailable("gate closed"))?;
                 permit.forget();
                 Ok(health())
             }
@@ -193,13 +155,8 @@ fn router(
         .route(PUSH, |ctx: Context<Session>, req: PushRequest| async move {
             let push = ctx.push();
             for i in 0..req.count {
-                push.try_push(
-                    EVENT,
-                    &v1::SessionExpired {
-                        reason: i.to_string(),
-                    },
-                )
-                .map_err(|e| RpcError::queue_full(e.to_string(), 0))?;
+                push.try_push(EVENT, &v1::SessionExpired { reason: i.to_string() })
+                    .map_err(|e| RpcError::queue_full(e.to_string(), 0))?;
             }
             Ok(PushRequest { count: req.count })
         })

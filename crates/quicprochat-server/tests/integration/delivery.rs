@@ -158,7 +158,6 @@ async fn push_and_long_poll_deliver_new_envelopes() {
             .await
         })
     };
-    let mut push = bob.accept_push().await.unwrap();
     let _: v1::EnqueueResponse = alice
         .call(
             method::ENQUEUE,
@@ -167,6 +166,8 @@ async fn push_and_long_poll_deliver_new_envelopes() {
         .await
         .unwrap();
 
+    // The server opens the push stream with its first push.
+    let mut push = tokio::time::timeout(Duration::from_secs(10), bob.accept_push()).await.unwrap().unwrap();
     let frame = tokio::time::timeout(Duration::from_secs(10), push.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(frame.event_type, event::MESSAGE_NOTIFICATION);
     let note = v1::MessageNotification::decode(frame.payload).unwrap();
