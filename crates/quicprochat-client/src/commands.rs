@@ -83,14 +83,16 @@ async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<(QpcClient, bo
                 Some(path) => Trust::CaCertificates(read_certs(path)?),
                 None => match pinned_local() {
                     Some(cert) => Trust::PinnedCertificate(cert),
-                    None => bail!("--ca-cert is required to trust {server} (for a dev server: DATA_DIR/server-cert.der)"),
+                    None => {
+                        bail!("--ca-cert is required to trust {server} (for a dev server: DATA_DIR/server-cert.der)")
+                    }
                 },
             };
             let mut config = ClientConfig::new(addr, trust, state_dir);
             config.server_name = host;
-            let client = QpcClient::connect(config)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e} (is qpc-server running, and is the certificate right?)"))?;
+            let client = QpcClient::connect(config).await.map_err(|e| {
+                anyhow::anyhow!("cannot reach {server}: {e} (is qpc-server running, and is the certificate right?)")
+            })?;
             Ok((client, false))
         }
         None => {
@@ -112,7 +114,12 @@ fn read_certs(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// Logs in, or registers first if this state dir has never held the account.
-async fn sign_in(client: &QpcClient, username: &str, password: &str, state_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn sign_in(
+    client: &QpcClient,
+    username: &str,
+    password: &str,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     if quicprochat_sdk::has_local_account(state_dir) {
         return client.login(username, password.as_bytes()).await.map_err(explain);
     }

@@ -24,7 +24,8 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  listening on {} (QUIC, TLS 1.3, self-signed certificate pinned by the clients)", server.local_addr());
 
     let client = |name: &str| {
-        let mut c = ClientConfig::new(server.local_addr(), Trust::PinnedCertificate(cert.clone()), tmp.path().join(name));
+        let mut c =
+            ClientConfig::new(server.local_addr(), Trust::PinnedCertificate(cert.clone()), tmp.path().join(name));
         // The demo runs in debug builds too; real accounts use the default (production) cost.
         c.kdf = KdfStrength::InsecureTestOnly;
         c
@@ -44,7 +45,8 @@ pub async fn run() -> anyhow::Result<()> {
     let bob_dm = bob.dm("alice").await?;
 
     for (from, text) in LINES {
-        let (dm, peer_events) = if from == "alice" { (&alice_dm, &mut bob_events) } else { (&bob_dm, &mut alice_events) };
+        let (dm, peer_events) =
+            if from == "alice" { (&alice_dm, &mut bob_events) } else { (&bob_dm, &mut alice_events) };
         dm.send_text(text).await?;
         let got = wait_for(peer_events, |e| matches!(e, ClientEvent::MessageReceived { .. })).await?;
         if let ClientEvent::MessageReceived { message, .. } = got {
@@ -53,9 +55,15 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
 
-    alice.close();
+    println!("▶ bob goes offline; alice sends one more, which waits on the server");
     bob.close();
+    alice_dm.send_text(WAITING).await?;
+    alice.close();
     server.shutdown().await?;
+
+    let (rows, bytes) = queued_envelopes(&server_dir.join(quicprochat_server::files::DATABASE))?;
+    ensure!(rows >= 1, "the message for offline bob should be queued on the server");
+    println!("  the server holds {rows} queued envelope(s), {bytes} bytes of MLS ciphertext");
 
     println!("▶ scanning the server's database files for the plaintexts");
     let mut scanned = 0usize;
@@ -67,7 +75,7 @@ pub async fn run() -> anyhow::Result<()> {
         }
         let bytes = std::fs::read(&path)?;
         scanned += bytes.len();
-        for (_, text) in LINES {
+        for text in LINES.iter().map(|(_, t)| *t).chain([WAITING]) {
             if contains(&bytes, text.as_bytes()) {
                 bail!("plaintext found in {}: {text:?}", path.display());
             }
@@ -82,6 +90,18 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  {scanned} bytes scanned: no plaintext message and no password on the server ✔");
     println!("demo complete");
     Ok(())
+}
+
+const WAITING: &str = "Bob, this one waits for you on the server, encrypted.";
+
+/// Counts the envelopes the server stores and their payload bytes.
+fn queued_envelopes(db: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (rows, bytes): (i64, i64) =
+        conn.query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM envelopes", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((u64::try_from(rows)?, u64::try_from(bytes)?))
 }
 
 fn message_peer(from: &str) -> &'static str {

@@ -41,7 +41,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SdkError + '_ {
 }
 
 /// Opens the account file, or creates a fresh identity if there is none.
-pub(crate) fn open_or_create(dir: &Path, username: &str, password: &[u8], strength: KdfStrength) -> Result<AccountSecrets> {
+pub(crate) fn open_or_create(
+    dir: &Path,
+    username: &str,
+    password: &[u8],
+    strength: KdfStrength,
+) -> Result<AccountSecrets> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     #[cfg(unix)]
     {

@@ -124,7 +124,10 @@ impl QpcClient {
         let _: v1::RegisterFinishResponse = self
             .inner
             .rpc
-            .call(method::REGISTER_FINISH, &v1::RegisterFinishRequest { username: username.clone(), registration_upload: upload.into() })
+            .call(
+                method::REGISTER_FINISH,
+                &v1::RegisterFinishRequest { username: username.clone(), registration_upload: upload.into() },
+            )
             .await
             .map_err(registration_error)?;
         self.login(&username, password).await
@@ -139,7 +142,10 @@ impl QpcClient {
         let start: v1::LoginStartResponse = self
             .inner
             .rpc
-            .call(method::LOGIN_START, &v1::LoginStartRequest { username: username.clone(), credential_request: request.into() })
+            .call(
+                method::LOGIN_START,
+                &v1::LoginStartRequest { username: username.clone(), credential_request: request.into() },
+            )
             .await?;
         let output = login.finish(password, &start.credential_response, &params).map_err(|e| match e {
             quicprochat_core::CoreError::InvalidLogin => SdkError::InvalidCredentials,
@@ -150,7 +156,10 @@ impl QpcClient {
             .rpc
             .call(
                 method::LOGIN_FINISH,
-                &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: output.finalization.into() },
+                &v1::LoginFinishRequest {
+                    login_id: start.login_id,
+                    credential_finalization: output.finalization.into(),
+                },
             )
             .await
             .map_err(|e| match e.rpc_status() {
@@ -158,7 +167,8 @@ impl QpcClient {
                 _ => SdkError::from(e),
             })?;
         let token = Zeroizing::new(finish.session_token.to_vec());
-        let secrets = account::open_or_create(&self.inner.config.state_dir, &username, password, self.inner.config.kdf)?;
+        let secrets =
+            account::open_or_create(&self.inner.config.state_dir, &username, password, self.inner.config.kdf)?;
         self.open_account(secrets, finish.user_id.to_vec(), &token).await
     }
 
@@ -169,12 +179,8 @@ impl QpcClient {
             Some(state) => MlsClient::restore(&secrets.identity, &secrets.username, MlsSuite::default(), &state)?,
             None => MlsClient::new(&secrets.identity, &secrets.username, MlsSuite::default())?,
         };
-        let account = Account {
-            username: secrets.username.clone(),
-            user_id,
-            device_id,
-            local: Mutex::new(Local { mls, store }),
-        };
+        let account =
+            Account { username: secrets.username.clone(), user_id, device_id, local: Mutex::new(Local { mls, store }) };
         if self.inner.account.set(account).is_err() {
             return Err(SdkError::Protocol("this client is already logged in"));
         }
@@ -245,6 +251,9 @@ impl QpcClient {
                             let Some(inner) = weak.upgrade() else { return };
                             let client = QpcClient { inner };
                             if let Err(e) = client.sync().await {
+                                if rpc.close_reason().is_some() {
+                                    break "connection closed".to_owned();
+                                }
                                 tracing::warn!(error = %e, "sync after push failed");
                             }
                         }

@@ -117,7 +117,10 @@ impl QpcClient {
         let created: v1::CreateChannelResponse = self
             .inner
             .rpc
-            .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.clone() })
+            .call(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.clone() },
+            )
             .await
             .map_err(|e| match e.rpc_status() {
                 Some(Status::NotFound) => SdkError::UnknownUser(peer.clone()),
@@ -170,7 +173,10 @@ impl QpcClient {
             welcomes: kps
                 .key_packages
                 .iter()
-                .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: outcome.welcome.clone().into() })
+                .map(|k| v1::WelcomeDelivery {
+                    device_id: k.device_id.clone(),
+                    payload: outcome.welcome.clone().into(),
+                })
                 .collect(),
             idempotency_key: Bytes::copy_from_slice(&random16()),
             group_info: outcome.group_info.clone().into(),

@@ -219,7 +219,8 @@ impl LocalStore {
         let mut out = Vec::new();
         for row in rows {
             let (id, sender, body, sent, stored, outgoing) = row?;
-            let id = MessageId(<[u8; 16]>::try_from(id.as_slice()).map_err(|_| crate::SdkError::Protocol("message id"))?);
+            let id =
+                MessageId(<[u8; 16]>::try_from(id.as_slice()).map_err(|_| crate::SdkError::Protocol("message id"))?);
             let text = self.open_sealed(&id.0, &body)?;
             out.push(Message {
                 id,
@@ -237,8 +238,5 @@ impl LocalStore {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -134,11 +134,19 @@ impl QpcClient {
                         Ok(vec![ClientEvent::MessageReceived { conversation, message }])
                     }
                     Processed::Commit { epoch, .. } => {
-                        local.store.apply(Change { mls_state: Some(&state), cursor: Some(seq), ..Default::default() })?;
+                        local.store.apply(Change {
+                            mls_state: Some(&state),
+                            cursor: Some(seq),
+                            ..Default::default()
+                        })?;
                         Ok(vec![ClientEvent::EpochChanged { conversation, epoch }])
                     }
                     Processed::Proposal { .. } => {
-                        local.store.apply(Change { mls_state: Some(&state), cursor: Some(seq), ..Default::default() })?;
+                        local.store.apply(Change {
+                            mls_state: Some(&state),
+                            cursor: Some(seq),
+                            ..Default::default()
+                        })?;
                         Ok(Vec::new())
                     }
                     #[allow(unreachable_patterns)]

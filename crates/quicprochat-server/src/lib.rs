@@ -129,12 +129,18 @@ impl RunningServer {
 /// Opens the data dir, loads or creates the keys and database, binds and starts serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|source| ServerError::Io { what: "creating the data dir", path: dir.clone(), source })?;
-    let store = SqliteStore::open(&dir.join(files::DATABASE))?;
-    let opaque = load_or_create(dir, files::OPAQUE_SETUP, |b| OpaqueServerSetup::from_bytes(b).ok(), || {
-        OpaqueServerSetup::generate(&mut rand_core::OsRng).to_bytes().to_vec()
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+        what: "creating the data dir",
+        path: dir.clone(),
+        source,
     })?;
+    let store = SqliteStore::open(&dir.join(files::DATABASE))?;
+    let opaque = load_or_create(
+        dir,
+        files::OPAQUE_SETUP,
+        |b| OpaqueServerSetup::from_bytes(b).ok(),
+        || OpaqueServerSetup::generate(&mut rand_core::OsRng).to_bytes().to_vec(),
+    )?;
     let signing_key = load_or_create(
         dir,
         files::SIGNING_KEY,
@@ -165,7 +171,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         pending_logins: Default::default(),
     });
     let mut rpc_opts = config.rpc.clone();
-    rpc_opts.max_payload = rpc_opts.max_payload.max(u32::try_from(config.limits.max_payload + 64 * 1024).unwrap_or(u32::MAX));
+    rpc_opts.max_payload =
+        rpc_opts.max_payload.max(u32::try_from(config.limits.max_payload + 64 * 1024).unwrap_or(u32::MAX));
     let server = RpcServer::bind(config.listen, &cert, routes::router(&state), rpc_opts)?;
     let addr = server.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -186,7 +193,11 @@ fn load_or_create<T>(
         Ok(bytes) => parse(&bytes).ok_or(ServerError::CorruptKeyFile(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = zeroize::Zeroizing::new(generate());
-            write_secret(&path, &bytes).map_err(|source| ServerError::Io { what: "writing a key file", path: path.clone(), source })?;
+            write_secret(&path, &bytes).map_err(|source| ServerError::Io {
+                what: "writing a key file",
+                path: path.clone(),
+                source,
+            })?;
             parse(&bytes).ok_or(ServerError::CorruptKeyFile(path))
         }
         Err(source) => Err(ServerError::Io { what: "reading a key file", path, source }),

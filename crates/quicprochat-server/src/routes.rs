@@ -29,10 +29,7 @@ where
 }
 
 /// Adapts `f(state, ctx, session, req)` into an authenticated route handler.
-fn authed<Req, Resp, Fut, F>(
-    state: &Arc<AppState>,
-    f: F,
-) -> impl Fn(Ctx, Session, Req) -> Fut + Send + Sync + 'static
+fn authed<Req, Resp, Fut, F>(state: &Arc<AppState>, f: F) -> impl Fn(Ctx, Session, Req) -> Fut + Send + Sync + 'static
 where
     F: Fn(Arc<AppState>, Ctx, Session, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = RpcResult<Resp>> + Send + 'static,
@@ -74,12 +71,20 @@ fn b(v: impl Into<Vec<u8>>) -> Bytes {
     Bytes::from(v.into())
 }
 
-async fn register_start(st: Arc<AppState>, _: Ctx, r: v1::RegisterStartRequest) -> RpcResult<v1::RegisterStartResponse> {
+async fn register_start(
+    st: Arc<AppState>,
+    _: Ctx,
+    r: v1::RegisterStartRequest,
+) -> RpcResult<v1::RegisterStartResponse> {
     let resp = services::auth::register_start(&st, &r.username, &r.registration_request).await?;
     Ok(v1::RegisterStartResponse { registration_response: b(resp) })
 }
 
-async fn register_finish(st: Arc<AppState>, _: Ctx, r: v1::RegisterFinishRequest) -> RpcResult<v1::RegisterFinishResponse> {
+async fn register_finish(
+    st: Arc<AppState>,
+    _: Ctx,
+    r: v1::RegisterFinishRequest,
+) -> RpcResult<v1::RegisterFinishResponse> {
     let id = services::auth::register_finish(&st, &r.username, &r.registration_upload).await?;
     Ok(v1::RegisterFinishResponse { user_id: b(id.0.to_vec()) })
 }
@@ -204,7 +209,12 @@ async fn enqueue(st: Arc<AppState>, _: Ctx, s: Session, r: v1::EnqueueRequest) -
         welcomes: Vec::new(),
     };
     let a = services::delivery::enqueue(&st, &s, sub).await?;
-    Ok(v1::EnqueueResponse { seq: a.seq, envelope_id: b(a.envelope_id.to_vec()), proof: Some(proof(&r.channel_id, &a)), epoch: a.epoch })
+    Ok(v1::EnqueueResponse {
+        seq: a.seq,
+        envelope_id: b(a.envelope_id.to_vec()),
+        proof: Some(proof(&r.channel_id, &a)),
+        epoch: a.epoch,
+    })
 }
 
 async fn batch_enqueue(
@@ -265,13 +275,23 @@ async fn fetch_wait(st: Arc<AppState>, _: Ctx, s: Session, r: v1::FetchWaitReque
     Ok(v1::PeekResponse { envelopes: entries.iter().map(wire::queued_to_proto).collect() })
 }
 
-async fn subscribe(st: Arc<AppState>, ctx: Ctx, s: Session, _: v1::SubscribeRequest) -> RpcResult<v1::SubscribeResponse> {
+async fn subscribe(
+    st: Arc<AppState>,
+    ctx: Ctx,
+    s: Session,
+    _: v1::SubscribeRequest,
+) -> RpcResult<v1::SubscribeResponse> {
     let device = s.device().map_err(RpcError::from)?;
     st.hub.subscribe(device, ctx.push());
     Ok(v1::SubscribeResponse {})
 }
 
-async fn resolve_user(st: Arc<AppState>, _: Ctx, _: Session, r: v1::ResolveUserRequest) -> RpcResult<v1::ResolveUserResponse> {
+async fn resolve_user(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::ResolveUserRequest,
+) -> RpcResult<v1::ResolveUserResponse> {
     let (user, devices) = services::users::resolve(&st, &r.username).await?;
     Ok(v1::ResolveUserResponse {
         user_id: b(user.id.0.to_vec()),

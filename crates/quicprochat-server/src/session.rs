@@ -19,13 +19,17 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("user_id", &self.user_id).field("device_id", &self.device_id).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Session {
     /// The bound device, or an error telling the client to register one first.
     pub fn device(&self) -> Result<DeviceId, crate::error::ServiceError> {
-        self.device_id.ok_or(crate::error::ServiceError::Forbidden("no device bound to this session: call RegisterDevice"))
+        self.device_id
+            .ok_or(crate::error::ServiceError::Forbidden("no device bound to this session: call RegisterDevice"))
     }
 }

@@ -17,9 +17,7 @@ pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
 impl Clock {
     /// The system clock.
     pub fn system() -> Self {
-        Clock(Arc::new(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-        }))
+        Clock(Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)))
     }
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> u64 {

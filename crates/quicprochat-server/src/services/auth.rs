@@ -34,7 +34,11 @@ pub async fn register_finish(state: &AppState, username: &str, upload: &[u8]) ->
 }
 
 /// First login step. An unknown username runs the same computation on OPAQUE's dummy record.
-pub async fn login_start(state: &AppState, username: &str, request: &[u8]) -> Result<([u8; 16], Vec<u8>), ServiceError> {
+pub async fn login_start(
+    state: &AppState,
+    username: &str,
+    request: &[u8],
+) -> Result<([u8; 16], Vec<u8>), ServiceError> {
     let username = normalize_username(username)?;
     let user = state.store.user_by_name(&username).await?;
     let record = user.as_ref().map(|u| u.opaque_record.as_slice());
@@ -43,7 +47,8 @@ pub async fn login_start(state: &AppState, username: &str, request: &[u8]) -> Re
             .map_err(|_| ServiceError::BadRequest("malformed OPAQUE credential request".into()))?;
     let id = random_bytes::<16>();
     let now = state.clock.now_ms();
-    let pending = PendingLogin { state: login, user: user.map(|u| (u.id, u.username)), expires_ms: now + LOGIN_WINDOW_MS };
+    let pending =
+        PendingLogin { state: login, user: user.map(|u| (u.id, u.username)), expires_ms: now + LOGIN_WINDOW_MS };
     if !state.pending_logins.insert(id, pending, now) {
         return Err(ServiceError::BadRequest("too many logins in progress; retry shortly".into()));
     }
@@ -60,10 +65,16 @@ pub struct LoginOutcome {
 }
 
 /// Second login step: verifies the client's proof and creates a session.
-pub async fn login_finish(state: &AppState, login_id: &[u8], finalization: &[u8]) -> Result<LoginOutcome, ServiceError> {
-    let id = <[u8; 16]>::try_from(login_id).map_err(|_| ServiceError::BadRequest("login_id must be 16 bytes".into()))?;
+pub async fn login_finish(
+    state: &AppState,
+    login_id: &[u8],
+    finalization: &[u8],
+) -> Result<LoginOutcome, ServiceError> {
+    let id =
+        <[u8; 16]>::try_from(login_id).map_err(|_| ServiceError::BadRequest("login_id must be 16 bytes".into()))?;
     let now = state.clock.now_ms();
-    let pending = state.pending_logins.take(&id, now).ok_or(ServiceError::Unauthenticated("unknown or expired login"))?;
+    let pending =
+        state.pending_logins.take(&id, now).ok_or(ServiceError::Unauthenticated("unknown or expired login"))?;
     let verified = pending.state.finish(finalization);
     let (user_id, username) = match (verified, pending.user) {
         (Ok(_session_key), Some(user)) => user,
@@ -89,7 +100,8 @@ pub async fn resume(state: &AppState, token: &[u8]) -> Result<Session, ServiceEr
         return Err(ServiceError::Unauthenticated("invalid session token"));
     }
     let token_hash: [u8; 32] = Sha256::digest(token).into();
-    let record = state.store.session(token_hash).await?.ok_or(ServiceError::Unauthenticated("invalid session token"))?;
+    let record =
+        state.store.session(token_hash).await?.ok_or(ServiceError::Unauthenticated("invalid session token"))?;
     if record.expires_ms <= state.clock.now_ms() {
         state.store.delete_session(token_hash).await?;
         return Err(ServiceError::Unauthenticated("session expired"));

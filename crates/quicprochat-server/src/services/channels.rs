@@ -24,7 +24,12 @@ pub struct Created {
 }
 
 /// Creates a DM with `peer` (deterministic id) or a new group.
-pub async fn create(state: &AppState, session: &Session, kind: ChannelKind, peer: &str) -> Result<Created, ServiceError> {
+pub async fn create(
+    state: &AppState,
+    session: &Session,
+    kind: ChannelKind,
+    peer: &str,
+) -> Result<Created, ServiceError> {
     let device = session.device()?;
     let id = match kind {
         ChannelKind::Dm => {
@@ -37,10 +42,8 @@ pub async fn create(state: &AppState, session: &Session, kind: ChannelKind, peer
         }
         ChannelKind::Group => ChannelId(random_bytes::<16>()),
     };
-    let was_new = state
-        .store
-        .create_channel(NewChannel { id, kind, first_member: device, now_ms: state.clock.now_ms() })
-        .await?;
+    let was_new =
+        state.store.create_channel(NewChannel { id, kind, first_member: device, now_ms: state.clock.now_ms() }).await?;
     let channel = state.store.channel(id).await?.ok_or(ServiceError::NotFound("channel"))?;
     let is_member = state.store.members(id).await?.contains(&device);
     Ok(Created { id, was_new, epoch: channel.epoch, kind: channel.kind, is_member })

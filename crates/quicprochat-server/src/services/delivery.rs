@@ -138,8 +138,14 @@ async fn ephemeral(
     for device in members.into_iter().filter(|d| *d != sender) {
         state.hub.deliver(device, &entry);
     }
-    let outcome =
-        EnqueueOutcome { seq: 0, envelope_id, timestamp_ms: now, epoch: channel.epoch, replayed: false, deliveries: vec![] };
+    let outcome = EnqueueOutcome {
+        seq: 0,
+        envelope_id,
+        timestamp_ms: now,
+        epoch: channel.epoch,
+        replayed: false,
+        deliveries: vec![],
+    };
     Ok(accepted(state, s.channel, &outcome))
 }
 
@@ -161,7 +167,13 @@ fn page(limit: u32, max_bytes: u64) -> (u32, u64) {
 }
 
 /// Reads the session device's queue without deleting.
-pub async fn peek(state: &AppState, session: &Session, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, ServiceError> {
+pub async fn peek(
+    state: &AppState,
+    session: &Session,
+    after_seq: u64,
+    limit: u32,
+    max_bytes: u64,
+) -> Result<Vec<QueuedEntry>, ServiceError> {
     let device = session.device()?;
     let (limit, bytes) = page(limit, max_bytes);
     Ok(state.store.peek(device, after_seq, limit, bytes).await?)

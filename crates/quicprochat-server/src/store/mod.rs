@@ -111,7 +111,13 @@ pub trait DeliveryStore: Send + Sync {
     /// devices they add.
     async fn enqueue(&self, request: EnqueueBatch) -> Result<EnqueueOutcome, StoreError>;
     /// Reads queue entries with `seq > after_seq`, at most `limit` and about `max_bytes`.
-    async fn peek(&self, device: DeviceId, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, StoreError>;
+    async fn peek(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<QueuedEntry>, StoreError>;
     /// Deletes queue entries with `seq <= up_to_seq`; returns how many.
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
 }

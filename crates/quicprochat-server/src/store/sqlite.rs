@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore,
-    DeviceId, DeviceRecord, DeviceStore, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
-    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    AccountStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore, DeviceId, DeviceRecord,
+    DeviceStore, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError,
+    UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -272,8 +272,10 @@ impl AccountStore for SqliteStore {
     }
 
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
-        self.run(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash.as_slice()])? > 0))
-            .await
+        self.run(move |conn| {
+            Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash.as_slice()])? > 0)
+        })
+        .await
     }
 }
 
@@ -299,7 +301,9 @@ impl DeviceStore for SqliteStore {
                             u64_to_i64(d.created_ms)
                         ],
                     )
-                    .map_err(|e| if is_unique_violation(&e) { StoreError::AlreadyExists("device") } else { e.into() })?;
+                    .map_err(|e| {
+                        if is_unique_violation(&e) { StoreError::AlreadyExists("device") } else { e.into() }
+                    })?;
                 }
             }
             tx.commit()?;
@@ -370,7 +374,8 @@ impl DeviceStore for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let devices: Vec<Vec<u8>> = {
-                let mut stmt = tx.prepare_cached("SELECT id FROM devices WHERE user_id = ?1 ORDER BY created_ms, id")?;
+                let mut stmt =
+                    tx.prepare_cached("SELECT id FROM devices WHERE user_id = ?1 ORDER BY created_ms, id")?;
                 stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
             let mut out = Vec::new();
@@ -402,11 +407,14 @@ impl DeviceStore for SqliteStore {
     }
 }
 
-fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, i64)> {
+/// Raw columns of a queue entry: seq, channel, envelope id, kind, epoch, payload, created.
+type EntryColumns = (i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, i64);
+
+fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntryColumns> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }
 
-fn entry_from(parts: (i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, i64)) -> Result<QueuedEntry, StoreError> {
+fn entry_from(parts: EntryColumns) -> Result<QueuedEntry, StoreError> {
     let (seq, channel, id, kind, epoch, payload, created) = parts;
     Ok(QueuedEntry {
         seq: i64_to_u64(seq),
@@ -528,6 +536,12 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
     }
 
+    if deliveries.is_empty() {
+        // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
+        // sequence number, which AUTOINCREMENT never reuses.
+        tx.execute("DELETE FROM envelopes WHERE seq = ?1", [envelope_seq])?;
+    }
+
     for w in &b.welcomes {
         let known: bool = tx
             .query_row("SELECT 1 FROM devices WHERE id = ?1", [w.device.0.as_slice()], |_| Ok(()))
@@ -638,14 +652,21 @@ impl DeliveryStore for SqliteStore {
         self.run(move |conn| enqueue_tx(conn, batch)).await
     }
 
-    async fn peek(&self, device: DeviceId, after_seq: u64, limit: u32, max_bytes: u64) -> Result<Vec<QueuedEntry>, StoreError> {
+    async fn peek(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<QueuedEntry>, StoreError> {
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
                  FROM queue q JOIN envelopes e ON e.seq = q.envelope \
                  WHERE q.device_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit)], read_entry)?;
+            let rows =
+                stmt.query_map(params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit)], read_entry)?;
             let mut out = Vec::new();
             let mut bytes = 0u64;
             for row in rows {

@@ -58,7 +58,9 @@ async fn sessions_survive_a_restart_and_resume_binds_them() {
     assert_eq!(resumed.device_id.as_ref(), device.as_slice());
     let _: v1::PeekResponse = rpc.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
 
-    let bad = rpc.call::<_, v1::ResumeResponse>(method::RESUME, &v1::ResumeRequest { session_token: vec![7u8; 32].into() }).await;
+    let bad = rpc
+        .call::<_, v1::ResumeResponse>(method::RESUME, &v1::ResumeRequest { session_token: vec![7u8; 32].into() })
+        .await;
     assert_eq!(bad.unwrap_err().rpc_status(), Some(Status::Unauthenticated));
 }
 
@@ -71,7 +73,11 @@ async fn device_registration_needs_a_valid_signature() {
     let err = rpc
         .call::<_, v1::RegisterDeviceResponse>(
             method::REGISTER_DEVICE,
-            &v1::RegisterDeviceRequest { identity_key: vec![1u8; 32].into(), signature: vec![2u8; 64].into(), name: "x".into() },
+            &v1::RegisterDeviceRequest {
+                identity_key: vec![1u8; 32].into(),
+                signature: vec![2u8; 64].into(),
+                name: "x".into(),
+            },
         )
         .await
         .unwrap_err();
@@ -116,7 +122,10 @@ async fn key_packages_are_single_use_with_a_last_resort() {
         ]
     );
     let err = alice
-        .call::<_, v1::FetchKeyPackagesResponse>(method::FETCH_KEY_PACKAGES, &v1::FetchKeyPackagesRequest { username: "carol".into() })
+        .call::<_, v1::FetchKeyPackagesResponse>(
+            method::FETCH_KEY_PACKAGES,
+            &v1::FetchKeyPackagesRequest { username: "carol".into() },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.rpc_status(), Some(Status::NotFound));

@@ -28,7 +28,10 @@ async fn dm_with_bob(alice: &RpcClient, bob_device: &[u8]) -> Bytes {
             &v1::BatchEnqueueRequest {
                 channel_id: created.channel_id.clone(),
                 commit: envelope(v1::EnvelopeKind::Commit, 0, b"commit-0"),
-                welcomes: vec![v1::WelcomeDelivery { device_id: bob_device.to_vec().into(), payload: b"welcome".to_vec().into() }],
+                welcomes: vec![v1::WelcomeDelivery {
+                    device_id: bob_device.to_vec().into(),
+                    payload: b"welcome".to_vec().into(),
+                }],
                 ..Default::default()
             },
         )
@@ -126,7 +129,11 @@ async fn delivery_proof_verifies_with_the_published_key() {
     let r: v1::EnqueueResponse = alice
         .call(
             method::ENQUEUE,
-            &v1::EnqueueRequest { channel_id: channel.clone(), envelope: envelope(v1::EnvelopeKind::Application, 1, b"c"), ..Default::default() },
+            &v1::EnqueueRequest {
+                channel_id: channel.clone(),
+                envelope: envelope(v1::EnvelopeKind::Application, 1, b"c"),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -161,7 +168,11 @@ async fn push_and_long_poll_deliver_new_envelopes() {
     let _: v1::EnqueueResponse = alice
         .call(
             method::ENQUEUE,
-            &v1::EnqueueRequest { channel_id: channel.clone(), envelope: envelope(v1::EnvelopeKind::Application, 1, b"hi"), ..Default::default() },
+            &v1::EnqueueRequest {
+                channel_id: channel.clone(),
+                envelope: envelope(v1::EnvelopeKind::Application, 1, b"hi"),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -192,7 +203,8 @@ async fn queued_envelopes_survive_a_restart() {
             .unwrap();
     let server = TestServer { server: restarted, dir };
     let bob = server.client().await;
-    let _: v1::ResumeResponse = bob.call(method::RESUME, &v1::ResumeRequest { session_token: bob_token.into() }).await.unwrap();
+    let _: v1::ResumeResponse =
+        bob.call(method::RESUME, &v1::ResumeRequest { session_token: bob_token.into() }).await.unwrap();
     let page: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
     assert_eq!(page.envelopes.len(), 1);
     assert_eq!(page.envelopes[0].envelope.as_ref().unwrap().payload.as_ref(), b"welcome");

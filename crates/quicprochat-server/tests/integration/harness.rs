@@ -17,14 +17,14 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))
-            .await
-            .unwrap();
+        let server =
+            quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path())).await.unwrap();
         Self { server, dir }
     }
 
     pub async fn client(&self) -> RpcClient {
-        let tls = quicprochat_rpc::tls::client_config(&ServerTrust::Pinned(self.server.certificate_der().to_vec())).unwrap();
+        let tls =
+            quicprochat_rpc::tls::client_config(&ServerTrust::Pinned(self.server.certificate_der().to_vec())).unwrap();
         RpcClient::connect(self.server.local_addr(), "localhost", tls).await.unwrap()
     }
 }
@@ -32,12 +32,19 @@ impl TestServer {
 pub async fn register(rpc: &RpcClient, username: &str, password: &[u8]) {
     let (reg, request) = ClientRegistration::start(&mut rand_core::OsRng, password).unwrap();
     let start: v1::RegisterStartResponse = rpc
-        .call(method::REGISTER_START, &v1::RegisterStartRequest { username: username.into(), registration_request: request.into() })
+        .call(
+            method::REGISTER_START,
+            &v1::RegisterStartRequest { username: username.into(), registration_request: request.into() },
+        )
         .await
         .unwrap();
-    let upload = reg.finish(&mut rand_core::OsRng, password, &start.registration_response, &OpaqueParams::light()).unwrap();
+    let upload =
+        reg.finish(&mut rand_core::OsRng, password, &start.registration_response, &OpaqueParams::light()).unwrap();
     let _: v1::RegisterFinishResponse = rpc
-        .call(method::REGISTER_FINISH, &v1::RegisterFinishRequest { username: username.into(), registration_upload: upload.into() })
+        .call(
+            method::REGISTER_FINISH,
+            &v1::RegisterFinishRequest { username: username.into(), registration_upload: upload.into() },
+        )
         .await
         .unwrap();
 }
@@ -46,7 +53,10 @@ pub async fn register(rpc: &RpcClient, username: &str, password: &[u8]) {
 pub async fn login(rpc: &RpcClient, username: &str, password: &[u8]) -> Result<Vec<u8>, quicprochat_rpc::Error> {
     let (login, request) = ClientLogin::start(&mut rand_core::OsRng, password).unwrap();
     let start: v1::LoginStartResponse = rpc
-        .call(method::LOGIN_START, &v1::LoginStartRequest { username: username.into(), credential_request: request.into() })
+        .call(
+            method::LOGIN_START,
+            &v1::LoginStartRequest { username: username.into(), credential_request: request.into() },
+        )
         .await?;
     // With a wrong password the client cannot even build a finalization; send garbage to make
     // the server decide as well.
@@ -55,7 +65,10 @@ pub async fn login(rpc: &RpcClient, username: &str, password: &[u8]) -> Result<V
         Err(_) => vec![0u8; 64],
     };
     let fin: v1::LoginFinishResponse = rpc
-        .call(method::LOGIN_FINISH, &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: finalization.into() })
+        .call(
+            method::LOGIN_FINISH,
+            &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: finalization.into() },
+        )
         .await?;
     Ok(fin.session_token.to_vec())
 }

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-mod protocol;
 mod accounts;
 mod delivery;
+mod harness;
+mod protocol;
