@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use quicprochat_sdk::{ClientEvent, ConversationHandle, QpcClient};
-use rustyline::ExternalPrinter as _;
 use rustyline::error::ReadlineError;
 use tokio::sync::{broadcast, mpsc};
 
@@ -54,18 +53,57 @@ System:
   /help          this help
   /quit          leave";
 
-/// Runs the REPL until `/quit` or end of input.
-pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>) -> anyhow::Result<()> {
-    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
-    let mut printer = editor.create_external_printer().context("starting the line editor")?;
-    let (line_tx, mut lines) = mpsc::channel::<Option<String>>(16);
-    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
-    let me = client.whoami()?;
-    let _ = prompt_tx.send(format!("{me}> "));
+/// Where live output goes: above the prompt of an interactive terminal, or plain stdout when
+/// input is piped (scripts, tests).
+enum Printer {
+    Terminal(Box<dyn rustyline::ExternalPrinter + Send>),
+    Plain,
+}
 
-    // rustyline blocks, so it lives on its own thread; it reads one line per prompt it is given.
-    let reader = std::thread::spawn(move || {
-        while let Ok(prompt) = prompt_rx.recv() {
+impl Printer {
+    fn print(&mut self, text: String) {
+        match self {
+            Printer::Terminal(p) => {
+                if p.print(text.clone()).is_err() {
+                    println!("{text}");
+                }
+            }
+            Printer::Plain => println!("{text}"),
+        }
+    }
+}
+
+/// Reads lines on a thread of its own (terminal reads block): one line per prompt it is sent.
+/// `None` marks the end of input.
+fn spawn_reader(
+    interactive: bool,
+    line_tx: mpsc::Sender<Option<String>>,
+    prompts: std::sync::mpsc::Receiver<String>,
+) -> anyhow::Result<Printer> {
+    if !interactive {
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            while prompts.recv().is_ok() {
+                let mut line = String::new();
+                match stdin.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = line_tx.blocking_send(None);
+                        break;
+                    }
+                    Ok(_) => {
+                        if line_tx.blocking_send(Some(line)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        return Ok(Printer::Plain);
+    }
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let printer = editor.create_external_printer().context("starting the line editor")?;
+    std::thread::spawn(move || {
+        while let Ok(prompt) = prompts.recv() {
             match editor.readline(&prompt) {
                 Ok(line) => {
                     let _ = editor.add_history_entry(line.as_str());
@@ -85,6 +123,17 @@ pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>
             }
         }
     });
+    Ok(Printer::Terminal(Box::new(printer)))
+}
+
+/// Runs the REPL until `/quit` or end of input.
+pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>) -> anyhow::Result<()> {
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let (line_tx, mut lines) = mpsc::channel::<Option<String>>(16);
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
+    let mut printer = spawn_reader(interactive, line_tx, prompt_rx)?;
+    let me = client.whoami()?;
+    let _ = prompt_tx.send(format!("{me}> "));
 
     println!("Logged in as {me}. /dm <user> to start, /help for commands.");
     let mut current: Option<ConversationHandle> = None;
@@ -110,26 +159,25 @@ pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>
                     } else {
                         format!("[{} in {}] {}", message.sender, conversation, message.text)
                     };
-                    let _ = printer.print(text);
+                    printer.print(text);
                 }
                 Ok(ClientEvent::ConversationCreated { name, .. }) => {
-                    let _ = printer.print(format!("* joined conversation with {name}"));
+                    printer.print(format!("* joined conversation with {name}"));
                 }
                 Ok(ClientEvent::ConnectionLost { reason }) => {
-                    let _ = printer.print(format!("* connection lost: {reason}"));
+                    printer.print(format!("* connection lost: {reason}"));
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let _ = printer.print(format!("* {n} events skipped"));
+                    printer.print(format!("* {n} events skipped"));
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
     }
-    drop(prompt_tx);
-    // The reader thread ends at its next prompt or input; it is not joined so a blocked
+    // The reader thread ends at its next prompt or input; it is not joined, so a blocked
     // terminal read cannot hold the process open.
-    drop(reader);
+    drop(prompt_tx);
     Ok(())
 }
 

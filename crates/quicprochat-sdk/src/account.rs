@@ -57,7 +57,7 @@ pub(crate) fn open_or_create(
     match std::fs::read(&path) {
         Ok(sealed) => {
             let plain = open_with_password(password, &sealed).map_err(|e| match e {
-                quicprochat_core::CoreError::WrongPassword => SdkError::InvalidCredentials,
+                quicprochat_core::CoreError::WrongPassword => SdkError::LocalAccountLocked(dir.to_path_buf()),
                 other => SdkError::Crypto(other),
             })?;
             let secrets = decode(&plain)?;

@@ -109,6 +109,9 @@ impl QpcClient {
     /// Registers a new account with OPAQUE (the password never leaves this process), then logs in.
     pub async fn register(&self, username: &str, password: &[u8]) -> Result<()> {
         let username = fold_username(username);
+        // The local account is checked (or created) first, so a mistake costs no server state.
+        let secrets =
+            account::open_or_create(&self.inner.config.state_dir, &username, password, self.inner.config.kdf)?;
         let params = opaque_params(self.inner.config.kdf);
         let (registration, request) = ClientRegistration::start(&mut rand_core::OsRng, password)?;
         let start: v1::RegisterStartResponse = self
@@ -130,13 +133,20 @@ impl QpcClient {
             )
             .await
             .map_err(registration_error)?;
-        self.login(&username, password).await
+        self.login_with(secrets, password).await
     }
 
     /// Logs in with OPAQUE, binds this device, restores local state, tops up key packages,
     /// subscribes to push and fetches what is waiting.
     pub async fn login(&self, username: &str, password: &[u8]) -> Result<()> {
         let username = fold_username(username);
+        let secrets =
+            account::open_or_create(&self.inner.config.state_dir, &username, password, self.inner.config.kdf)?;
+        self.login_with(secrets, password).await
+    }
+
+    async fn login_with(&self, secrets: AccountSecrets, password: &[u8]) -> Result<()> {
+        let username = secrets.username.clone();
         let params = opaque_params(self.inner.config.kdf);
         let (login, request) = ClientLogin::start(&mut rand_core::OsRng, password)?;
         let start: v1::LoginStartResponse = self

@@ -20,6 +20,9 @@ pub enum SdkError {
     /// Wrong username or password.
     #[error("wrong username or password")]
     InvalidCredentials,
+    /// The account file in this state dir does not open with the given password.
+    #[error("the account in {0} is sealed with a different password")]
+    LocalAccountLocked(std::path::PathBuf),
     /// The username is already registered.
     #[error("username already taken")]
     UsernameTaken,

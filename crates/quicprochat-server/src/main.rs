@@ -34,18 +34,23 @@ async fn main() -> anyhow::Result<()> {
     if args.log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
     let mut config = quicprochat_server::ServerConfig::new(args.listen, args.data_dir);
     config.tls = args.tls_cert.zip(args.tls_key);
     let server = quicprochat_server::start(config).await.context("starting qpc-server")?;
     let token = server.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested: draining");
-        token.cancel();
-    });
-    server.wait().await.context("serving")?;
+    let serving = server.wait();
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => result.context("serving")?,
+        () = wait_for_signal() => {
+            tracing::info!("shutdown requested: draining in-flight requests");
+            token.cancel();
+            serving.await.context("draining")?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -89,7 +89,8 @@ async fn wrong_password_and_offline_delivery() {
     let dm = alice.dm("bob").await.unwrap();
     dm.send_text("while you were away").await.unwrap();
 
-    let intruder = client(&server, tempfile::tempdir().unwrap().path()).await;
+    let intruder_dir = tempfile::tempdir().unwrap();
+    let intruder = client(&server, intruder_dir.path()).await;
     assert!(matches!(intruder.login("bob", b"not bob's").await, Err(SdkError::InvalidCredentials)));
 
     let bob = client(&server, bob_dir.path()).await;
@@ -98,7 +99,12 @@ async fn wrong_password_and_offline_delivery() {
     let e = next_event(&mut events, is_message).await;
     assert_eq!(received_text(&e), Some(("alice", "while you were away")));
 
-    let taken = client(&server, tempfile::tempdir().unwrap().path()).await;
+    let taken_dir = tempfile::tempdir().unwrap();
+    let taken = client(&server, taken_dir.path()).await;
     assert!(matches!(taken.register("alice", b"x").await, Err(SdkError::UsernameTaken)));
+
+    // The local account file is sealed with the password: a wrong one is refused locally.
+    let bob_again = client(&server, bob_dir.path()).await;
+    assert!(matches!(bob_again.login("bob", b"wrong").await, Err(SdkError::LocalAccountLocked(_))));
     server.shutdown().await.unwrap();
 }
