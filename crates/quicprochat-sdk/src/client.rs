@@ -257,17 +257,28 @@ impl QpcClient {
             let reason = match rpc.accept_push().await {
                 Ok(mut stream) => loop {
                     match stream.next().await {
-                        Ok(Some(frame)) if frame.event_type == event::MESSAGE_NOTIFICATION => {
+                        Ok(Some(frame)) => {
                             let Some(inner) = weak.upgrade() else { return };
                             let client = QpcClient { inner };
-                            if let Err(e) = client.sync().await {
+                            let handled = match frame.event_type {
+                                event::MESSAGE_NOTIFICATION => client.sync().await.map(|_| ()),
+                                event::KEY_PACKAGES_LOW => client.top_up_key_packages().await,
+                                event::SESSION_EXPIRED => {
+                                    let _ = client.inner.events.send(ClientEvent::SessionExpired);
+                                    Ok(())
+                                }
+                                other => {
+                                    tracing::debug!(event_type = other, "ignoring push event");
+                                    Ok(())
+                                }
+                            };
+                            if let Err(e) = handled {
                                 if rpc.close_reason().is_some() {
                                     break "connection closed".to_owned();
                                 }
-                                tracing::warn!(error = %e, "sync after push failed");
+                                tracing::warn!(error = %e, event_type = frame.event_type, "handling a push failed");
                             }
                         }
-                        Ok(Some(frame)) => tracing::debug!(event_type = frame.event_type, "ignoring push event"),
                         Ok(None) => break "push stream ended".to_owned(),
                         Err(e) => break e.to_string(),
                     }

@@ -27,6 +27,8 @@ pub enum ClientEvent {
         /// The new epoch.
         epoch: u64,
     },
+    /// The server ended this session (expired or revoked); log in again.
+    SessionExpired,
     /// The push connection to the server ended.
     ConnectionLost {
         /// Why.

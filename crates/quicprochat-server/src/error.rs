@@ -5,6 +5,9 @@ use quicprochat_rpc::RpcError;
 
 use crate::store::StoreError;
 
+/// Suggested wait before retrying into a full queue.
+const QUEUE_FULL_RETRY_MS: u64 = 5_000;
+
 /// What a domain service can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,6 +41,15 @@ pub enum ServiceError {
         /// Limit.
         max: usize,
     },
+    /// Too many requests; retry after this many milliseconds.
+    #[error("rate limited; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// When a retry can succeed.
+        retry_after_ms: u64,
+    },
+    /// A recipient queue is full.
+    #[error("a recipient queue is full")]
+    QueueFull,
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -53,6 +65,7 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound(what) => ServiceError::NotFound(what),
             StoreError::NotMember => ServiceError::Forbidden("not a member of this channel"),
             StoreError::StaleEpoch { current, .. } => ServiceError::StaleEpoch { current },
+            StoreError::QueueFull => ServiceError::QueueFull,
             StoreError::UnknownDevice => ServiceError::BadRequest("welcome for an unknown device".into()),
             other => ServiceError::Store(other),
         }
@@ -73,6 +86,10 @@ impl From<ServiceError> for RpcError {
             }
             ServiceError::PayloadTooLarge { len, max } => {
                 RpcError::payload_too_large(format!("payload of {len} bytes exceeds the limit of {max}"))
+            }
+            ServiceError::RateLimited { retry_after_ms } => RpcError::rate_limited("too many requests", retry_after_ms),
+            ServiceError::QueueFull => {
+                RpcError::queue_full("a recipient has too many undelivered envelopes", QUEUE_FULL_RETRY_MS)
             }
             // Internal details stay in the server log, never on the wire.
             ServiceError::Store(err) => {

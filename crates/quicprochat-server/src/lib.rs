@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod push;
+pub mod ratelimit;
 pub mod routes;
 pub mod services;
 pub mod session;
@@ -25,9 +26,10 @@ use quicprochat_rpc::{RpcServer, ServerOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use state::Limits;
+pub use ratelimit::Rate;
+pub use state::{Clock, Limits};
 
-use crate::state::{AppState, Clock};
+use crate::state::AppState;
 use crate::store::SqliteStore;
 
 /// File names inside the data dir.
@@ -83,12 +85,21 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Transport options.
     pub rpc: ServerOptions,
+    /// Wall clock (tests may substitute a manual one).
+    pub clock: Clock,
 }
 
 impl ServerConfig {
     /// Dev-mode defaults for `data_dir` on `listen`.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
-        Self { listen, data_dir: data_dir.into(), tls: None, limits: Limits::default(), rpc: ServerOptions::default() }
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            tls: None,
+            limits: Limits::default(),
+            rpc: ServerOptions::default(),
+            clock: Clock::system(),
+        }
     }
 }
 
@@ -166,8 +177,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         opaque,
         signing_key,
         hub: push::PushHub::default(),
-        clock: Clock::system(),
+        clock: config.clock.clone(),
         limits: config.limits.clone(),
+        enqueue_limiter: ratelimit::RateLimiter::new(config.limits.enqueue_rate),
         pending_logins: Default::default(),
     });
     let mut rpc_opts = config.rpc.clone();
@@ -176,9 +188,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let server = RpcServer::bind(config.listen, &cert, routes::router(&state), rpc_opts)?;
     let addr = server.local_addr()?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.serve(shutdown.clone()));
+    let gc = tokio::spawn(gc_loop(Arc::clone(&state), shutdown.clone()));
+    let serve = server.serve(shutdown.clone());
+    let task = tokio::spawn(async move {
+        let served = serve.await;
+        // The GC loop ends with the same token; wait for it so no task outlives the server.
+        let _ = gc.await;
+        served
+    });
     tracing::info!(%addr, data_dir = %dir.display(), "qpc-server listening");
     Ok(RunningServer { addr, cert_der: cert.cert_der.clone(), shutdown, task })
+}
+
+/// Purges expired envelopes every `gc_interval` until shutdown.
+async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(state.limits.gc_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => match services::delivery::purge_expired(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired envelopes purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired envelopes failed"),
+            },
+        }
+    }
 }
 
 /// Loads a secret from `dir/name`, or generates it and writes it with mode 0600.

@@ -78,7 +78,12 @@ impl PushHub {
         self.push_to(device, event::MESSAGE_NOTIFICATION, &note);
     }
 
-    fn push_to(&self, device: DeviceId, event_type: u16, note: &v1::MessageNotification) {
+    /// Pushes any event to the device's subscribed connections (dropped if none is online).
+    pub fn push_event<M: quicprochat_proto::Message>(&self, device: DeviceId, event_type: u16, message: &M) {
+        self.push_to(device, event_type, message);
+    }
+
+    fn push_to<M: quicprochat_proto::Message>(&self, device: DeviceId, event_type: u16, note: &M) {
         let Ok(mut subs) = self.subscribers.lock() else { return };
         if let Some(list) = subs.get_mut(&device) {
             list.retain(|s| {

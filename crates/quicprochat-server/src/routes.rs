@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quicprochat_proto::{method, v1};
+use quicprochat_proto::{event, method, v1};
 use quicprochat_rpc::{Context, Router, RpcError};
 
 use crate::services::{self, delivery::Submission};
@@ -28,15 +28,36 @@ where
     move |ctx, req| f(Arc::clone(&state), ctx, req)
 }
 
-/// Adapts `f(state, ctx, session, req)` into an authenticated route handler.
-fn authed<Req, Resp, Fut, F>(state: &Arc<AppState>, f: F) -> impl Fn(Ctx, Session, Req) -> Fut + Send + Sync + 'static
+/// Adapts `f(state, ctx, session, req)` into an authenticated route handler. A session that
+/// expired while the connection was bound is unbound here: the client gets `SessionExpired` on
+/// its push stream and `UNAUTHENTICATED` for the call.
+fn authed<Req, Resp, Fut, F>(
+    state: &Arc<AppState>,
+    f: F,
+) -> impl Fn(Ctx, Session, Req) -> BoxFuture<RpcResult<Resp>> + Send + Sync + 'static
 where
+    Req: Send + 'static,
     F: Fn(Arc<AppState>, Ctx, Session, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = RpcResult<Resp>> + Send + 'static,
 {
     let state = Arc::clone(state);
-    move |ctx, session, req| f(Arc::clone(&state), ctx, session, req)
+    let f = Arc::new(f);
+    move |ctx: Ctx, session: Session, req| {
+        let state = Arc::clone(&state);
+        let f = Arc::clone(&f);
+        Box::pin(async move {
+            if session.expires_ms <= state.clock.now_ms() {
+                ctx.clear_session();
+                let _ = ctx.push().try_push(event::SESSION_EXPIRED, &v1::SessionExpired { reason: "expired".into() });
+                state.hub.connection_closed(ctx.connection_id());
+                return Err(RpcError::unauthenticated("session expired"));
+            }
+            f(state, ctx, session, req).await
+        })
+    }
 }
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Builds the router of every method this server implements.
 pub fn router(state: &Arc<AppState>) -> Router<Session> {
@@ -49,6 +70,7 @@ pub fn router(state: &Arc<AppState>) -> Router<Session> {
         .route(method::LOGIN_FINISH, open(state, login_finish))
         .route(method::RESUME, open(state, resume))
         .route_authed(method::LOGOUT, authed(state, logout))
+        .route_authed(method::DELETE_ACCOUNT, authed(state, delete_account))
         .route_authed(method::REGISTER_DEVICE, authed(state, register_device))
         .route_authed(method::UPLOAD_KEY_PACKAGES, authed(state, upload_key_packages))
         .route_authed(method::FETCH_KEY_PACKAGES, authed(state, fetch_key_packages))
@@ -122,6 +144,18 @@ async fn logout(st: Arc<AppState>, ctx: Ctx, s: Session, _: v1::LogoutRequest) -
     ctx.clear_session();
     st.hub.connection_closed(ctx.connection_id());
     Ok(v1::LogoutResponse {})
+}
+
+async fn delete_account(
+    st: Arc<AppState>,
+    ctx: Ctx,
+    s: Session,
+    _: v1::DeleteAccountRequest,
+) -> RpcResult<v1::DeleteAccountResponse> {
+    services::auth::delete_account(&st, &s).await?;
+    ctx.clear_session();
+    st.hub.connection_closed(ctx.connection_id());
+    Ok(v1::DeleteAccountResponse {})
 }
 
 async fn register_device(

@@ -8,7 +8,8 @@ use quicprochat_core::identity::IdentityKeyPair;
 use quicprochat_core::opaque::{OpaqueServerSetup, ServerLogin};
 
 use crate::push::PushHub;
-use crate::store::{Store, UserId};
+use crate::ratelimit::{Rate, RateLimiter};
+use crate::store::{DeviceId, Store, UserId};
 
 /// Wall clock, injectable for tests.
 #[derive(Clone)]
@@ -19,6 +20,11 @@ impl Clock {
     pub fn system() -> Self {
         Clock(Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)))
     }
+    /// A clock that reads `now_ms` (Unix ms), for tests that move time by hand.
+    pub fn manual(now_ms: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Clock(Arc::new(move || now_ms.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> u64 {
         (self.0)()
@@ -44,6 +50,14 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Minimum duration of `ResolveUser`, against enumeration by timing.
     pub resolve_floor: Duration,
+    /// Most envelopes waiting in one device queue.
+    pub max_queue_depth: u32,
+    /// Enqueues per device.
+    pub enqueue_rate: Rate,
+    /// A device whose key package pool falls below this gets `KeyPackagesLow`.
+    pub key_package_low_water: u32,
+    /// How often expired envelopes are purged.
+    pub gc_interval: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +68,10 @@ impl Default for Limits {
             max_key_packages_per_upload: 200,
             max_wait: Duration::from_secs(60),
             resolve_floor: Duration::from_millis(5),
+            max_queue_depth: 10_000,
+            enqueue_rate: Rate { per_minute: 100, burst: 20 },
+            key_package_low_water: 10,
+            gc_interval: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +124,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Limits.
     pub limits: Limits,
+    /// Enqueue rate per sending device.
+    pub enqueue_limiter: RateLimiter<DeviceId>,
     pub(crate) pending_logins: PendingLogins,
 }
 

@@ -108,3 +108,37 @@ async fn wrong_password_and_offline_delivery() {
     assert!(matches!(bob_again.login("bob", b"wrong").await, Err(SdkError::LocalAccountLocked(_))));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn key_package_pool_is_refilled_on_key_packages_low() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = client(&server, bob_dir.path()).await;
+    bob.register("bob", b"pw").await.unwrap();
+    let pool = || -> i64 {
+        let db = rusqlite::Connection::open(server_dir.path().join(quicprochat_server::files::DATABASE)).unwrap();
+        db.query_row("SELECT COUNT(*) FROM key_packages WHERE last_resort = 0", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(pool(), 20);
+
+    let mut bob_events = bob.subscribe();
+    let mut dirs = Vec::new();
+    for i in 0..12 {
+        let dir = tempfile::tempdir().unwrap();
+        let friend = client(&server, dir.path()).await;
+        friend.register(&format!("friend{i}"), b"pw").await.unwrap();
+        friend.dm("bob").await.unwrap();
+        next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+        friend.close();
+        dirs.push(dir);
+    }
+    // 12 claimed from 20: the claim that left 9 pushed KeyPackagesLow and bob refilled.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pool() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "pool was not refilled: {}", pool());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(bob.conversations().unwrap().len(), 12);
+    server.shutdown().await.unwrap();
+}

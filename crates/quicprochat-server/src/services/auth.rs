@@ -121,3 +121,12 @@ pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceEr
     state.store.delete_session(session.token_hash).await?;
     Ok(())
 }
+
+/// Deletes the session's account and everything that belongs to it.
+pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), ServiceError> {
+    if !state.store.delete_account(session.user_id).await? {
+        return Err(ServiceError::NotFound("account"));
+    }
+    tracing::info!(user = ?session.user_id, "account deleted");
+    Ok(())
+}

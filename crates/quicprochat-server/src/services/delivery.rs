@@ -85,6 +85,7 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         return Err(ServiceError::BadRequest("too many welcomes in one batch".into()));
     }
     let now = state.clock.now_ms();
+    state.enqueue_limiter.check(sender, now).map_err(|retry_after_ms| ServiceError::RateLimited { retry_after_ms })?;
 
     if s.ephemeral {
         return ephemeral(state, sender, s, now).await;
@@ -102,6 +103,7 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         idempotency_key: s.idempotency_key,
         expires_ms: (s.ttl_secs > 0).then(|| now + u64::from(s.ttl_secs) * 1000),
         now_ms: now,
+        max_queue_depth: state.limits.max_queue_depth,
     };
     let outcome = state.store.enqueue(batch).await?;
     for (device, entry) in &outcome.deliveries {
@@ -176,7 +178,7 @@ pub async fn peek(
 ) -> Result<Vec<QueuedEntry>, ServiceError> {
     let device = session.device()?;
     let (limit, bytes) = page(limit, max_bytes);
-    Ok(state.store.peek(device, after_seq, limit, bytes).await?)
+    Ok(state.store.peek(device, after_seq, limit, bytes, state.clock.now_ms()).await?)
 }
 
 /// Deletes acknowledged entries.
@@ -218,4 +220,9 @@ pub async fn fetch_wait(
             return Ok(Vec::new());
         }
     }
+}
+
+/// Deletes expired envelopes; run periodically by the server's GC task.
+pub async fn purge_expired(state: &AppState) -> Result<u64, ServiceError> {
+    Ok(state.store.purge_expired(state.clock.now_ms()).await?)
 }

@@ -34,5 +34,12 @@ pub async fn fetch(state: &AppState, username: &str) -> Result<(UserId, Vec<Clai
     let username = normalize_username(username)?;
     let user = state.store.user_by_name(&username).await?.ok_or(ServiceError::NotFound("user"))?;
     let packages = state.store.claim_key_packages(user.id).await?;
+    for p in packages.iter().filter(|p| p.remaining < state.limits.key_package_low_water) {
+        state.hub.push_event(
+            p.device_id,
+            quicprochat_proto::event::KEY_PACKAGES_LOW,
+            &quicprochat_proto::v1::KeyPackagesLow { pool_size: p.remaining },
+        );
+    }
     Ok((user.id, packages))
 }

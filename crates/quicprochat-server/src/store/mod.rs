@@ -33,6 +33,9 @@ pub enum StoreError {
         /// The channel's current epoch.
         current: u64,
     },
+    /// A recipient's queue holds the maximum number of envelopes.
+    #[error("a recipient queue is full")]
+    QueueFull,
     /// A welcome names a device that does not exist.
     #[error("welcome for an unknown device")]
     UnknownDevice,
@@ -72,6 +75,10 @@ pub trait AccountStore: Send + Sync {
     async fn set_session_device(&self, token_hash: [u8; 32], device: DeviceId) -> Result<(), StoreError>;
     /// Revokes a session; returns whether it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
+    /// Deletes an account and, in the same transaction, its sessions, devices, key packages,
+    /// queues and memberships, plus envelopes and channels nothing references any more.
+    /// Returns whether the account existed.
+    async fn delete_account(&self, user: UserId) -> Result<bool, StoreError>;
 }
 
 /// Devices and their key packages.
@@ -110,13 +117,18 @@ pub trait DeliveryStore: Send + Sync {
     /// one queue entry per other member device, welcomes queued to (and making members of) the
     /// devices they add.
     async fn enqueue(&self, request: EnqueueBatch) -> Result<EnqueueOutcome, StoreError>;
-    /// Reads queue entries with `seq > after_seq`, at most `limit` and about `max_bytes`.
+    /// Deletes queue entries and envelopes whose TTL passed before `now_ms`; returns how many
+    /// envelopes went.
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;
+    /// Reads unexpired queue entries with `seq > after_seq`, at most `limit` and about
+    /// `max_bytes`.
     async fn peek(
         &self,
         device: DeviceId,
         after_seq: u64,
         limit: u32,
         max_bytes: u64,
+        now_ms: u64,
     ) -> Result<Vec<QueuedEntry>, StoreError>;
     /// Deletes queue entries with `seq <= up_to_seq`; returns how many.
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;

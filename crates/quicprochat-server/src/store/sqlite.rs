@@ -72,6 +72,7 @@ CREATE TABLE queue (
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX queue_by_envelope ON queue(envelope);
+CREATE INDEX envelopes_by_expiry ON envelopes(expires_ms) WHERE expires_ms IS NOT NULL;
 CREATE TABLE idempotency (
     device_id   BLOB NOT NULL,
     key         BLOB NOT NULL,
@@ -271,6 +272,29 @@ impl AccountStore for SqliteStore {
         .await
     }
 
+    async fn delete_account(&self, user: UserId) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM idempotency WHERE device_id IN (SELECT id FROM devices WHERE user_id = ?1)",
+                [user.0.as_slice()],
+            )?;
+            // Sessions, devices, key packages, queue entries and memberships cascade.
+            let existed = tx.execute("DELETE FROM users WHERE id = ?1", [user.0.as_slice()])? == 1;
+            tx.execute(
+                "DELETE FROM envelopes WHERE NOT EXISTS (SELECT 1 FROM queue q WHERE q.envelope = envelopes.seq)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM channels WHERE NOT EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = channels.id)",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
         self.run(move |conn| {
             Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash.as_slice()])? > 0)
@@ -393,10 +417,16 @@ impl DeviceStore for SqliteStore {
                     if !last_resort {
                         tx.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
                     }
+                    let remaining: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+                        [dev.as_slice()],
+                        |r| r.get(0),
+                    )?;
                     out.push(ClaimedKeyPackage {
                         device_id: DeviceId(blob16(dev, "devices.id")?),
                         key_package: kp,
                         last_resort,
+                        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
                     });
                 }
             }
@@ -428,7 +458,17 @@ fn entry_from(parts: EntryColumns) -> Result<QueuedEntry, StoreError> {
 }
 
 /// Appends an envelope row to one device's queue, returning its per-device sequence number.
-fn push_to_queue(tx: &rusqlite::Transaction<'_>, device: &DeviceId, envelope_seq: i64) -> Result<u64, StoreError> {
+fn push_to_queue(
+    tx: &rusqlite::Transaction<'_>,
+    device: &DeviceId,
+    envelope_seq: i64,
+    max_depth: u32,
+) -> Result<u64, StoreError> {
+    let depth: i64 =
+        tx.query_row("SELECT COUNT(*) FROM queue WHERE device_id = ?1", [device.0.as_slice()], |r| r.get(0))?;
+    if depth >= i64::from(max_depth) {
+        return Err(StoreError::QueueFull);
+    }
     let seq: i64 = tx.query_row(
         "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
         [device.0.as_slice()],
@@ -532,7 +572,7 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         if device == b.sender {
             continue;
         }
-        let seq = push_to_queue(&tx, &device, envelope_seq)?;
+        let seq = push_to_queue(&tx, &device, envelope_seq, b.max_queue_depth)?;
         deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
     }
 
@@ -557,7 +597,7 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(&tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
-        let seq = push_to_queue(&tx, &w.device, welcome_seq)?;
+        let seq = push_to_queue(&tx, &w.device, welcome_seq, b.max_queue_depth)?;
         deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
     }
 
@@ -652,21 +692,43 @@ impl DeliveryStore for SqliteStore {
         self.run(move |conn| enqueue_tx(conn, batch)).await
     }
 
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Queue entries go with their envelope (ON DELETE CASCADE), acked or not.
+            let purged = tx.execute(
+                "DELETE FROM envelopes WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
+                [u64_to_i64(now_ms)],
+            )?;
+            tx.execute(
+                "DELETE FROM idempotency WHERE created_ms < ?1",
+                [u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+            )?;
+            tx.commit()?;
+            Ok(purged as u64)
+        })
+        .await
+    }
+
     async fn peek(
         &self,
         device: DeviceId,
         after_seq: u64,
         limit: u32,
         max_bytes: u64,
+        now_ms: u64,
     ) -> Result<Vec<QueuedEntry>, StoreError> {
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
                  FROM queue q JOIN envelopes e ON e.seq = q.envelope \
-                 WHERE q.device_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
+                 WHERE q.device_id = ?1 AND q.seq > ?2 AND (e.expires_ms IS NULL OR e.expires_ms > ?4) \
+                 ORDER BY q.seq LIMIT ?3",
             )?;
-            let rows =
-                stmt.query_map(params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit)], read_entry)?;
+            let rows = stmt.query_map(
+                params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit), u64_to_i64(now_ms)],
+                read_entry,
+            )?;
             let mut out = Vec::new();
             let mut bytes = 0u64;
             for row in rows {

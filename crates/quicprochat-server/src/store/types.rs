@@ -84,6 +84,8 @@ pub struct ClaimedKeyPackage {
     pub key_package: Vec<u8>,
     /// Whether this is the device's reusable last-resort package.
     pub last_resort: bool,
+    /// Regular key packages left in the device's pool afterwards.
+    pub remaining: u32,
 }
 
 /// Direct message or group.
@@ -204,6 +206,8 @@ pub struct EnqueueBatch {
     pub expires_ms: Option<u64>,
     /// Now, Unix ms.
     pub now_ms: u64,
+    /// Most entries a recipient queue may hold; the whole enqueue is refused beyond it.
+    pub max_queue_depth: u32,
 }
 
 /// The envelope as a recipient sees it.

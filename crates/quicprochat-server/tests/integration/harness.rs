@@ -16,10 +16,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tune` adjusted its configuration.
+    pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server =
-            quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path())).await.unwrap();
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        tune(&mut config);
+        let server = quicprochat_server::start(config).await.unwrap();
         Self { server, dir }
+    }
+
+    /// Opens the server's database read-only, for checks on what it stores.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.dir.path().join(quicprochat_server::files::DATABASE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
     }
 
     pub async fn client(&self) -> RpcClient {

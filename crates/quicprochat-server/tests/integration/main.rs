@@ -5,4 +5,5 @@
 mod accounts;
 mod delivery;
 mod harness;
+mod limits;
 mod protocol;
