@@ -12,6 +12,8 @@ use openmls::prelude::{
     LeaveGroupError, MergeCommitError, MergePendingCommitError, NewGroupError, ProcessMessageError, RemoveMembersError,
     SelfUpdateError, WelcomeError, WireFormat,
 };
+// Channel tracking (`public_group`).
+use openmls::prelude::{CreationFromExternalError, PublicProcessMessageError};
 use openmls_memory_storage::MemoryStorageError;
 use thiserror::Error;
 
@@ -277,6 +279,143 @@ pub enum CoreError {
     /// The AEAD refused to encrypt (plaintext too long).
     #[error("encryption failed")]
     EncryptionFailed,
+
+    // ----- transcript archives ---------------------------------------------
+    /// A transcript archive field is longer than the format allows.
+    #[error("archive {field} is {len} bytes, at most {max} allowed")]
+    ArchiveFieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transcript archive is malformed (after authentication: a broken
+    /// writer, not an attacker).
+    #[error("malformed transcript archive: {reason}")]
+    MalformedArchive {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A transcript archive record failed authentication: it was modified.
+    #[error("transcript archive record {index} was modified")]
+    ArchiveRecordCorrupt {
+        /// The record's position, from 0.
+        index: u64,
+    },
+    /// A transcript archive record does not follow the one before it:
+    /// records were removed, repeated or reordered.
+    #[error("transcript archive record {index} does not follow the previous record")]
+    ArchiveChainBroken {
+        /// The record's position, from 0.
+        index: u64,
+    },
+
+    // ----- channel tracking (MLS public state) -------------------------------
+    /// A group uses a ciphersuite quicprochat does not speak.
+    #[error("unsupported MLS ciphersuite {0:#06x}")]
+    UnsupportedCiphersuite(u16),
+    /// A GroupInfo lacks the ratchet tree extension.
+    #[error("the GroupInfo carries no ratchet tree")]
+    MissingRatchetTree,
+    /// A GroupInfo and its ratchet tree do not describe a valid group (bad
+    /// signature, tree hash mismatch, invalid leaves, …).
+    #[error("the GroupInfo does not describe a valid MLS group")]
+    InvalidGroupInfo(#[source] Box<CreationFromExternalError<StorageError>>),
+    /// A GroupInfo is valid but does not describe the tracked epoch of its
+    /// group.
+    #[error("the GroupInfo does not match the tracked group state")]
+    GroupInfoMismatch,
+    /// The signature on an MLS message or GroupInfo does not verify under
+    /// the key of the member it names as sender.
+    #[error("MLS signature does not verify under the sender's key")]
+    InvalidMessageSignature,
+    /// The channel tracker refused a handshake message (invalid commit or
+    /// proposal).
+    #[error("the channel tracker refused the handshake message")]
+    TrackerRefused(#[source] Box<PublicProcessMessageError>),
+
+    // ----- hybrid envelopes --------------------------------------------------
+    /// An envelope, or a plaintext to seal in one, exceeds the size cap.
+    #[error("envelope of {len} bytes exceeds the limit of {max}")]
+    EnvelopeTooLarge {
+        /// Length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An envelope names another HPKE suite than the one its version
+    /// allows: refused, since accepting it would allow a downgrade.
+    #[error("unsupported envelope suite (kem {kem:#06x}, kdf {kdf:#06x}, aead {aead:#06x})")]
+    UnsupportedEnvelopeSuite {
+        /// HPKE KEM id found.
+        kem: u16,
+        /// HPKE KDF id found.
+        kdf: u16,
+        /// HPKE AEAD id found.
+        aead: u16,
+    },
+    /// The bytes are not a usable X-Wing public key.
+    #[error("not a valid X-Wing public key")]
+    InvalidHybridPublicKey,
+    /// The HPKE library failed while sealing.
+    #[error("HPKE operation failed")]
+    Hpke(#[source] hpke_rs::HpkeError),
+
+    // ----- sealed sender ----------------------------------------------------
+    /// An Ed25519 public key of small order, under which anyone can forge
+    /// signatures.
+    #[error("weak (small-order) public key")]
+    WeakPublicKey,
+    /// A fixed-size encoding had the wrong length.
+    #[error("{format} must be {expected} bytes, got {actual}")]
+    WrongLength {
+        /// The format.
+        format: &'static str,
+        /// Required length.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// A sender proof was made for another epoch than the key it is
+    /// checked against.
+    #[error("sender proof is for epoch {proof_epoch}, key is for epoch {key_epoch}")]
+    SenderProofWrongEpoch {
+        /// The epoch named in the proof.
+        proof_epoch: u64,
+        /// The epoch of the verifying key.
+        key_epoch: u64,
+    },
+    /// A sender proof is older than the freshness window allows.
+    #[error("sender proof expired (made at {timestamp_ms} ms, now {now_ms} ms)")]
+    SenderProofExpired {
+        /// When the proof says it was made, in ms since the Unix epoch.
+        timestamp_ms: u64,
+        /// The verifier's time.
+        now_ms: u64,
+    },
+    /// A sender proof is dated further in the future than the allowed
+    /// clock skew.
+    #[error("sender proof from the future (made at {timestamp_ms} ms, now {now_ms} ms)")]
+    SenderProofFromFuture {
+        /// When the proof says it was made, in ms since the Unix epoch.
+        timestamp_ms: u64,
+        /// The verifier's time.
+        now_ms: u64,
+    },
+    /// A sender proof's nonce was already used in this channel.
+    #[error("sender proof replayed")]
+    SenderProofReplayed,
+    /// The replay cache is full of unexpired entries; retry later.
+    #[error("sender proof replay cache is full ({capacity} entries)")]
+    ReplayCacheFull {
+        /// The cache's capacity.
+        capacity: usize,
+    },
+    /// Exporting a secret from the MLS key schedule failed.
+    #[error("exporting an MLS secret failed")]
+    MlsExportSecret(#[source] Box<openmls::prelude::ExportSecretError>),
 
     // ----- bugs -------------------------------------------------------------
     /// An invariant of this crate or of openmls did not hold. A bug: please

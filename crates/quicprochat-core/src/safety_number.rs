@@ -140,7 +140,8 @@ mod tests {
         for vector in vectors {
             let local_key = key(&vector.local_identity_key);
             let remote_key = key(&vector.remote_identity_key);
-            let number = SafetyNumber::compute(&vector.local_username, &local_key, &vector.remote_username, &remote_key);
+            let number =
+                SafetyNumber::compute(&vector.local_username, &local_key, &vector.remote_username, &remote_key);
             assert_eq!(number.to_string(), vector.safety_number);
             let reverse =
                 SafetyNumber::compute(&vector.remote_username, &remote_key, &vector.local_username, &local_key);

@@ -48,20 +48,46 @@ pub mod method {
     pub const UPLOAD_KEY_PACKAGES: u16 = 300;
     /// 301: claim one key package per device of a user.
     pub const FETCH_KEY_PACKAGES: u16 = 301;
+    /// 302: set this device's hybrid (X-Wing) public key.
+    pub const UPLOAD_HYBRID_KEY: u16 = 302;
+    /// 303: one device's hybrid key.
+    pub const FETCH_HYBRID_KEY: u16 = 303;
+    /// 304: hybrid keys of a user's devices.
+    pub const FETCH_HYBRID_KEYS: u16 = 304;
+    /// 305: this device's key package pool.
+    pub const KEY_PACKAGE_STATUS: u16 = 305;
 
     /// 400: create a channel.
     pub const CREATE_CHANNEL: u16 = 400;
+    /// 401: one channel.
+    pub const GET_CHANNEL: u16 = 401;
+    /// 402: this device's channels.
+    pub const LIST_CHANNELS: u16 = 402;
+    /// 403: a channel's default envelope TTL.
+    pub const SET_CHANNEL_RETENTION: u16 = 403;
+    /// 404: the latest MLS GroupInfo of a channel.
+    pub const GET_GROUP_INFO: u16 = 404;
 
     /// 500: resolve a username.
     pub const RESOLVE_USER: u16 = 500;
+    /// 501: resolve a device identity key.
+    pub const RESOLVE_IDENTITY: u16 = 501;
 
     /// 700: bind a device identity key.
     pub const REGISTER_DEVICE: u16 = 700;
+    /// 701: the account's devices.
+    pub const LIST_DEVICES: u16 = 701;
+    /// 702: remove one of the account's devices.
+    pub const REVOKE_DEVICE: u16 = 702;
 
     /// 800: liveness.
     pub const HEALTH: u16 = 800;
     /// 801: server version, signing key and limits.
     pub const SERVER_INFO: u16 = 801;
+    /// 802: publish peer-to-peer connection hints.
+    pub const PUBLISH_ENDPOINT: u16 = 802;
+    /// 803: a user's peer-to-peer connection hints.
+    pub const RESOLVE_ENDPOINT: u16 = 803;
 }
 
 /// Stable push event type ids (SPEC §3).

@@ -180,6 +180,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         clock: config.clock.clone(),
         limits: config.limits.clone(),
         enqueue_limiter: ratelimit::RateLimiter::new(config.limits.enqueue_rate),
+        revoked: Default::default(),
         pending_logins: Default::default(),
     });
     let mut rpc_opts = config.rpc.clone();
@@ -207,7 +208,10 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => match services::delivery::purge_expired(&state).await {
+            _ = ticker.tick() => match {
+                state.revoked.prune(state.clock.now_ms());
+                services::delivery::purge_expired(&state).await
+            } {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired envelopes purged"),
                 Err(e) => tracing::warn!(error = %e, "purging expired envelopes failed"),

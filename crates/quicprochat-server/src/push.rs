@@ -46,6 +46,18 @@ impl PushHub {
         }
     }
 
+    /// Stops pushing to a device (revoked or deleted).
+    pub fn forget_device(&self, device: &DeviceId) {
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.remove(device);
+        }
+        if let Ok(mut w) = self.waiters.lock()
+            && let Some(n) = w.remove(device)
+        {
+            n.notify_waiters();
+        }
+    }
+
     /// The notifier long-polls of `device` wait on.
     pub fn waiter(&self, device: DeviceId) -> Arc<Notify> {
         match self.waiters.lock() {

@@ -46,6 +46,11 @@ where
         let state = Arc::clone(&state);
         let f = Arc::clone(&f);
         Box::pin(async move {
+            if state.revoked.is_revoked(&session.token_hash) {
+                ctx.clear_session();
+                state.hub.connection_closed(ctx.connection_id());
+                return Err(RpcError::unauthenticated("session revoked"));
+            }
             if session.expires_ms <= state.clock.now_ms() {
                 ctx.clear_session();
                 let _ = ctx.push().try_push(event::SESSION_EXPIRED, &v1::SessionExpired { reason: "expired".into() });
@@ -84,6 +89,19 @@ pub fn router(state: &Arc<AppState>) -> Router<Session> {
         .with_deadline(method::FETCH_WAIT, long_poll)
         .route_authed(method::SUBSCRIBE, authed(state, subscribe))
         .route_authed(method::RESOLVE_USER, authed(state, resolve_user))
+        .route_authed(method::KEY_PACKAGE_STATUS, authed(state, key_package_status))
+        .route_authed(method::UPLOAD_HYBRID_KEY, authed(state, upload_hybrid_key))
+        .route_authed(method::FETCH_HYBRID_KEY, authed(state, fetch_hybrid_key))
+        .route_authed(method::FETCH_HYBRID_KEYS, authed(state, fetch_hybrid_keys))
+        .route_authed(method::GET_CHANNEL, authed(state, get_channel))
+        .route_authed(method::LIST_CHANNELS, authed(state, list_channels))
+        .route_authed(method::SET_CHANNEL_RETENTION, authed(state, set_channel_retention))
+        .route_authed(method::GET_GROUP_INFO, authed(state, get_group_info))
+        .route_authed(method::RESOLVE_IDENTITY, authed(state, resolve_identity))
+        .route_authed(method::LIST_DEVICES, authed(state, list_devices))
+        .route_authed(method::REVOKE_DEVICE, authed(state, revoke_device))
+        .route_authed(method::PUBLISH_ENDPOINT, authed(state, publish_endpoint))
+        .route_authed(method::RESOLVE_ENDPOINT, authed(state, resolve_endpoint))
         .route(method::HEALTH, open(state, health))
         .route(method::SERVER_INFO, open(state, server_info))
         .on_disconnect(move |connection_id, _session| hub_state.hub.connection_closed(connection_id))
@@ -343,5 +361,173 @@ async fn server_info(st: Arc<AppState>, _: Ctx, _: v1::ServerInfoRequest) -> Rpc
         version: env!("CARGO_PKG_VERSION").into(),
         signing_key: b(st.signing_key.public_key().to_vec()),
         max_payload_bytes: u32::try_from(st.limits.max_payload).unwrap_or(u32::MAX),
+    })
+}
+
+async fn key_package_status(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    _: v1::KeyPackageStatusRequest,
+) -> RpcResult<v1::KeyPackageStatusResponse> {
+    let (pool_size, has_last_resort) = services::keys::status(&st, &s).await?;
+    Ok(v1::KeyPackageStatusResponse { pool_size, has_last_resort, low_water: st.limits.key_package_low_water })
+}
+
+async fn upload_hybrid_key(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::UploadHybridKeyRequest,
+) -> RpcResult<v1::UploadHybridKeyResponse> {
+    services::keys::upload_hybrid(&st, &s, r.public_key.to_vec()).await?;
+    Ok(v1::UploadHybridKeyResponse {})
+}
+
+async fn fetch_hybrid_key(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::FetchHybridKeyRequest,
+) -> RpcResult<v1::FetchHybridKeyResponse> {
+    let key = services::keys::fetch_hybrid(&st, wire::device_id(&r.device_id)?).await?;
+    Ok(v1::FetchHybridKeyResponse { public_key: b(key) })
+}
+
+async fn fetch_hybrid_keys(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::FetchHybridKeysRequest,
+) -> RpcResult<v1::FetchHybridKeysResponse> {
+    let keys = services::keys::fetch_hybrid_keys(&st, &r.username).await?;
+    Ok(v1::FetchHybridKeysResponse {
+        keys: keys
+            .into_iter()
+            .map(|(d, k)| v1::DeviceHybridKey { device_id: b(d.0.to_vec()), public_key: b(k) })
+            .collect(),
+    })
+}
+
+fn channel_info(v: services::channels::ChannelView) -> v1::ChannelInfo {
+    v1::ChannelInfo {
+        channel_id: b(v.channel.id.0.to_vec()),
+        kind: wire::channel_kind_to_proto(v.channel.kind) as i32,
+        epoch: v.channel.epoch,
+        retention_secs: v.channel.retention_secs,
+        member_devices: v.members.into_iter().map(|d| b(d.0.to_vec())).collect(),
+    }
+}
+
+async fn get_channel(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::GetChannelRequest,
+) -> RpcResult<v1::GetChannelResponse> {
+    let view = services::channels::get(&st, &s, wire::channel_id(&r.channel_id)?).await?;
+    Ok(v1::GetChannelResponse { channel: Some(channel_info(view)) })
+}
+
+async fn list_channels(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    _: v1::ListChannelsRequest,
+) -> RpcResult<v1::ListChannelsResponse> {
+    let views = services::channels::list(&st, &s).await?;
+    Ok(v1::ListChannelsResponse { channels: views.into_iter().map(channel_info).collect() })
+}
+
+async fn set_channel_retention(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::SetChannelRetentionRequest,
+) -> RpcResult<v1::SetChannelRetentionResponse> {
+    services::channels::set_retention(&st, &s, wire::channel_id(&r.channel_id)?, r.retention_secs).await?;
+    Ok(v1::SetChannelRetentionResponse {})
+}
+
+async fn get_group_info(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::GetGroupInfoRequest,
+) -> RpcResult<v1::GetGroupInfoResponse> {
+    let (info, epoch) = services::channels::group_info(&st, &s, wire::channel_id(&r.channel_id)?).await?;
+    Ok(v1::GetGroupInfoResponse { group_info: b(info), epoch })
+}
+
+async fn resolve_identity(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::ResolveIdentityRequest,
+) -> RpcResult<v1::ResolveIdentityResponse> {
+    let (user, device) = services::users::resolve_identity(&st, &r.identity_key).await?;
+    Ok(v1::ResolveIdentityResponse {
+        user_id: b(user.id.0.to_vec()),
+        username: user.username,
+        device_id: b(device.id.0.to_vec()),
+    })
+}
+
+async fn list_devices(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    _: v1::ListDevicesRequest,
+) -> RpcResult<v1::ListDevicesResponse> {
+    let devices = services::devices::list(&st, &s).await?;
+    Ok(v1::ListDevicesResponse {
+        devices: devices
+            .into_iter()
+            .map(|d| v1::DeviceInfo {
+                device_id: b(d.id.0.to_vec()),
+                identity_key: b(d.identity_key.to_vec()),
+                name: d.name,
+                created_at_ms: d.created_ms,
+            })
+            .collect(),
+    })
+}
+
+async fn revoke_device(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::RevokeDeviceRequest,
+) -> RpcResult<v1::RevokeDeviceResponse> {
+    services::devices::revoke(&st, &s, wire::device_id(&r.device_id)?).await?;
+    Ok(v1::RevokeDeviceResponse {})
+}
+
+async fn publish_endpoint(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::PublishEndpointRequest,
+) -> RpcResult<v1::PublishEndpointResponse> {
+    services::devices::publish_endpoint(&st, &s, r.endpoint.to_vec(), r.ttl_secs).await?;
+    Ok(v1::PublishEndpointResponse {})
+}
+
+async fn resolve_endpoint(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::ResolveEndpointRequest,
+) -> RpcResult<v1::ResolveEndpointResponse> {
+    let endpoints = services::devices::resolve_endpoint(&st, &r.username).await?;
+    Ok(v1::ResolveEndpointResponse {
+        endpoints: endpoints
+            .into_iter()
+            .map(|e| v1::DeviceEndpoint {
+                device_id: b(e.device_id.0.to_vec()),
+                endpoint: b(e.endpoint),
+                expires_at_ms: e.expires_ms,
+            })
+            .collect(),
     })
 }

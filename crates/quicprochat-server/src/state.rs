@@ -110,6 +110,34 @@ impl PendingLogins {
     }
 }
 
+/// Sessions revoked while connections may still be bound to them (logout on another
+/// connection, device revocation, account deletion). Entries expire with their session.
+#[derive(Debug, Default)]
+pub struct RevokedSessions {
+    map: Mutex<HashMap<[u8; 32], u64>>,
+}
+
+impl RevokedSessions {
+    /// Marks sessions revoked until `until_ms`.
+    pub fn revoke_all(&self, hashes: impl IntoIterator<Item = [u8; 32]>, until_ms: u64) {
+        if let Ok(mut map) = self.map.lock() {
+            for h in hashes {
+                map.insert(h, until_ms);
+            }
+        }
+    }
+    /// Whether this session was revoked.
+    pub fn is_revoked(&self, hash: &[u8; 32]) -> bool {
+        self.map.lock().map(|m| m.contains_key(hash)).unwrap_or(true)
+    }
+    /// Forgets revocations of sessions that have expired anyway.
+    pub fn prune(&self, now_ms: u64) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, until| *until > now_ms);
+        }
+    }
+}
+
 /// Everything a service needs: storage, keys, push, clock, limits. Built once in `main`.
 pub struct AppState {
     /// Persistence.
@@ -124,6 +152,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Limits.
     pub limits: Limits,
+    /// Sessions revoked while possibly still bound.
+    pub revoked: RevokedSessions,
     /// Enqueue rate per sending device.
     pub enqueue_limiter: RateLimiter<DeviceId>,
     pub(crate) pending_logins: PendingLogins,

@@ -3,6 +3,7 @@
 //! variants; everything else is kept whole as the source of a per-operation
 //! variant.
 
+use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::prelude::{
     AddMembersError, CommitToPendingProposalsError, CreateMessageError, LeaveGroupError, MergePendingCommitError,
     MlsGroupStateError, ProcessMessageError, RemoveMembersError, SelfUpdateError, ValidationError, WelcomeError,
@@ -90,7 +91,18 @@ pub(super) fn process_error(error: ProcessMessageError<MemoryStorageError>, wron
         ProcessMessageError::ValidationError(ValidationError::WrongEpoch | ValidationError::NoPastEpochData) => {
             Some(wrong_epoch)
         }
+        // openmls reports a past epoch whose secrets were dropped as "too
+        // distant in the past", like a generation beyond the out-of-order
+        // window: for a past epoch, both mean its secrets are gone.
+        ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+            MessageDecryptionError::SecretTreeError(SecretTreeError::TooDistantInThePast),
+        )) if matches!(wrong_epoch, CoreError::WrongEpoch { message_epoch, group_epoch } if message_epoch < group_epoch) => {
+            Some(wrong_epoch)
+        }
         ProcessMessageError::ValidationError(ValidationError::WrongGroupId) => Some(CoreError::WrongGroup),
+        ProcessMessageError::ValidationError(ValidationError::InvalidSignature) => {
+            Some(CoreError::InvalidMessageSignature)
+        }
         ProcessMessageError::GroupStateError(state) => group_state_error(state),
         _ => None,
     }

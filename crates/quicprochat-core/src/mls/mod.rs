@@ -41,6 +41,8 @@ use openmls::prelude::{
     NewGroupError, PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, Proposal, ProtocolMessage,
     ProtocolVersion, Sender, SenderRatchetConfiguration, StagedCommit, StagedWelcome,
 };
+// Exporter secrets (`export_secret`).
+use openmls::prelude::{ExportSecretError, MlsGroupStateError};
 use openmls_libcrux_crypto::Provider;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::signatures::{Signer, SignerError};
@@ -57,6 +59,9 @@ pub use credential::{
 };
 pub use outcome::{AddOutcome, CommitOutcome, ExternalJoin, JoinedGroup, Processed};
 pub use state::{STATE_MAGIC, STATE_VERSION};
+// For the channel tracker (`crate::public_group`).
+pub(crate) use credential::member_from_parts;
+pub(crate) use state::{decode_entries, encode_entries, entries_len};
 
 use error_map::{
     add_members_error, commit_proposals_error, create_message_error, leave_group_error, merge_pending_error,
@@ -302,6 +307,46 @@ impl MlsClient {
             .map_err(|error| CoreError::MlsExportGroupInfo(Box::new(error)))?
             .to_bytes()
             .map_err(CoreError::MlsEncode)
+    }
+
+    /// Derives `len` bytes from the current epoch's exporter secret:
+    /// `MLS-Exporter(label, context, len)` of RFC 9420 §8.5. Every member of
+    /// the epoch derives the same bytes; nobody outside it can.
+    ///
+    /// Errors: [`CoreError::NotAMember`] once this device was removed,
+    /// [`CoreError::MlsExportSecret`] for a `len` over 65535.
+    pub fn export_secret(
+        &self,
+        group_id: &[u8],
+        label: &str,
+        context: &[u8],
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+        self.load_group(group_id)?
+            .export_secret(self.provider.crypto(), label, context, len)
+            .map(Zeroizing::new)
+            .map_err(export_secret_error)
+    }
+
+    /// Like [`Self::export_secret`], for the epoch this device's pending
+    /// commit moves the group to (the current epoch + 1), so a committer can
+    /// publish per-epoch values together with its commit.
+    ///
+    /// Errors: [`CoreError::NoPendingCommit`], [`CoreError::NotAMember`] if
+    /// the commit removes this device, [`CoreError::MlsExportSecret`].
+    pub fn export_pending_commit_secret(
+        &self,
+        group_id: &[u8],
+        label: &str,
+        context: &[u8],
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+        let group = self.load_group(group_id)?;
+        let staged = group.pending_commit().ok_or(CoreError::NoPendingCommit)?;
+        staged
+            .export_secret(self.provider.crypto(), label, context, len)
+            .map(Zeroizing::new)
+            .map_err(export_secret_error)
     }
 
     // ----- commits --------------------------------------------------------
@@ -693,6 +738,13 @@ fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, CoreError> {
     }
 }
 
+fn export_secret_error(error: ExportSecretError) -> CoreError {
+    match error {
+        ExportSecretError::GroupStateError(MlsGroupStateError::UseAfterEviction) => CoreError::NotAMember,
+        other => CoreError::MlsExportSecret(Box::new(other)),
+    }
+}
+
 fn to_bytes(message: &MlsMessageOut) -> Result<Vec<u8>, CoreError> {
     message.to_bytes().map_err(CoreError::MlsEncode)
 }
@@ -736,5 +788,7 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
+#[cfg(test)]
+mod lifecycle_tests;
 #[cfg(test)]
 mod tests;

@@ -33,14 +33,25 @@ pub(crate) fn encode(
     identity_key: &[u8; 32],
     values: &HashMap<Vec<u8>, Vec<u8>>,
 ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-    let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-
-    let body_len: usize = entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body_len));
+    let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + entries_len(values)));
     out.extend_from_slice(&STATE_MAGIC);
     out.push(STATE_VERSION);
     out.extend_from_slice(identity_key);
+    encode_entries(&mut out, values)?;
+    Ok(out)
+}
+
+/// Bytes [`encode_entries`] will write for `values`.
+pub(crate) fn entries_len(values: &HashMap<Vec<u8>, Vec<u8>>) -> usize {
+    4 + values.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+}
+
+/// Appends `u32be(count)` and the entries sorted by key, each
+/// `u32be(len) key u32be(len) value`: the body of a snapshot, shared with
+/// [`crate::public_group::ChannelTracker::to_bytes`].
+pub(crate) fn encode_entries(out: &mut Vec<u8>, values: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), CoreError> {
+    let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.extend_from_slice(&len_u32(entries.len())?.to_be_bytes());
     for (key, value) in entries {
         out.extend_from_slice(&len_u32(key.len())?.to_be_bytes());
@@ -48,12 +59,12 @@ pub(crate) fn encode(
         out.extend_from_slice(&len_u32(value.len())?.to_be_bytes());
         out.extend_from_slice(value);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Decodes a snapshot, checking that it belongs to `identity_key`.
 pub(crate) fn decode(identity_key: &[u8; 32], bytes: &[u8]) -> Result<HashMap<Vec<u8>, Vec<u8>>, CoreError> {
-    let mut reader = Reader { rest: bytes };
+    let mut reader = Reader { rest: bytes, format: FORMAT };
     if reader.take(4)? != STATE_MAGIC {
         return Err(CoreError::BadMagic { format: FORMAT });
     }
@@ -64,6 +75,13 @@ pub(crate) fn decode(identity_key: &[u8; 32], bytes: &[u8]) -> Result<HashMap<Ve
     if reader.take(32)? != identity_key.as_slice() {
         return Err(CoreError::StateIdentityMismatch);
     }
+    decode_entries(reader.rest, FORMAT)
+}
+
+/// Decodes what [`encode_entries`] wrote, which must fill `bytes` exactly.
+/// `format` names the enclosing format in [`CoreError::Truncated`].
+pub(crate) fn decode_entries(bytes: &[u8], format: &'static str) -> Result<HashMap<Vec<u8>, Vec<u8>>, CoreError> {
+    let mut reader = Reader { rest: bytes, format };
     // Every entry takes at least 8 bytes: refuse counts the input cannot hold
     // before reserving anything.
     let count = usize::try_from(reader.u32()?)
@@ -95,12 +113,13 @@ fn len_u32(len: usize) -> Result<u32, CoreError> {
 
 struct Reader<'a> {
     rest: &'a [u8],
+    format: &'static str,
 }
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], CoreError> {
         if self.rest.len() < n {
-            return Err(CoreError::Truncated { format: FORMAT });
+            return Err(CoreError::Truncated { format: self.format });
         }
         let (head, tail) = self.rest.split_at(n);
         self.rest = tail;
@@ -108,7 +127,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take_len(&mut self, n: u32) -> Result<&'a [u8], CoreError> {
-        let n = usize::try_from(n).map_err(|_| CoreError::Truncated { format: FORMAT })?;
+        let n = usize::try_from(n).map_err(|_| CoreError::Truncated { format: self.format })?;
         self.take(n)
     }
 

@@ -10,6 +10,10 @@ use crate::session::Session;
 use crate::state::{AppState, PendingLogin};
 use crate::store::{SessionRecord, UserId};
 
+/// Revocations of sessions whose expiry is unknown are remembered this long past now (every
+/// session lives at most `session_ttl`, which this comfortably exceeds for the default).
+pub(crate) const REVOCATION_SLACK_MS: u64 = 31 * 24 * 3600 * 1000;
+
 /// A `LoginStart` waits this long for its `LoginFinish`.
 const LOGIN_WINDOW_MS: u64 = 60_000;
 
@@ -119,14 +123,14 @@ pub async fn resume(state: &AppState, token: &[u8]) -> Result<Session, ServiceEr
 /// Revokes the session.
 pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceError> {
     state.store.delete_session(session.token_hash).await?;
+    state.revoked.revoke_all([session.token_hash], session.expires_ms);
     Ok(())
 }
 
 /// Deletes the session's account and everything that belongs to it.
 pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), ServiceError> {
-    if !state.store.delete_account(session.user_id).await? {
-        return Err(ServiceError::NotFound("account"));
-    }
+    let sessions = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
+    state.revoked.revoke_all(sessions, session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS);
     tracing::info!(user = ?session.user_id, "account deleted");
     Ok(())
 }

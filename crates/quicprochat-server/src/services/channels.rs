@@ -6,7 +6,7 @@ use super::{normalize_username, random_bytes};
 use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::AppState;
-use crate::store::{ChannelId, ChannelKind, NewChannel};
+use crate::store::{ChannelId, ChannelKind, ChannelRecord, DeviceId, NewChannel};
 
 /// What `CreateChannel` returns.
 #[derive(Debug, Clone)]
@@ -47,4 +47,58 @@ pub async fn create(
     let channel = state.store.channel(id).await?.ok_or(ServiceError::NotFound("channel"))?;
     let is_member = state.store.members(id).await?.contains(&device);
     Ok(Created { id, was_new, epoch: channel.epoch, kind: channel.kind, is_member })
+}
+
+/// Longest channel retention.
+const MAX_RETENTION_SECS: u32 = 365 * 24 * 3600;
+
+/// A channel with its members, for a member.
+#[derive(Debug, Clone)]
+pub struct ChannelView {
+    /// The channel.
+    pub channel: ChannelRecord,
+    /// Member devices.
+    pub members: Vec<DeviceId>,
+}
+
+async fn as_member(state: &AppState, session: &Session, id: ChannelId) -> Result<ChannelView, ServiceError> {
+    let device = session.device()?;
+    let channel = state.store.channel(id).await?.ok_or(ServiceError::NotFound("channel"))?;
+    let members = state.store.members(id).await?;
+    if !members.contains(&device) {
+        return Err(ServiceError::Forbidden("not a member of this channel"));
+    }
+    Ok(ChannelView { channel, members })
+}
+
+/// One channel, for a member.
+pub async fn get(state: &AppState, session: &Session, id: ChannelId) -> Result<ChannelView, ServiceError> {
+    as_member(state, session, id).await
+}
+
+/// Channels of the session's device.
+pub async fn list(state: &AppState, session: &Session) -> Result<Vec<ChannelView>, ServiceError> {
+    let device = session.device()?;
+    let mut out = Vec::new();
+    for channel in state.store.channels_of(device).await? {
+        let members = state.store.members(channel.id).await?;
+        out.push(ChannelView { channel, members });
+    }
+    Ok(out)
+}
+
+/// Sets the channel's default envelope TTL.
+pub async fn set_retention(state: &AppState, session: &Session, id: ChannelId, secs: u32) -> Result<(), ServiceError> {
+    if secs > MAX_RETENTION_SECS {
+        return Err(ServiceError::BadRequest("retention longer than 365 days".into()));
+    }
+    as_member(state, session, id).await?;
+    Ok(state.store.set_retention(id, secs).await?)
+}
+
+/// The latest GroupInfo, for rejoining by external commit.
+pub async fn group_info(state: &AppState, session: &Session, id: ChannelId) -> Result<(Vec<u8>, u64), ServiceError> {
+    let view = as_member(state, session, id).await?;
+    let info = view.channel.group_info.ok_or(ServiceError::NotFound("group info"))?;
+    Ok((info, view.channel.epoch))
 }

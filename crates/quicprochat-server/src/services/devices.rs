@@ -43,3 +43,51 @@ pub async fn register_device(
     bound.device_id = Some(id);
     Ok((id, bound))
 }
+
+/// The session account's devices.
+pub async fn list(state: &AppState, session: &Session) -> Result<Vec<DeviceRecord>, ServiceError> {
+    Ok(state.store.devices_of(session.user_id).await?)
+}
+
+/// Removes one of the account's devices everywhere and ends its sessions.
+pub async fn revoke(state: &AppState, session: &Session, device: DeviceId) -> Result<(), ServiceError> {
+    let sessions = state.store.delete_device(session.user_id, device).await?.ok_or(ServiceError::NotFound("device"))?;
+    state.revoked.revoke_all(sessions, state.clock.now_ms() + crate::services::auth::REVOCATION_SLACK_MS);
+    state.hub.forget_device(&device);
+    tracing::info!(user = ?session.user_id, device = ?device, "device revoked");
+    Ok(())
+}
+
+/// Longest peer-to-peer hint.
+const MAX_ENDPOINT_LEN: usize = 4096;
+/// Longest hint lifetime.
+const MAX_ENDPOINT_TTL_SECS: u32 = 24 * 3600;
+
+/// Publishes the session device's peer-to-peer hints.
+pub async fn publish_endpoint(
+    state: &AppState,
+    session: &Session,
+    endpoint: Vec<u8>,
+    ttl_secs: u32,
+) -> Result<u64, ServiceError> {
+    let device = session.device()?;
+    if endpoint.is_empty() || endpoint.len() > MAX_ENDPOINT_LEN {
+        return Err(ServiceError::BadRequest("endpoint must be 1-4096 bytes".into()));
+    }
+    if ttl_secs == 0 || ttl_secs > MAX_ENDPOINT_TTL_SECS {
+        return Err(ServiceError::BadRequest("ttl_secs must be 1-86400".into()));
+    }
+    let expires_ms = state.clock.now_ms() + u64::from(ttl_secs) * 1000;
+    state.store.set_endpoint(crate::store::EndpointRecord { device_id: device, endpoint, expires_ms }).await?;
+    Ok(expires_ms)
+}
+
+/// Unexpired hints of a user's devices.
+pub async fn resolve_endpoint(
+    state: &AppState,
+    username: &str,
+) -> Result<Vec<crate::store::EndpointRecord>, ServiceError> {
+    let username = super::normalize_username(username)?;
+    let user = state.store.user_by_name(&username).await?.ok_or(ServiceError::NotFound("user"))?;
+    Ok(state.store.endpoints_of(user.id, state.clock.now_ms()).await?)
+}

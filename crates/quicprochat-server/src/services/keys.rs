@@ -43,3 +43,35 @@ pub async fn fetch(state: &AppState, username: &str) -> Result<(UserId, Vec<Clai
     }
     Ok((user.id, packages))
 }
+
+/// Size of an X-Wing public key.
+pub const HYBRID_PUBLIC_KEY_LEN: usize = 1216;
+
+/// The session device's pool size and last-resort presence.
+pub async fn status(state: &AppState, session: &Session) -> Result<(u32, bool), ServiceError> {
+    Ok(state.store.key_package_status(session.device()?).await?)
+}
+
+/// Sets the session device's hybrid (X-Wing) public key.
+pub async fn upload_hybrid(state: &AppState, session: &Session, public_key: Vec<u8>) -> Result<(), ServiceError> {
+    let device = session.device()?;
+    if public_key.len() != HYBRID_PUBLIC_KEY_LEN {
+        return Err(ServiceError::BadRequest(format!("an X-Wing public key is {HYBRID_PUBLIC_KEY_LEN} bytes")));
+    }
+    Ok(state.store.set_hybrid_key(device, public_key).await?)
+}
+
+/// One device's hybrid key.
+pub async fn fetch_hybrid(state: &AppState, device: crate::store::DeviceId) -> Result<Vec<u8>, ServiceError> {
+    state.store.hybrid_key(device).await?.ok_or(ServiceError::NotFound("hybrid key"))
+}
+
+/// Hybrid keys of a user's devices.
+pub async fn fetch_hybrid_keys(
+    state: &AppState,
+    username: &str,
+) -> Result<Vec<(crate::store::DeviceId, Vec<u8>)>, ServiceError> {
+    let username = normalize_username(username)?;
+    let user = state.store.user_by_name(&username).await?.ok_or(ServiceError::NotFound("user"))?;
+    Ok(state.store.hybrid_keys_of(user.id).await?)
+}

@@ -25,3 +25,23 @@ async fn lookup(state: &AppState, username: &str) -> Result<(UserRecord, Vec<Dev
     let devices = state.store.devices_of(user.id).await?;
     Ok((user, devices))
 }
+
+/// Finds the account and device of an identity key. Same timing floor as [`resolve`].
+pub async fn resolve_identity(
+    state: &AppState,
+    identity_key: &[u8],
+) -> Result<(UserRecord, DeviceRecord), ServiceError> {
+    let started = Instant::now();
+    let result = async {
+        let key: [u8; 32] =
+            identity_key.try_into().map_err(|_| ServiceError::BadRequest("identity_key must be 32 bytes".into()))?;
+        let device = state.store.device_by_key(key).await?.ok_or(ServiceError::NotFound("identity"))?;
+        let user = state.store.user_by_id(device.user_id).await?.ok_or(ServiceError::NotFound("identity"))?;
+        Ok((user, device))
+    }
+    .await;
+    if let Some(rest) = state.limits.resolve_floor.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    result
+}

@@ -77,8 +77,8 @@ pub trait AccountStore: Send + Sync {
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
     /// Deletes an account and, in the same transaction, its sessions, devices, key packages,
     /// queues and memberships, plus envelopes and channels nothing references any more.
-    /// Returns whether the account existed.
-    async fn delete_account(&self, user: UserId) -> Result<bool, StoreError>;
+    /// Returns the hashes of the sessions it deleted (empty if the account did not exist).
+    async fn delete_account(&self, user: UserId) -> Result<Option<Vec<[u8; 32]>>, StoreError>;
 }
 
 /// Devices and their key packages.
@@ -100,6 +100,24 @@ pub trait DeviceStore: Send + Sync {
     /// Atomically removes and returns one key package per device of `user` (the last-resort
     /// one, not removed, for a device whose pool is empty).
     async fn claim_key_packages(&self, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError>;
+    /// Pool size and whether a last-resort package is present.
+    async fn key_package_status(&self, device: DeviceId) -> Result<(u32, bool), StoreError>;
+    /// The device with this identity key.
+    async fn device_by_key(&self, identity_key: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Deletes one of `user`'s devices with its queue, key packages, memberships, hybrid key,
+    /// endpoint hints and bound sessions, in one transaction. Returns the deleted sessions'
+    /// hashes, or `None` if `user` has no such device.
+    async fn delete_device(&self, user: UserId, device: DeviceId) -> Result<Option<Vec<[u8; 32]>>, StoreError>;
+    /// Sets a device's hybrid public key.
+    async fn set_hybrid_key(&self, device: DeviceId, public_key: Vec<u8>) -> Result<(), StoreError>;
+    /// A device's hybrid public key.
+    async fn hybrid_key(&self, device: DeviceId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Hybrid public keys of a user's devices.
+    async fn hybrid_keys_of(&self, user: UserId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError>;
+    /// Replaces a device's peer-to-peer hints.
+    async fn set_endpoint(&self, endpoint: EndpointRecord) -> Result<(), StoreError>;
+    /// Unexpired hints of a user's devices.
+    async fn endpoints_of(&self, user: UserId, now_ms: u64) -> Result<Vec<EndpointRecord>, StoreError>;
 }
 
 /// Channels, membership and per-device queues.
@@ -112,6 +130,10 @@ pub trait DeliveryStore: Send + Sync {
     async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError>;
     /// Member devices of a channel.
     async fn members(&self, id: ChannelId) -> Result<Vec<DeviceId>, StoreError>;
+    /// Channels `device` is a member of.
+    async fn channels_of(&self, device: DeviceId) -> Result<Vec<ChannelRecord>, StoreError>;
+    /// Sets a channel's default envelope TTL.
+    async fn set_retention(&self, id: ChannelId, retention_secs: u32) -> Result<(), StoreError>;
     /// Stores one envelope (and optional welcomes) and fans it out, in one transaction:
     /// idempotency lookup, membership check, commit epoch check and advance, payload stored once,
     /// one queue entry per other member device, welcomes queued to (and making members of) the

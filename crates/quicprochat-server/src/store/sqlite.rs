@@ -8,12 +8,13 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     AccountStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore, DeviceId, DeviceRecord,
-    DeviceStore, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError,
-    UserId, UserRecord,
+    DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry, SessionRecord,
+    StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            BLOB PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
@@ -82,7 +83,22 @@ CREATE TABLE idempotency (
     created_ms  INTEGER NOT NULL,
     PRIMARY KEY (device_id, key)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+ALTER TABLE channels ADD COLUMN retention_secs INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE hybrid_keys (
+    device_id  BLOB PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    public_key BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE endpoints (
+    device_id  BLOB PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    endpoint   BLOB NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX channel_members_by_device ON channel_members(device_id);
+CREATE INDEX sessions_by_device ON sessions(device_id);
+"#,
+];
 
 /// Idempotency records are honoured for this long.
 const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
@@ -272,13 +288,17 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn delete_account(&self, user: UserId) -> Result<bool, StoreError> {
+    async fn delete_account(&self, user: UserId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "DELETE FROM idempotency WHERE device_id IN (SELECT id FROM devices WHERE user_id = ?1)",
                 [user.0.as_slice()],
             )?;
+            let sessions: Vec<Vec<u8>> = {
+                let mut stmt = tx.prepare_cached("SELECT token_hash FROM sessions WHERE user_id = ?1")?;
+                stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
             // Sessions, devices, key packages, queue entries and memberships cascade.
             let existed = tx.execute("DELETE FROM users WHERE id = ?1", [user.0.as_slice()])? == 1;
             tx.execute(
@@ -290,7 +310,10 @@ impl AccountStore for SqliteStore {
                 [],
             )?;
             tx.commit()?;
-            Ok(existed)
+            if !existed {
+                return Ok(None);
+            }
+            sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>().map(Some)
         })
         .await
     }
@@ -435,6 +458,156 @@ impl DeviceStore for SqliteStore {
         })
         .await
     }
+
+    async fn key_package_status(&self, device: DeviceId) -> Result<(u32, bool), StoreError> {
+        self.run(move |conn| {
+            let (pool, last): (i64, i64) = conn.query_row(
+                "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0) FROM key_packages WHERE device_id = ?1",
+                [device.0.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((u32::try_from(pool).unwrap_or(u32::MAX), last > 0))
+        })
+        .await
+    }
+
+    async fn device_by_key(&self, identity_key: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        self.run(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT id, user_id, identity_key, name, created_ms FROM devices WHERE identity_key = ?1",
+                    [identity_key.as_slice()],
+                    read_device,
+                )
+                .optional()?;
+            row.map(|(id, user, key, name, created)| {
+                Ok(DeviceRecord {
+                    id: DeviceId(blob16(id, "devices.id")?),
+                    user_id: UserId(blob16(user, "devices.user_id")?),
+                    identity_key: blob32(key, "devices.identity_key")?,
+                    name,
+                    created_ms: i64_to_u64(created),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_device(&self, user: UserId, device: DeviceId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sessions: Vec<Vec<u8>> = {
+                let mut stmt = tx.prepare_cached("DELETE FROM sessions WHERE device_id = ?1 RETURNING token_hash")?;
+                stmt.query_map([device.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
+            tx.execute("DELETE FROM idempotency WHERE device_id = ?1", [device.0.as_slice()])?;
+            // Queue, key packages, memberships, hybrid key and endpoint cascade.
+            let n = tx.execute(
+                "DELETE FROM devices WHERE id = ?1 AND user_id = ?2",
+                params![device.0.as_slice(), user.0.as_slice()],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "DELETE FROM envelopes WHERE NOT EXISTS (SELECT 1 FROM queue q WHERE q.envelope = envelopes.seq)",
+                [],
+            )?;
+            tx.commit()?;
+            sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>().map(Some)
+        })
+        .await
+    }
+
+    async fn set_hybrid_key(&self, device: DeviceId, public_key: Vec<u8>) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO hybrid_keys (device_id, public_key) VALUES (?1, ?2)",
+                params![device.0.as_slice(), public_key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn hybrid_key(&self, device: DeviceId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |conn| {
+            Ok(conn
+                .query_row("SELECT public_key FROM hybrid_keys WHERE device_id = ?1", [device.0.as_slice()], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn hybrid_keys_of(&self, user: UserId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT h.device_id, h.public_key FROM hybrid_keys h JOIN devices d ON d.id = h.device_id \
+                 WHERE d.user_id = ?1 ORDER BY d.created_ms, d.id",
+            )?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> =
+                stmt.query_map([user.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|(d, k)| Ok((DeviceId(blob16(d, "hybrid_keys.device_id")?), k))).collect()
+        })
+        .await
+    }
+
+    async fn set_endpoint(&self, e: EndpointRecord) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO endpoints (device_id, endpoint, expires_ms) VALUES (?1, ?2, ?3)",
+                params![e.device_id.0.as_slice(), e.endpoint, u64_to_i64(e.expires_ms)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn endpoints_of(&self, user: UserId, now_ms: u64) -> Result<Vec<EndpointRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.device_id, e.endpoint, e.expires_ms FROM endpoints e JOIN devices d ON d.id = e.device_id \
+                 WHERE d.user_id = ?1 AND e.expires_ms > ?2 ORDER BY d.created_ms, d.id",
+            )?;
+            let rows: Vec<(Vec<u8>, Vec<u8>, i64)> = stmt
+                .query_map(params![user.0.as_slice(), u64_to_i64(now_ms)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(d, endpoint, exp)| {
+                    Ok(EndpointRecord {
+                        device_id: DeviceId(blob16(d, "endpoints.device_id")?),
+                        endpoint,
+                        expires_ms: i64_to_u64(exp),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, Vec<u8>, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// Raw columns of a channel: id, kind, epoch, group info, retention.
+type ChannelColumns = (Vec<u8>, i64, i64, Option<Vec<u8>>, i64);
+
+fn read_channel(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelColumns> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn channel_from((id, kind, epoch, group_info, retention): ChannelColumns) -> Result<ChannelRecord, StoreError> {
+    Ok(ChannelRecord {
+        id: ChannelId(blob16(id, "channels.id")?),
+        kind: ChannelKind::from_i64(kind).ok_or(StoreError::Corrupt("channels.kind"))?,
+        epoch: i64_to_u64(epoch),
+        group_info,
+        retention_secs: u32::try_from(retention).unwrap_or(0),
+    })
 }
 
 /// Raw columns of a queue entry: seq, channel, envelope id, kind, epoch, payload, created.
@@ -532,10 +705,17 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         }
     }
 
-    let current_epoch: i64 = tx
-        .query_row("SELECT epoch FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| r.get(0))
+    let (current_epoch, retention): (i64, i64) = tx
+        .query_row("SELECT epoch, retention_secs FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?
         .ok_or(StoreError::NotFound("channel"))?;
+    let mut b = b;
+    if b.expires_ms.is_none() && retention > 0 && b.kind != EnvelopeKind::Commit {
+        // The channel's disappearing-messages setting applies when the sender set no TTL.
+        b.expires_ms = Some(b.now_ms + i64_to_u64(retention) * 1000);
+    }
     let is_member: bool = tx
         .query_row(
             "SELECT 1 FROM channel_members WHERE channel_id = ?1 AND device_id = ?2",
@@ -662,19 +842,13 @@ impl DeliveryStore for SqliteStore {
     async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
         self.run(move |conn| {
             let row = conn
-                .query_row("SELECT kind, epoch, group_info FROM channels WHERE id = ?1", [id.0.as_slice()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
-                })
+                .query_row(
+                    "SELECT id, kind, epoch, group_info, retention_secs FROM channels WHERE id = ?1",
+                    [id.0.as_slice()],
+                    read_channel,
+                )
                 .optional()?;
-            row.map(|(kind, epoch, group_info)| {
-                Ok(ChannelRecord {
-                    id,
-                    kind: ChannelKind::from_i64(kind).ok_or(StoreError::Corrupt("channels.kind"))?,
-                    epoch: i64_to_u64(epoch),
-                    group_info,
-                })
-            })
-            .transpose()
+            row.map(channel_from).transpose()
         })
         .await
     }
@@ -684,6 +858,30 @@ impl DeliveryStore for SqliteStore {
             let mut stmt = conn.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
             let rows: Vec<Vec<u8>> = stmt.query_map([id.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?;
             rows.into_iter().map(|d| blob16(d, "channel_members.device_id").map(DeviceId)).collect()
+        })
+        .await
+    }
+
+    async fn channels_of(&self, device: DeviceId) -> Result<Vec<ChannelRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.id, c.kind, c.epoch, c.group_info, c.retention_secs FROM channels c \
+                 JOIN channel_members m ON m.channel_id = c.id WHERE m.device_id = ?1 ORDER BY c.created_ms, c.id",
+            )?;
+            let rows: Vec<ChannelColumns> =
+                stmt.query_map([device.0.as_slice()], read_channel)?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(channel_from).collect()
+        })
+        .await
+    }
+
+    async fn set_retention(&self, id: ChannelId, retention_secs: u32) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let n = conn.execute(
+                "UPDATE channels SET retention_secs = ?2 WHERE id = ?1",
+                params![id.0.as_slice(), i64::from(retention_secs)],
+            )?;
+            if n == 0 { Err(StoreError::NotFound("channel")) } else { Ok(()) }
         })
         .await
     }

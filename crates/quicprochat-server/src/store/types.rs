@@ -137,6 +137,19 @@ pub struct ChannelRecord {
     pub epoch: u64,
     /// Latest MLS GroupInfo, if a commit carried one.
     pub group_info: Option<Vec<u8>>,
+    /// Default envelope TTL in seconds (0 = until acked).
+    pub retention_secs: u32,
+}
+
+/// Peer-to-peer connection hints of a device.
+#[derive(Clone, Debug)]
+pub struct EndpointRecord {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Opaque hint bytes.
+    pub endpoint: Vec<u8>,
+    /// Expiry, Unix ms.
+    pub expires_ms: u64,
 }
 
 /// What an envelope carries, for routing (the payload is opaque).

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod delivery;
+mod directory;
 mod harness;
 mod limits;
 mod protocol;
