@@ -1,45 +1,79 @@
-//! `qpc-server`: parse flags and environment, start the server, wait for SIGINT/SIGTERM.
+//! `qpc-server`: merge flags, environment and config file, start the server, drain on
+//! SIGINT/SIGTERM.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use quicprochat_server::config::{self, Overrides};
 
-/// The quicprochat server.
+/// The quicprochat server. Settings: flags > QPC_* environment > qpc-server.toml > defaults.
 #[derive(Debug, Parser)]
 #[command(name = "qpc-server", version, about)]
 struct Args {
-    /// UDP address for QUIC.
-    #[arg(long, env = "QPC_LISTEN", default_value = "0.0.0.0:7000")]
-    listen: SocketAddr,
-    /// Directory for the database, keys and dev certificate.
-    #[arg(long, env = "QPC_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    /// Configuration file (TOML). Default: ./qpc-server.toml when present.
+    #[arg(long, env = "QPC_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address for QUIC [default: 0.0.0.0:7000].
+    #[arg(long, env = "QPC_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the database, keys and dev certificate [default: ./data].
+    #[arg(long, env = "QPC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// TLS certificate (PEM or DER); without it the server runs in dev mode (self-signed).
-    #[arg(long, env = "QPC_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "QPC_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM or DER).
-    #[arg(long, env = "QPC_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "QPC_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, env = "QPC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// Refuse to start with any dev or insecure setting.
+    #[arg(long, env = "QPC_PRODUCTION", num_args = 0..=1, default_missing_value = "true")]
+    production: Option<bool>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "QPC_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qpc-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => config::read_file(path, true)?,
+        None => config::read_file(std::path::Path::new(config::DEFAULT_CONFIG_FILE), false)?,
+    };
+    let resolved = config::resolve(
+        Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            production: args.production,
+            log_format: args.log_format,
+        },
+        file,
+    )?;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("QPC_LOG").unwrap_or_else(|_| "info".into());
-    if args.log_format == "json" {
+    if resolved.log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
         tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
-    let mut config = quicprochat_server::ServerConfig::new(args.listen, args.data_dir);
-    config.tls = args.tls_cert.zip(args.tls_key);
-    let server = quicprochat_server::start(config).await.context("starting qpc-server")?;
+    if !resolved.production {
+        tracing::warn!("running in dev mode (not --production)");
+    }
+
+    let server = quicprochat_server::start(resolved.server).await.context("starting qpc-server")?;
     let token = server.shutdown_token();
     let serving = server.wait();
     tokio::pin!(serving);

@@ -1,0 +1,263 @@
+//! Server configuration: command-line flags > `QPC_*` environment > `qpc-server.toml` > defaults.
+//!
+//! `main.rs` parses flags and environment (clap) into a [`Overrides`], reads the optional
+//! TOML file into a [`FileConfig`], and [`resolve`] merges them into a [`ServerConfig`],
+//! refusing insecure combinations in production mode.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ServerConfig;
+use crate::ratelimit::Rate;
+
+/// Default config file, read from the working directory when present.
+pub const DEFAULT_CONFIG_FILE: &str = "qpc-server.toml";
+/// Default UDP listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7000";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {field}: {problem}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Production mode was asked for with an unsafe or incomplete configuration.
+    #[error("production mode refuses to start: {0}")]
+    NotProductionReady(String),
+}
+
+/// The TOML file. Every field is optional; unknown fields are an error (typos must not pass
+/// silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// UDP address for QUIC.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// TLS certificate file (PEM or DER).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key file (PEM or DER).
+    pub tls_key: Option<PathBuf>,
+    /// Production mode.
+    pub production: Option<bool>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Service limits.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `[limits]` of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Session lifetime in seconds.
+    pub session_ttl_secs: Option<u64>,
+    /// Largest envelope payload in bytes.
+    pub max_payload_bytes: Option<usize>,
+    /// Most envelopes per device queue.
+    pub max_queue_depth: Option<u32>,
+    /// Enqueues per device per minute.
+    pub enqueue_per_minute: Option<u32>,
+    /// Enqueue burst per device.
+    pub enqueue_burst: Option<u32>,
+    /// Key package low-water mark.
+    pub key_package_low_water: Option<u32>,
+    /// Seconds between purges of expired envelopes.
+    pub gc_interval_secs: Option<u64>,
+}
+
+/// Values from flags or environment (clap resolves flag > environment); `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen` / `QPC_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` / `QPC_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--tls-cert` / `QPC_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` / `QPC_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// `--production` / `QPC_PRODUCTION`.
+    pub production: Option<bool>,
+    /// `--log-format` / `QPC_LOG_FORMAT`.
+    pub log_format: Option<String>,
+}
+
+/// The merged result: the server configuration plus process-level settings.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// What `start` needs.
+    pub server: ServerConfig,
+    /// Production mode was asked for (and its checks passed).
+    pub production: bool,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+/// Reads `path`, or returns the empty file config when `path` is the default and absent.
+pub fn read_file(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(&text, path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+        Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Parses TOML text.
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Merges overrides, file and defaults; applies the production checks.
+pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigError> {
+    let listen_text = over.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| ConfigError::Invalid { field: "listen", problem: format!("{listen_text:?} is not IP:PORT") })?;
+    let data_dir = over.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let tls_cert = over.tls_cert.or(file.tls_cert);
+    let tls_key = over.tls_key.or(file.tls_key);
+    let production = over.production.or(file.production).unwrap_or(false);
+    let log_format = over.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
+    if !matches!(log_format.as_str(), "text" | "json") {
+        return Err(ConfigError::Invalid { field: "log_format", problem: "must be \"text\" or \"json\"".into() });
+    }
+
+    let mut config = ServerConfig::new(listen, data_dir);
+    config.tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid { field: "tls", problem: "tls_cert and tls_key go together".into() });
+        }
+    };
+    apply_limits(&mut config, &file.limits)?;
+
+    if production {
+        if config.tls.is_none() {
+            return Err(ConfigError::NotProductionReady(
+                "a real TLS certificate and key are required (--tls-cert, --tls-key); dev mode's self-signed \
+                 certificate is not allowed"
+                    .into(),
+            ));
+        }
+        // The embedded store is not yet encrypted at rest (no db_key support), which SPEC §4.5
+        // requires of production: refuse rather than pretend.
+        return Err(ConfigError::NotProductionReady(
+            "encryption at rest (db_key) is not available in this build; run without --production".into(),
+        ));
+    }
+    Ok(Resolved { server: config, production, log_format })
+}
+
+fn apply_limits(config: &mut ServerConfig, l: &FileLimits) -> Result<(), ConfigError> {
+    let positive = |field: &'static str, v: u64| {
+        if v == 0 { Err(ConfigError::Invalid { field, problem: "must be greater than 0".into() }) } else { Ok(v) }
+    };
+    let limits = &mut config.limits;
+    if let Some(v) = l.session_ttl_secs {
+        limits.session_ttl = Duration::from_secs(positive("limits.session_ttl_secs", v)?);
+    }
+    if let Some(v) = l.max_payload_bytes {
+        if !(1024..=64 * 1024 * 1024).contains(&v) {
+            return Err(ConfigError::Invalid {
+                field: "limits.max_payload_bytes",
+                problem: "must be between 1 KiB and 64 MiB".into(),
+            });
+        }
+        limits.max_payload = v;
+    }
+    if let Some(v) = l.max_queue_depth {
+        limits.max_queue_depth = positive("limits.max_queue_depth", u64::from(v))? as u32;
+    }
+    let per_minute = l.enqueue_per_minute.unwrap_or(limits.enqueue_rate.per_minute);
+    let burst = l.enqueue_burst.unwrap_or(limits.enqueue_rate.burst);
+    positive("limits.enqueue_per_minute", u64::from(per_minute))?;
+    positive("limits.enqueue_burst", u64::from(burst))?;
+    limits.enqueue_rate = Rate { per_minute, burst };
+    if let Some(v) = l.key_package_low_water {
+        limits.key_package_low_water = v;
+    }
+    if let Some(v) = l.gc_interval_secs {
+        limits.gc_interval = Duration::from_secs(positive("limits.gc_interval_secs", v)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        parse_file(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let f = file("listen = \"127.0.0.1:7100\"\ndata_dir = \"/srv/qpc\"\n[limits]\nmax_queue_depth = 50\n");
+        let over = Overrides { listen: Some("127.0.0.1:7200".into()), ..Default::default() };
+        let r = resolve(over, f).unwrap();
+        assert_eq!(r.server.listen.to_string(), "127.0.0.1:7200");
+        assert_eq!(r.server.data_dir, PathBuf::from("/srv/qpc"));
+        assert_eq!(r.server.limits.max_queue_depth, 50);
+        assert_eq!(r.server.limits.enqueue_rate, Rate { per_minute: 100, burst: 20 });
+        let d = resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(d.log_format, "text");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(matches!(parse_file("lisen = 1", Path::new("x.toml")), Err(ConfigError::Parse { .. })));
+        let bad = resolve(Overrides { listen: Some("nowhere".into()), ..Default::default() }, FileConfig::default());
+        assert!(matches!(bad, Err(ConfigError::Invalid { field: "listen", .. })));
+        let half = resolve(Overrides { tls_cert: Some("c.pem".into()), ..Default::default() }, FileConfig::default());
+        assert!(matches!(half, Err(ConfigError::Invalid { field: "tls", .. })));
+        let zero = resolve(Overrides::default(), file("[limits]\nmax_queue_depth = 0\n"));
+        assert!(matches!(zero, Err(ConfigError::Invalid { field: "limits.max_queue_depth", .. })));
+    }
+
+    #[test]
+    fn production_refuses_dev_certificates_and_missing_encryption() {
+        let dev = resolve(Overrides { production: Some(true), ..Default::default() }, FileConfig::default());
+        assert!(matches!(dev, Err(ConfigError::NotProductionReady(m)) if m.contains("TLS")));
+        let with_tls = Overrides {
+            production: Some(true),
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(resolve(with_tls, FileConfig::default()), Err(ConfigError::NotProductionReady(m)) if m.contains("db_key"))
+        );
+    }
+}
