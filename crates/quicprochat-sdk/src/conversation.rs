@@ -7,8 +7,8 @@ use quicprochat_rpc::Status;
 
 use crate::client::{QpcClient, fold_username};
 use crate::error::Result;
-use crate::store::{Change, MessageRow, now_ms};
-use crate::sync::{KIND_DM, conversation_row};
+use crate::store::{Change, ConversationRow, MessageRow, now_ms};
+use crate::sync::{KIND_DM, KIND_GROUP};
 use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
 
 /// A conversation this device is in. Cheap to clone.
@@ -18,6 +18,9 @@ pub struct ConversationHandle {
     id: ConversationId,
     name: String,
 }
+
+/// How often an add is rebuilt after losing a commit race.
+const MAX_COMMIT_ATTEMPTS: u32 = 5;
 
 fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
@@ -95,6 +98,20 @@ impl ConversationHandle {
     pub fn messages(&self, limit: u32) -> Result<Vec<Message>> {
         self.client.messages(self.id, limit)
     }
+
+    /// Adds every device of `username` to this conversation.
+    pub async fn invite(&self, username: &str) -> Result<()> {
+        let user = fold_username(username);
+        self.client.add_users(self.id, &[user]).await?;
+        Ok(())
+    }
+
+    /// Usernames of the current members (one entry per device).
+    pub fn members(&self) -> Result<Vec<String>> {
+        let account = self.client.account()?;
+        let local = account.lock()?;
+        Ok(local.mls.members(&self.id.0)?.into_iter().map(|m| m.username).collect())
+    }
 }
 
 impl QpcClient {
@@ -140,67 +157,140 @@ impl QpcClient {
 
     async fn start_dm(&self, id: ConversationId, peer: &str) -> Result<ConversationHandle> {
         let account = self.account()?;
-        let kps: v1::FetchKeyPackagesResponse = self
-            .inner
-            .rpc
-            .call(method::FETCH_KEY_PACKAGES, &v1::FetchKeyPackagesRequest { username: peer.to_owned() })
-            .await
-            .map_err(|e| match e.rpc_status() {
-                Some(Status::NotFound) => SdkError::UnknownUser(peer.to_owned()),
-                _ => SdkError::from(e),
-            })?;
-        if kps.key_packages.is_empty() {
-            return Err(SdkError::NoKeyPackages(peer.to_owned()));
-        }
-        let packages: Vec<Vec<u8>> = kps.key_packages.iter().map(|k| k.key_package.to_vec()).collect();
-        let outcome = {
+        {
             let mut local = account.lock()?;
             if !local.mls.has_group(&id.0)? {
                 local.mls.create_group(&id.0)?;
+                let state = local.mls.export_state()?;
+                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
             }
-            let outcome = local.mls.add_members(&id.0, &packages)?;
-            let state = local.mls.export_state()?;
-            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-            outcome
-        };
-        let request = v1::BatchEnqueueRequest {
-            channel_id: Bytes::copy_from_slice(&id.0),
-            commit: Some(v1::Envelope {
-                kind: v1::EnvelopeKind::Commit as i32,
-                epoch: outcome.epoch_before,
-                payload: outcome.commit.clone().into(),
-            }),
-            welcomes: kps
-                .key_packages
-                .iter()
-                .map(|k| v1::WelcomeDelivery {
-                    device_id: k.device_id.clone(),
-                    payload: outcome.welcome.clone().into(),
-                })
-                .collect(),
-            idempotency_key: Bytes::copy_from_slice(&random16()),
-            group_info: outcome.group_info.clone().into(),
-        };
-        let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
-            self.inner.rpc.call(method::BATCH_ENQUEUE, &request).await;
-        let mut local = account.lock()?;
-        if let Err(e) = sent {
-            local.mls.clear_pending_commit(&id.0)?;
-            let state = local.mls.export_state()?;
-            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-            return Err(e.into());
         }
-        let epoch = local.mls.merge_pending_commit(&id.0)?;
-        let members = local.mls.members(&id.0)?;
-        let mut row = conversation_row(id, &account.username, &members);
-        row.kind = KIND_DM;
-        row.peer = Some(peer.to_owned());
-        row.name = peer.to_owned();
-        let state = local.mls.export_state()?;
-        local.store.apply(Change { mls_state: Some(&state), conversation: Some(row), ..Default::default() })?;
-        drop(local);
+        let epoch = self.add_users(id, &[peer.to_owned()]).await?;
+        let row = ConversationRow { id, kind: KIND_DM, name: peer.to_owned(), peer: Some(peer.to_owned()) };
+        self.save_conversation(row)?;
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: peer.to_owned() });
         let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
         Ok(ConversationHandle::new(self.clone(), id, peer.to_owned()))
+    }
+
+    /// Creates a group conversation named `name` (the name is local to this device) with the
+    /// given members, in one MLS commit.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<ConversationHandle> {
+        let account = self.account()?;
+        let mut users: Vec<String> =
+            members.iter().map(|m| fold_username(m)).filter(|m| *m != account.username).collect();
+        users.sort();
+        users.dedup();
+        let created: v1::CreateChannelResponse = self
+            .inner
+            .rpc
+            .call(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest { kind: v1::ChannelKind::Group as i32, peer: String::new() },
+            )
+            .await?;
+        let id = ConversationId(
+            <[u8; 16]>::try_from(created.channel_id.as_ref()).map_err(|_| SdkError::Protocol("channel id"))?,
+        );
+        {
+            let mut local = account.lock()?;
+            local.mls.create_group(&id.0)?;
+            let state = local.mls.export_state()?;
+            local.store.apply(Change {
+                mls_state: Some(&state),
+                conversation: Some(ConversationRow { id, kind: KIND_GROUP, name: name.to_owned(), peer: None }),
+                ..Default::default()
+            })?;
+        }
+        let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: name.to_owned() });
+        if !users.is_empty() {
+            let epoch = self.add_users(id, &users).await?;
+            let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
+        }
+        Ok(ConversationHandle::new(self.clone(), id, name.to_owned()))
+    }
+
+    fn save_conversation(&self, row: ConversationRow) -> Result<()> {
+        let account = self.account()?;
+        let mut local = account.lock()?;
+        local.store.apply(Change { conversation: Some(row), ..Default::default() })?;
+        Ok(())
+    }
+
+    /// Adds every device of `users` to group `id` in one commit with its Welcomes. A commit that
+    /// loses a race (CONFLICT) is dropped, the winner's commit is fetched and applied, and the
+    /// add is built again on the new epoch with the same key packages.
+    pub(crate) async fn add_users(&self, id: ConversationId, users: &[String]) -> Result<u64> {
+        let account = self.account()?;
+        let mut claimed = Vec::new();
+        for user in users {
+            let kps: v1::FetchKeyPackagesResponse = self
+                .inner
+                .rpc
+                .call(method::FETCH_KEY_PACKAGES, &v1::FetchKeyPackagesRequest { username: user.clone() })
+                .await
+                .map_err(|e| match e.rpc_status() {
+                    Some(Status::NotFound) => SdkError::UnknownUser(user.clone()),
+                    _ => SdkError::from(e),
+                })?;
+            if kps.key_packages.is_empty() {
+                return Err(SdkError::NoKeyPackages(user.clone()));
+            }
+            claimed.extend(kps.key_packages);
+        }
+        let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = {
+                let mut local = account.lock()?;
+                let outcome = local.mls.add_members(&id.0, &packages)?;
+                let state = local.mls.export_state()?;
+                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                outcome
+            };
+            let request = v1::BatchEnqueueRequest {
+                channel_id: Bytes::copy_from_slice(&id.0),
+                commit: Some(v1::Envelope {
+                    kind: v1::EnvelopeKind::Commit as i32,
+                    epoch: outcome.epoch_before,
+                    payload: outcome.commit.clone().into(),
+                }),
+                welcomes: claimed
+                    .iter()
+                    .map(|k| v1::WelcomeDelivery {
+                        device_id: k.device_id.clone(),
+                        payload: outcome.welcome.clone().into(),
+                    })
+                    .collect(),
+                idempotency_key: Bytes::copy_from_slice(&random16()),
+                group_info: outcome.group_info.clone().into(),
+            };
+            let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
+                self.inner.rpc.call(method::BATCH_ENQUEUE, &request).await;
+            match sent {
+                Ok(_) => {
+                    let mut local = account.lock()?;
+                    let epoch = local.mls.merge_pending_commit(&id.0)?;
+                    let state = local.mls.export_state()?;
+                    local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                    return Ok(epoch);
+                }
+                Err(e) => {
+                    {
+                        let mut local = account.lock()?;
+                        local.mls.clear_pending_commit(&id.0)?;
+                        let state = local.mls.export_state()?;
+                        local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                    }
+                    if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS {
+                        tracing::debug!(attempt, "commit lost a race; catching up and retrying");
+                        self.sync().await?;
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
     }
 }

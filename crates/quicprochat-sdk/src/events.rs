@@ -20,6 +20,20 @@ pub enum ClientEvent {
         /// Display name (the peer's username for a DM).
         name: String,
     },
+    /// A device of `username` joined the conversation.
+    MemberJoined {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who joined.
+        username: String,
+    },
+    /// A device of `username` left or was removed (possibly this device).
+    MemberLeft {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who left.
+        username: String,
+    },
     /// A conversation moved to a new MLS epoch.
     EpochChanged {
         /// The conversation.

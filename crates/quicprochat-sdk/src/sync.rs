@@ -33,7 +33,12 @@ impl QpcClient {
                 .await?;
             let Some(last) = page.envelopes.last().map(|e| e.seq) else { break };
             for queued in &page.envelopes {
-                let events = self.apply(account, queued)?;
+                // A Welcome does not say whether it is for a DM or a group; the channel does.
+                let kind = match queued.envelope.as_ref().map(|e| e.kind) {
+                    Some(k) if k == v1::EnvelopeKind::Welcome as i32 => self.channel_kind(&queued.channel_id).await,
+                    _ => None,
+                };
+                let events = self.apply(account, queued, kind)?;
                 processed += 1;
                 for event in events {
                     let _ = self.inner.events.send(event);
@@ -47,7 +52,23 @@ impl QpcClient {
 
     /// Applies one queued envelope. Envelopes that cannot be processed are logged and skipped,
     /// so one bad message cannot block the queue.
-    fn apply(&self, account: &Account, queued: &v1::QueuedEnvelope) -> Result<Vec<ClientEvent>> {
+    /// The kind of a channel this device is a member of, as the server records it.
+    async fn channel_kind(&self, channel_id: &bytes::Bytes) -> Option<v1::ChannelKind> {
+        let got: v1::GetChannelResponse = self
+            .inner
+            .rpc
+            .call(method::GET_CHANNEL, &v1::GetChannelRequest { channel_id: channel_id.clone() })
+            .await
+            .ok()?;
+        got.channel.and_then(|c| v1::ChannelKind::try_from(c.kind).ok())
+    }
+
+    fn apply(
+        &self,
+        account: &Account,
+        queued: &v1::QueuedEnvelope,
+        channel_kind: Option<v1::ChannelKind>,
+    ) -> Result<Vec<ClientEvent>> {
         let mut local = account.lock()?;
         let seq = queued.seq;
         let skip = |local: &mut crate::client::Local, why: &str| -> Result<Vec<ClientEvent>> {
@@ -73,7 +94,11 @@ impl QpcClient {
                 if joined.group_id.as_slice() != group.as_slice() {
                     return skip(&mut local, "welcome group id does not match its channel");
                 }
-                let row = conversation_row(conversation, &account.username, &joined.members);
+                let mut row = conversation_row(conversation, &account.username, &joined.members);
+                if channel_kind == Some(v1::ChannelKind::Group) {
+                    row.kind = KIND_GROUP;
+                    row.peer = None;
+                }
                 let name = row.name.clone();
                 let state = local.mls.export_state()?;
                 local.store.apply(Change {
@@ -133,13 +158,21 @@ impl QpcClient {
                         };
                         Ok(vec![ClientEvent::MessageReceived { conversation, message }])
                     }
-                    Processed::Commit { epoch, .. } => {
+                    Processed::Commit { epoch, added, removed, .. } => {
                         local.store.apply(Change {
                             mls_state: Some(&state),
                             cursor: Some(seq),
                             ..Default::default()
                         })?;
-                        Ok(vec![ClientEvent::EpochChanged { conversation, epoch }])
+                        let mut events: Vec<ClientEvent> = added
+                            .into_iter()
+                            .map(|m| ClientEvent::MemberJoined { conversation, username: m.username })
+                            .collect();
+                        events.extend(
+                            removed.into_iter().map(|m| ClientEvent::MemberLeft { conversation, username: m.username }),
+                        );
+                        events.push(ClientEvent::EpochChanged { conversation, epoch });
+                        Ok(events)
                     }
                     Processed::Proposal { .. } => {
                         local.store.apply(Change {

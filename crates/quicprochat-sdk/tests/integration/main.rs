@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dm;
+mod group;
 
 use std::path::Path;
 use std::time::Duration;

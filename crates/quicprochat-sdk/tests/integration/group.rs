@@ -1,0 +1,106 @@
+//! Group conversations: creation with members, invites, concurrent invites.
+
+use quicprochat_sdk::{ClientEvent, ConversationId, QpcClient};
+use tokio::sync::broadcast;
+
+use crate::{client, next_event, received_text, start_server};
+
+struct Member {
+    client: QpcClient,
+    events: broadcast::Receiver<ClientEvent>,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(server: &quicprochat_server::RunningServer, name: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(server, dir.path()).await;
+    let events = client.subscribe();
+    client.register(name, b"pw").await.unwrap();
+    Member { client, events, _dir: dir }
+}
+
+async fn joined(m: &mut Member) -> ConversationId {
+    match next_event(&mut m.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await {
+        ClientEvent::ConversationCreated { conversation, .. } => conversation,
+        _ => unreachable!(),
+    }
+}
+
+async fn expect_text(m: &mut Member, from: &str, text: &str) {
+    let e = next_event(&mut m.events, |e| matches!(e, ClientEvent::MessageReceived { .. })).await;
+    assert_eq!(received_text(&e), Some((from, text)));
+}
+
+#[tokio::test]
+async fn group_of_three_then_an_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+
+    let team = alice.client.create_group("team", &["bob", "carol"]).await.unwrap();
+    assert_eq!(joined(&mut bob).await, team.id());
+    assert_eq!(joined(&mut carol).await, team.id());
+    let bob_team = bob.client.conversation(team.id()).unwrap().unwrap();
+    let carol_team = carol.client.conversation(team.id()).unwrap().unwrap();
+    let listed = bob.client.conversations().unwrap();
+    assert_eq!(listed[0].peer, None, "a group is not mistaken for a DM");
+
+    team.send_text("hi both").await.unwrap();
+    expect_text(&mut bob, "alice", "hi both").await;
+    expect_text(&mut carol, "alice", "hi both").await;
+    bob_team.send_text("hi from bob").await.unwrap();
+    expect_text(&mut alice, "bob", "hi from bob").await;
+    expect_text(&mut carol, "bob", "hi from bob").await;
+
+    let mut dave = member(&server, "dave").await;
+    carol_team.invite("dave").await.unwrap();
+    assert_eq!(joined(&mut dave).await, team.id());
+    let e = next_event(&mut bob.events, |e| matches!(e, ClientEvent::MemberJoined { .. })).await;
+    assert!(matches!(e, ClientEvent::MemberJoined { ref username, .. } if username == "dave"));
+    next_event(&mut alice.events, |e| matches!(e, ClientEvent::MemberJoined { .. })).await;
+
+    team.send_text("welcome dave").await.unwrap();
+    expect_text(&mut dave, "alice", "welcome dave").await;
+    expect_text(&mut bob, "alice", "welcome dave").await;
+    let mut members = team.members().unwrap();
+    members.sort();
+    assert_eq!(members, vec!["alice", "bob", "carol", "dave"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_invites_converge_with_both_invitees_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let mut erin = member(&server, "erin").await;
+    let mut frank = member(&server, "frank").await;
+
+    let team = alice.client.create_group("team", &["bob", "carol"]).await.unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    let bob_team = bob.client.conversation(team.id()).unwrap().unwrap();
+    let carol_team = carol.client.conversation(team.id()).unwrap().unwrap();
+
+    // Both commit at the same epoch: one wins, the other catches up and commits again.
+    let (a, b) = tokio::join!(bob_team.invite("erin"), carol_team.invite("frank"));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(joined(&mut erin).await, team.id());
+    assert_eq!(joined(&mut frank).await, team.id());
+
+    // Everyone converges on one epoch containing both invitees.
+    let erin_team = erin.client.conversation(team.id()).unwrap().unwrap();
+    erin_team.send_text("hello from erin").await.unwrap();
+    expect_text(&mut frank, "erin", "hello from erin").await;
+    expect_text(&mut bob, "erin", "hello from erin").await;
+    expect_text(&mut carol, "erin", "hello from erin").await;
+    let mut members = carol_team.members().unwrap();
+    members.sort();
+    assert_eq!(members, vec!["alice", "bob", "carol", "erin", "frank"]);
+    server.shutdown().await.unwrap();
+}
