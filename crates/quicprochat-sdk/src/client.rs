@@ -56,6 +56,8 @@ pub(crate) struct Inner {
 /// The logged-in account: identity, MLS state and local store, behind one lock.
 pub(crate) struct Account {
     pub username: String,
+    /// The server's delivery-proof key, from `ServerInfo` at login.
+    pub server_signing_key: [u8; 32],
     pub user_id: Vec<u8>,
     pub device_id: DeviceId,
     pub local: Mutex<Local>,
@@ -184,13 +186,21 @@ impl QpcClient {
 
     async fn open_account(&self, secrets: AccountSecrets, user_id: Vec<u8>, token: &[u8]) -> Result<()> {
         let device_id = self.register_device(&secrets.identity, token).await?;
+        let info: v1::ServerInfoResponse = self.inner.rpc.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await?;
+        let server_signing_key =
+            <[u8; 32]>::try_from(info.signing_key.as_ref()).map_err(|_| SdkError::Protocol("server signing key"))?;
         let store = LocalStore::open(&self.inner.config.state_dir.join(DATABASE_FILE), secrets.storage_key.clone())?;
         let mls = match store.mls_state()? {
             Some(state) => MlsClient::restore(&secrets.identity, &secrets.username, MlsSuite::default(), &state)?,
             None => MlsClient::new(&secrets.identity, &secrets.username, MlsSuite::default())?,
         };
-        let account =
-            Account { username: secrets.username.clone(), user_id, device_id, local: Mutex::new(Local { mls, store }) };
+        let account = Account {
+            username: secrets.username.clone(),
+            server_signing_key,
+            user_id,
+            device_id,
+            local: Mutex::new(Local { mls, store }),
+        };
         if self.inner.account.set(account).is_err() {
             return Err(SdkError::Protocol("this client is already logged in"));
         }

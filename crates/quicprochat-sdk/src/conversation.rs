@@ -73,7 +73,7 @@ impl ConversationHandle {
             })?;
             (ciphertext, epoch)
         };
-        let _: v1::EnqueueResponse = self
+        let accepted: v1::EnqueueResponse = self
             .client
             .inner
             .rpc
@@ -91,7 +91,39 @@ impl ConversationHandle {
                 },
             )
             .await?;
+        self.keep_delivery_proof(id, accepted.proof)?;
         Ok(id)
+    }
+
+    /// Verifies the server's signed receipt and keeps it with the message.
+    fn keep_delivery_proof(&self, id: MessageId, proof: Option<v1::DeliveryProof>) -> Result<()> {
+        let account = self.client.account()?;
+        let proof = proof.ok_or(SdkError::InvalidDeliveryProof)?;
+        let digest = quicprochat_core::ids::delivery_proof_digest(
+            &proof.envelope_id,
+            &proof.channel_id,
+            proof.seq,
+            proof.timestamp_ms,
+        );
+        let genuine = proof.channel_id.as_ref() == self.id.0.as_slice()
+            && quicprochat_core::identity::verify_signature(&account.server_signing_key, &digest, &proof.signature)
+                .is_ok();
+        if !genuine {
+            return Err(SdkError::InvalidDeliveryProof);
+        }
+        account.lock()?.store.set_delivery_proof(&id, &prost::Message::encode_to_vec(&proof))?;
+        let _ = self.client.inner.events.send(ClientEvent::DeliveryConfirmed {
+            conversation: self.id,
+            message: id,
+            seq: proof.seq,
+        });
+        Ok(())
+    }
+
+    /// Whether the server's verified delivery proof for `message` is stored.
+    pub fn is_delivery_confirmed(&self, message: MessageId) -> Result<bool> {
+        let account = self.client.account()?;
+        Ok(account.lock()?.store.delivery_proof(&message)?.is_some())
     }
 
     /// The last `limit` messages, oldest first.

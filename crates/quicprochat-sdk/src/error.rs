@@ -46,6 +46,10 @@ pub enum SdkError {
     /// The peer created this DM first; its invitation has not arrived yet.
     #[error("waiting for {0}'s invitation to the conversation; try again shortly")]
     AwaitingInvitation(String),
+    /// The server's delivery proof for a sent message does not verify (the message was sent and
+    /// is stored locally, but the server's receipt cannot be trusted).
+    #[error("the server's delivery proof does not verify")]
+    InvalidDeliveryProof,
     /// Cryptographic failure.
     #[error("crypto: {0}")]
     Crypto(#[from] CoreError),

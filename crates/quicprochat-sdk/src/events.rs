@@ -41,6 +41,15 @@ pub enum ClientEvent {
         /// The new epoch.
         epoch: u64,
     },
+    /// The server accepted a message and its signed delivery proof verified.
+    DeliveryConfirmed {
+        /// Where.
+        conversation: ConversationId,
+        /// Which message.
+        message: crate::MessageId,
+        /// The server's sequence number for it.
+        seq: u64,
+    },
     /// The server ended this session (expired or revoked); log in again.
     SessionExpired,
     /// The push connection to the server ended.

@@ -14,7 +14,9 @@ use crate::error::Result;
 use crate::{ConversationId, Message, MessageId};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
 
-const SCHEMA: &str = r#"
+/// Migrations, applied in order; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -37,7 +39,11 @@ CREATE TABLE IF NOT EXISTS messages (
     outgoing     INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, stored_ms);
-"#;
+"#,
+    r#"
+ALTER TABLE messages ADD COLUMN delivery_proof BLOB;
+"#,
+];
 
 const MLS_STATE: &str = "mls_state";
 const CURSOR: &str = "cursor";
@@ -96,7 +102,7 @@ impl LocalStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -161,6 +167,21 @@ impl LocalStore {
         }
         tx.commit()?;
         Ok(fresh)
+    }
+
+    /// Keeps the server's verified delivery proof with an outgoing message.
+    pub fn set_delivery_proof(&mut self, id: &MessageId, proof: &[u8]) -> Result<()> {
+        self.conn.execute("UPDATE messages SET delivery_proof = ?2 WHERE id = ?1", params![id.0.as_slice(), proof])?;
+        Ok(())
+    }
+
+    /// The stored delivery proof of a message, if any.
+    pub fn delivery_proof(&self, id: &MessageId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT delivery_proof FROM messages WHERE id = ?1", [id.0.as_slice()], |r| r.get(0))
+            .optional()?
+            .flatten())
     }
 
     pub fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRow>> {
@@ -235,6 +256,20 @@ impl LocalStore {
         out.reverse();
         Ok(out)
     }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(crate::SdkError::Protocol("local database is from a newer version of quicprochat"));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -31,7 +31,10 @@ async fn dm_both_ways_by_push_survives_restarts() {
     assert_eq!(bob_dm.id(), alice_dm.id());
 
     // Delivered by push: nothing in the SDK polls, so the event proves the push path.
-    alice_dm.send_text("hello bob").await.unwrap();
+    let sent = alice_dm.send_text("hello bob").await.unwrap();
+    let confirmed = next_event(&mut alice_events, |e| matches!(e, ClientEvent::DeliveryConfirmed { .. })).await;
+    assert!(matches!(confirmed, ClientEvent::DeliveryConfirmed { message, .. } if message == sent));
+    assert!(alice_dm.is_delivery_confirmed(sent).unwrap(), "the verified proof is kept");
     let e = next_event(&mut bob_events, is_message).await;
     assert_eq!(received_text(&e), Some(("alice", "hello bob")));
     bob_dm.send_text("hello alice").await.unwrap();
