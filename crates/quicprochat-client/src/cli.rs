@@ -37,11 +37,14 @@ pub enum Command {
     Register,
     /// Log in (and fetch waiting messages).
     Login,
-    /// Send a message, creating the DM first if needed.
+    /// Send a message to a user (creating the DM first if needed) or to a group.
     Send {
         /// Recipient username.
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        to: Option<String>,
+        /// Group name (as created or listed on this device).
         #[arg(long)]
-        to: String,
+        group: Option<String>,
         /// The message.
         text: String,
     },

@@ -36,11 +36,18 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
             client.login(&username, password.as_bytes()).await.map_err(explain)?;
             println!("logged in as {username}");
         }
-        Command::Send { to, text } => {
+        Command::Send { to, group, text } => {
             sign_in(&client, &username, &password, &state_dir).await?;
-            let dm = open_dm(&client, &to).await?;
-            let id = dm.send_text(&text).await.map_err(explain)?;
-            println!("sent {id} to {}", dm.name());
+            let conversation = match (to, group) {
+                (Some(to), _) => open_dm(&client, &to).await?,
+                (None, Some(group)) => client
+                    .find_conversation(&group)
+                    .map_err(explain)?
+                    .ok_or_else(|| anyhow::anyhow!("no group named {group} on this device"))?,
+                (None, None) => bail!("--to USER or --group NAME is required"),
+            };
+            let id = conversation.send_text(&text).await.map_err(explain)?;
+            println!("sent {id} to {}", conversation.name());
         }
         Command::Recv { wait } => {
             sign_in(&client, &username, &password, &state_dir).await?;

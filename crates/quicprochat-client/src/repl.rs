@@ -13,6 +13,14 @@ pub enum Line {
     Dm(String),
     /// `/list`
     List,
+    /// `/create-group <name> [users…]`
+    CreateGroup(String, Vec<String>),
+    /// `/invite <user>`
+    Invite(String),
+    /// `/switch @user|#group|name`
+    Switch(String),
+    /// `/members`
+    Members,
     /// `/help`
     Help,
     /// `/quit`
@@ -37,6 +45,16 @@ pub fn parse(line: &str) -> Line {
         (Some("dm"), Some(user), None) => Line::Dm(user.to_lowercase()),
         (Some("dm"), _, _) => Line::Usage("usage: /dm <user>".into()),
         (Some("list" | "ls"), None, None) => Line::List,
+        (Some("create-group" | "cg"), Some(name), third) => {
+            let users = third.into_iter().chain(parts).map(str::to_lowercase).collect();
+            Line::CreateGroup(name.to_owned(), users)
+        }
+        (Some("create-group" | "cg"), None, _) => Line::Usage("usage: /create-group <name> [users…]".into()),
+        (Some("invite"), Some(user), None) => Line::Invite(user.to_lowercase()),
+        (Some("invite"), _, _) => Line::Usage("usage: /invite <user>".into()),
+        (Some("switch" | "sw"), Some(target), None) => Line::Switch(target.trim_start_matches(['@', '#']).to_owned()),
+        (Some("switch" | "sw"), _, _) => Line::Usage("usage: /switch @user|#group".into()),
+        (Some("members"), None, None) => Line::Members,
         (Some("help" | "h"), _, _) => Line::Help,
         (Some("quit" | "q" | "exit"), None, None) => Line::Quit,
         (Some(other), _, _) => Line::Usage(format!("unknown command /{other}; try /help")),
@@ -46,9 +64,14 @@ pub fn parse(line: &str) -> Line {
 
 const HELP: &str = "\
 Chat:
-  /dm <user>     open (or create) the direct conversation with <user>
-  <text>         send text to the current conversation
-  /list, /ls     list conversations
+  /dm <user>               open (or create) the direct conversation with <user>
+  <text>                   send text to the current conversation
+  /list, /ls               list conversations
+  /switch @user|#group     make another conversation current
+Groups:
+  /create-group, /cg <name> [users…]   create a group with these members
+  /invite <user>           add <user> to the current conversation
+  /members                 members of the current conversation
 System:
   /help          this help
   /quit          leave";
@@ -204,6 +227,35 @@ async fn handle(client: &QpcClient, current: &mut Option<ConversationHandle>, li
             }
             Err(e) => println!("error: {e:#}"),
         },
+        Line::CreateGroup(name, users) => {
+            let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+            match client.create_group(&name, &refs).await {
+                Ok(group) => {
+                    println!("created #{name}");
+                    *current = Some(group);
+                }
+                Err(e) => println!("error: {e}"),
+            }
+        }
+        Line::Invite(user) => match current {
+            Some(c) => match c.invite(&user).await {
+                Ok(()) => println!("invited {user}"),
+                Err(e) => println!("error: {e}"),
+            },
+            None => println!("no conversation selected"),
+        },
+        Line::Switch(target) => match client.find_conversation(&target) {
+            Ok(Some(c)) => *current = Some(c),
+            Ok(None) => println!("no conversation named {target}; /list shows them"),
+            Err(e) => println!("error: {e}"),
+        },
+        Line::Members => match current {
+            Some(c) => match c.members() {
+                Ok(m) => println!("{}", m.join(", ")),
+                Err(e) => println!("error: {e}"),
+            },
+            None => println!("no conversation selected"),
+        },
         Line::Text(text) => match current {
             Some(dm) => {
                 if let Err(e) = dm.send_text(&text).await {
@@ -229,5 +281,10 @@ mod tests {
         assert_eq!(parse("/ls"), Line::List);
         assert!(matches!(parse("/dm"), Line::Usage(_)));
         assert!(matches!(parse("/nope"), Line::Usage(_)));
+        assert_eq!(parse("/cg team Bob carol"), Line::CreateGroup("team".into(), vec!["bob".into(), "carol".into()]));
+        assert!(matches!(parse("/cg"), Line::Usage(_)));
+        assert_eq!(parse("/invite Dave"), Line::Invite("dave".into()));
+        assert_eq!(parse("/switch #team"), Line::Switch("team".into()));
+        assert_eq!(parse("/members"), Line::Members);
     }
 }

@@ -200,6 +200,9 @@ fn mls_group_benches(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         )
     });
 
+    // Every MlsClient call loads the group from the provider's storage and
+    // writes it back; this is that floor, with no cryptography.
+    group.bench_function("load_state", |b| b.iter(|| creator.epoch(GROUP).unwrap()));
     group.bench_function("encrypt_1KiB", |b| b.iter(|| creator.encrypt(GROUP, black_box(&MESSAGE)).unwrap()));
     // The receiver sends and the creator decrypts, in order: the creator's
     // own generations ran far ahead in the encryption benchmark.

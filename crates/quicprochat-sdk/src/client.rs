@@ -345,6 +345,17 @@ impl QpcClient {
         Ok(row.map(|r| ConversationHandle::new(self.clone(), r.id, r.name)))
     }
 
+    /// The conversation whose display name (group) or peer (DM) is `name`.
+    pub fn find_conversation(&self, name: &str) -> Result<Option<ConversationHandle>> {
+        let account = self.account()?;
+        let rows = account.lock()?.store.conversations()?;
+        let folded = fold_username(name);
+        Ok(rows
+            .into_iter()
+            .find(|r| r.name == name || r.peer.as_deref() == Some(folded.as_str()))
+            .map(|r| ConversationHandle::new(self.clone(), r.id, r.name)))
+    }
+
     /// The last `limit` stored messages of a conversation, oldest first.
     pub fn messages(&self, id: ConversationId, limit: u32) -> Result<Vec<Message>> {
         let account = self.account()?;
