@@ -99,8 +99,10 @@ pub struct TrackedCommit {
 
 impl fmt::Debug for ChannelTracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Like the ids' `Debug`: enough of the group id to tell channels apart.
+        let group_id = self.group.group_id().as_slice();
         f.debug_struct("ChannelTracker")
-            .field("group_id", &hex::encode(self.group.group_id().as_slice()))
+            .field("group_id", &hex::encode(&group_id[..group_id.len().min(4)]))
             .field("epoch", &self.epoch())
             .field("members", &self.group.members().count())
             .finish_non_exhaustive()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use quicprochat_proto::{Message, event, method, v1};
 use quicprochat_rpc::{RpcClient, Status};
 
-use crate::harness::{TestServer, user};
+use crate::harness::{TestServer, dm_with, user};
 
 async fn create_dm(rpc: &RpcClient, peer: &str) -> v1::CreateChannelResponse {
     rpc.call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.into() })
@@ -16,28 +16,6 @@ async fn create_dm(rpc: &RpcClient, peer: &str) -> v1::CreateChannelResponse {
 
 fn envelope(kind: v1::EnvelopeKind, epoch: u64, payload: &[u8]) -> Option<v1::Envelope> {
     Some(v1::Envelope { kind: kind as i32, epoch, payload: Bytes::copy_from_slice(payload) })
-}
-
-/// alice creates the DM and "adds" bob's device with a welcome; returns the channel id.
-async fn dm_with_bob(alice: &RpcClient, bob_device: &[u8]) -> Bytes {
-    let created = create_dm(alice, "bob").await;
-    assert!(created.was_new);
-    let _: v1::BatchEnqueueResponse = alice
-        .call(
-            method::BATCH_ENQUEUE,
-            &v1::BatchEnqueueRequest {
-                channel_id: created.channel_id.clone(),
-                commit: envelope(v1::EnvelopeKind::Commit, 0, b"commit-0"),
-                welcomes: vec![v1::WelcomeDelivery {
-                    device_id: bob_device.to_vec().into(),
-                    payload: b"welcome".to_vec().into(),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    created.channel_id
 }
 
 #[tokio::test]
@@ -66,7 +44,7 @@ async fn stale_commit_gets_conflict_with_current_epoch() {
     let server = TestServer::start().await;
     let (alice, _, _) = user(&server, "alice").await;
     let (_bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with_bob(&alice, &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
     let commit = |epoch| v1::EnqueueRequest {
         channel_id: channel.clone(),
         envelope: envelope(v1::EnvelopeKind::Commit, epoch, b"commit"),
@@ -86,7 +64,7 @@ async fn only_members_enqueue_and_recipients_peek_then_ack() {
     let (alice, _, _) = user(&server, "alice").await;
     let (bob, _, bob_device) = user(&server, "bob").await;
     let (mallory, _, _) = user(&server, "mallory").await;
-    let channel = dm_with_bob(&alice, &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
 
     let app = |payload: &[u8], key: &[u8]| v1::EnqueueRequest {
         channel_id: channel.clone(),
@@ -124,7 +102,7 @@ async fn delivery_proof_verifies_with_the_published_key() {
     let server = TestServer::start().await;
     let (alice, _, _) = user(&server, "alice").await;
     let (_bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with_bob(&alice, &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
     let info: v1::ServerInfoResponse = alice.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.unwrap();
     let r: v1::EnqueueResponse = alice
         .call(
@@ -147,7 +125,7 @@ async fn push_and_long_poll_deliver_new_envelopes() {
     let server = TestServer::start().await;
     let (alice, _, _) = user(&server, "alice").await;
     let (bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with_bob(&alice, &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
     let _: v1::SubscribeResponse = bob.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await.unwrap();
 
     // A long-poll registered before the envelope exists is woken by it.
@@ -194,7 +172,7 @@ async fn queued_envelopes_survive_a_restart() {
     let server = TestServer::start().await;
     let (alice, _, _) = user(&server, "alice").await;
     let (_bob, bob_token, bob_device) = user(&server, "bob").await;
-    let _channel = dm_with_bob(&alice, &bob_device).await;
+    let _channel = dm_with(&alice, "bob", &bob_device).await;
     let TestServer { server: running, dir } = server;
     running.shutdown().await.unwrap();
     let restarted =

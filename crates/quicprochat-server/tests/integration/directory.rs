@@ -1,38 +1,9 @@
 //! Channel queries, retention, group info, identities, hybrid keys, devices, endpoints.
 
-use bytes::Bytes;
 use quicprochat_proto::{method, v1};
-use quicprochat_rpc::{RpcClient, Status};
+use quicprochat_rpc::Status;
 
-use crate::harness::{TestServer, login, register, register_device, user};
-
-async fn dm_with_group_info(alice: &RpcClient, peer: &str, peer_device: &[u8]) -> Bytes {
-    let created: v1::CreateChannelResponse = alice
-        .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.into() })
-        .await
-        .unwrap();
-    let _: v1::BatchEnqueueResponse = alice
-        .call(
-            method::BATCH_ENQUEUE,
-            &v1::BatchEnqueueRequest {
-                channel_id: created.channel_id.clone(),
-                commit: Some(v1::Envelope {
-                    kind: v1::EnvelopeKind::Commit as i32,
-                    epoch: 0,
-                    payload: b"c".to_vec().into(),
-                }),
-                welcomes: vec![v1::WelcomeDelivery {
-                    device_id: peer_device.to_vec().into(),
-                    payload: b"w".to_vec().into(),
-                }],
-                group_info: b"group-info-epoch-1".to_vec().into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    created.channel_id
-}
+use crate::harness::{TestServer, dm_with, login, register, register_device, user};
 
 fn status<T: std::fmt::Debug>(r: Result<T, quicprochat_rpc::Error>) -> Option<Status> {
     r.unwrap_err().rpc_status()
@@ -44,7 +15,7 @@ async fn channels_are_visible_to_members_only() {
     let (alice, _, alice_device) = user(&server, "alice").await;
     let (bob, _, bob_device) = user(&server, "bob").await;
     let (mallory, _, _) = user(&server, "mallory").await;
-    let channel = dm_with_group_info(&alice, "bob", &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
 
     let got: v1::GetChannelResponse =
         alice.call(method::GET_CHANNEL, &v1::GetChannelRequest { channel_id: channel.clone() }).await.unwrap();
@@ -97,7 +68,7 @@ async fn channel_retention_becomes_the_default_ttl() {
     let server = TestServer::start().await;
     let (alice, _, _) = user(&server, "alice").await;
     let (_bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with_group_info(&alice, "bob", &bob_device).await;
+    let channel = dm_with(&alice, "bob", &bob_device).await;
     let r = alice
         .call::<_, v1::SetChannelRetentionResponse>(
             method::SET_CHANNEL_RETENTION,
@@ -223,7 +194,7 @@ async fn revoked_device_loses_its_session_queue_and_memberships() {
     let listed: v1::ListDevicesResponse = bob1.call(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await.unwrap();
     assert_eq!(listed.devices.len(), 2);
 
-    let _channel = dm_with_group_info(&alice, "bob", &dev2).await;
+    let _channel = dm_with(&alice, "bob", &dev2).await;
     let _: v1::RevokeDeviceResponse =
         bob1.call(method::REVOKE_DEVICE, &v1::RevokeDeviceRequest { device_id: dev2.clone().into() }).await.unwrap();
 

@@ -115,3 +115,34 @@ pub async fn user(server: &TestServer, name: &str) -> (RpcClient, Vec<u8>, Vec<u
     let (_, device) = register_device(&rpc, &token).await;
     (rpc, token, device)
 }
+
+/// `alice` creates the DM with `peer` and "adds" the peer's device with a welcome, as the MLS
+/// creator would (payloads are opaque to the server); returns the channel id.
+pub async fn dm_with(alice: &RpcClient, peer: &str, peer_device: &[u8]) -> Bytes {
+    let created: v1::CreateChannelResponse = alice
+        .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.into() })
+        .await
+        .unwrap();
+    assert!(created.was_new);
+    let _: v1::BatchEnqueueResponse = alice
+        .call(
+            method::BATCH_ENQUEUE,
+            &v1::BatchEnqueueRequest {
+                channel_id: created.channel_id.clone(),
+                commit: Some(v1::Envelope {
+                    kind: v1::EnvelopeKind::Commit as i32,
+                    epoch: 0,
+                    payload: b"commit-0".to_vec().into(),
+                }),
+                welcomes: vec![v1::WelcomeDelivery {
+                    device_id: peer_device.to_vec().into(),
+                    payload: b"welcome".to_vec().into(),
+                }],
+                group_info: b"group-info-epoch-1".to_vec().into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    created.channel_id
+}

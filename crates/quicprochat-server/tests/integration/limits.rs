@@ -6,39 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicprochat_proto::{Message, event, method, v1};
-use quicprochat_rpc::{RpcClient, Status};
+use quicprochat_rpc::Status;
 use quicprochat_server::{Clock, Rate};
 
-use crate::harness::{TestServer, login, user};
+use crate::harness::{TestServer, dm_with, login, user};
 
 const GENEROUS: Rate = Rate { per_minute: 1_000_000, burst: 100_000 };
-
-async fn dm_with(alice: &RpcClient, peer: &str, peer_device: &[u8]) -> Bytes {
-    let created: v1::CreateChannelResponse = alice
-        .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.into() })
-        .await
-        .unwrap();
-    let _: v1::BatchEnqueueResponse = alice
-        .call(
-            method::BATCH_ENQUEUE,
-            &v1::BatchEnqueueRequest {
-                channel_id: created.channel_id.clone(),
-                commit: Some(v1::Envelope {
-                    kind: v1::EnvelopeKind::Commit as i32,
-                    epoch: 0,
-                    payload: b"c0".to_vec().into(),
-                }),
-                welcomes: vec![v1::WelcomeDelivery {
-                    device_id: peer_device.to_vec().into(),
-                    payload: b"w".to_vec().into(),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    created.channel_id
-}
 
 fn app(channel: &Bytes, payload: &[u8], ttl_secs: u32) -> v1::EnqueueRequest {
     v1::EnqueueRequest {
@@ -117,11 +90,11 @@ async fn envelopes_with_a_ttl_vanish_acked_or_not() {
         page.envelopes.iter().map(|e| e.envelope.as_ref().unwrap().payload.to_vec()).collect()
     };
     let before: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
-    assert_eq!(payloads(&before), vec![b"w".to_vec(), b"disappearing".to_vec(), b"kept".to_vec()]);
+    assert_eq!(payloads(&before), vec![b"welcome".to_vec(), b"disappearing".to_vec(), b"kept".to_vec()]);
 
     now.fetch_add(61_000, Ordering::SeqCst);
     let after: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
-    assert_eq!(payloads(&after), vec![b"w".to_vec(), b"kept".to_vec()], "expired envelopes are never served");
+    assert_eq!(payloads(&after), vec![b"welcome".to_vec(), b"kept".to_vec()], "expired envelopes are never served");
 
     // The GC task removes it from disk as well.
     let db = server.db();
