@@ -209,13 +209,13 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => match {
+            _ = ticker.tick() => {
                 state.revoked.prune(state.clock.now_ms());
-                services::delivery::purge_expired(&state).await
-            } {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(purged = n, "expired envelopes purged"),
-                Err(e) => tracing::warn!(error = %e, "purging expired envelopes failed"),
+                match services::delivery::purge_expired(&state).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired envelopes purged"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired envelopes failed"),
+                }
             },
         }
     }

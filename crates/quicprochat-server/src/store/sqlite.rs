@@ -589,7 +589,10 @@ impl DeviceStore for SqliteStore {
     }
 }
 
-fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, Vec<u8>, String, i64)> {
+/// Raw columns of a device: id, user, identity key, name, created.
+type DeviceColumns = (Vec<u8>, Vec<u8>, Vec<u8>, String, i64);
+
+fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceColumns> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
