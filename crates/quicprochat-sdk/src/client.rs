@@ -1,6 +1,8 @@
 //! `QpcClient`: connection, account, and the background push listener.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quicprochat_core::identity::IdentityKeyPair;
@@ -45,7 +47,9 @@ impl std::fmt::Debug for QpcClient {
 
 pub(crate) struct Inner {
     pub config: ClientConfig,
-    pub rpc: RpcClient,
+    pub rpc: RwLock<RpcClient>,
+    /// Set by `close`: no reconnecting after that.
+    pub closed: AtomicBool,
     pub events: broadcast::Sender<ClientEvent>,
     pub account: OnceLock<Account>,
     /// One inbound processor at a time, so envelopes are applied in queue order.
@@ -56,6 +60,8 @@ pub(crate) struct Inner {
 /// The logged-in account: identity, MLS state and local store, behind one lock.
 pub(crate) struct Account {
     pub username: String,
+    /// The session token, for `Resume` after a reconnect.
+    pub session_token: Zeroizing<Vec<u8>>,
     /// The server's delivery-proof key, from `ServerInfo` at login.
     pub server_signing_key: [u8; 32],
     pub user_id: Vec<u8>,
@@ -99,7 +105,8 @@ impl QpcClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                rpc,
+                rpc: RwLock::new(rpc),
+                closed: AtomicBool::new(false),
                 events,
                 account: OnceLock::new(),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -117,8 +124,7 @@ impl QpcClient {
         let params = opaque_params(self.inner.config.kdf);
         let (registration, request) = ClientRegistration::start(&mut rand_core::OsRng, password)?;
         let start: v1::RegisterStartResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::REGISTER_START,
                 &v1::RegisterStartRequest { username: username.clone(), registration_request: request.into() },
@@ -127,8 +133,7 @@ impl QpcClient {
             .map_err(registration_error)?;
         let upload = registration.finish(&mut rand_core::OsRng, password, &start.registration_response, &params)?;
         let _: v1::RegisterFinishResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::REGISTER_FINISH,
                 &v1::RegisterFinishRequest { username: username.clone(), registration_upload: upload.into() },
@@ -152,8 +157,7 @@ impl QpcClient {
         let params = opaque_params(self.inner.config.kdf);
         let (login, request) = ClientLogin::start(&mut rand_core::OsRng, password)?;
         let start: v1::LoginStartResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::LOGIN_START,
                 &v1::LoginStartRequest { username: username.clone(), credential_request: request.into() },
@@ -164,8 +168,7 @@ impl QpcClient {
             other => SdkError::Crypto(other),
         })?;
         let finish: v1::LoginFinishResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::LOGIN_FINISH,
                 &v1::LoginFinishRequest {
@@ -186,7 +189,7 @@ impl QpcClient {
 
     async fn open_account(&self, secrets: AccountSecrets, user_id: Vec<u8>, token: &[u8]) -> Result<()> {
         let device_id = self.register_device(&secrets.identity, token).await?;
-        let info: v1::ServerInfoResponse = self.inner.rpc.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await?;
+        let info: v1::ServerInfoResponse = self.rpc().call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await?;
         let server_signing_key =
             <[u8; 32]>::try_from(info.signing_key.as_ref()).map_err(|_| SdkError::Protocol("server signing key"))?;
         let store = LocalStore::open(&self.inner.config.state_dir.join(DATABASE_FILE), secrets.storage_key.clone())?;
@@ -196,6 +199,7 @@ impl QpcClient {
         };
         let account = Account {
             username: secrets.username.clone(),
+            session_token: Zeroizing::new(token.to_vec()),
             server_signing_key,
             user_id,
             device_id,
@@ -205,7 +209,7 @@ impl QpcClient {
             return Err(SdkError::Protocol("this client is already logged in"));
         }
         self.top_up_key_packages().await?;
-        let _: v1::SubscribeResponse = self.inner.rpc.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
+        let _: v1::SubscribeResponse = self.rpc().call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
         self.spawn_push_listener()?;
         self.sync().await?;
         Ok(())
@@ -216,8 +220,7 @@ impl QpcClient {
         let key = identity.public_key();
         let signature = identity.sign(&device_binding_challenge(&token_hash, &key));
         let resp: v1::RegisterDeviceResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::REGISTER_DEVICE,
                 &v1::RegisterDeviceRequest {
@@ -238,7 +241,7 @@ impl QpcClient {
     /// saved locally before the public halves are uploaded.
     async fn top_up_key_packages(&self) -> Result<()> {
         let status: v1::UploadKeyPackagesResponse =
-            self.inner.rpc.call(method::UPLOAD_KEY_PACKAGES, &v1::UploadKeyPackagesRequest::default()).await?;
+            self.rpc().call(method::UPLOAD_KEY_PACKAGES, &v1::UploadKeyPackagesRequest::default()).await?;
         if status.pool_size >= KEY_PACKAGE_LOW_WATER {
             return Ok(());
         }
@@ -254,49 +257,29 @@ impl QpcClient {
             local.store.apply(crate::store::Change { mls_state: Some(&state), ..Default::default() })?;
             v1::UploadKeyPackagesRequest { key_packages: packages, last_resort }
         };
-        let _: v1::UploadKeyPackagesResponse = self.inner.rpc.call(method::UPLOAD_KEY_PACKAGES, &request).await?;
+        let _: v1::UploadKeyPackagesResponse = self.rpc().call(method::UPLOAD_KEY_PACKAGES, &request).await?;
         Ok(())
     }
 
-    /// Listens on the server's push stream and fetches whenever a notification arrives.
+    /// Listens on the server's push stream and fetches whenever a notification arrives. When
+    /// the connection drops, reconnects with exponential backoff and jitter, resumes the
+    /// session, resubscribes and catches up from the last stored sequence.
     fn spawn_push_listener(&self) -> Result<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let rpc = self.inner.rpc.clone();
         let mut tasks = self.inner.tasks.lock().map_err(|_| SdkError::Poisoned)?;
         tasks.spawn(async move {
-            let reason = match rpc.accept_push().await {
-                Ok(mut stream) => loop {
-                    match stream.next().await {
-                        Ok(Some(frame)) => {
-                            let Some(inner) = weak.upgrade() else { return };
-                            let client = QpcClient { inner };
-                            let handled = match frame.event_type {
-                                event::MESSAGE_NOTIFICATION => client.sync().await.map(|_| ()),
-                                event::KEY_PACKAGES_LOW => client.top_up_key_packages().await,
-                                event::SESSION_EXPIRED => {
-                                    let _ = client.inner.events.send(ClientEvent::SessionExpired);
-                                    Ok(())
-                                }
-                                other => {
-                                    tracing::debug!(event_type = other, "ignoring push event");
-                                    Ok(())
-                                }
-                            };
-                            if let Err(e) = handled {
-                                if rpc.close_reason().is_some() {
-                                    break "connection closed".to_owned();
-                                }
-                                tracing::warn!(error = %e, event_type = frame.event_type, "handling a push failed");
-                            }
-                        }
-                        Ok(None) => break "push stream ended".to_owned(),
-                        Err(e) => break e.to_string(),
-                    }
-                },
-                Err(e) => e.to_string(),
-            };
-            if let Some(inner) = weak.upgrade() {
+            loop {
+                let Some(rpc) = weak.upgrade().map(|inner| QpcClient { inner }.rpc()) else { return };
+                let reason = listen(&weak, &rpc).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closed.load(Ordering::SeqCst) {
+                    return;
+                }
                 let _ = inner.events.send(ClientEvent::ConnectionLost { reason });
+                drop(inner);
+                if !reconnect(&weak).await {
+                    return;
+                }
             }
         });
         Ok(())
@@ -363,12 +346,21 @@ impl QpcClient {
         local.store.messages(&id, limit)
     }
 
-    /// Closes the connection. Pending background work stops.
+    /// Closes the connection. Pending background work stops; nothing reconnects.
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         if let Ok(mut tasks) = self.inner.tasks.lock() {
             tasks.abort_all();
         }
-        self.inner.rpc.close("client closed");
+        self.rpc().close("client closed");
+    }
+
+    /// The current connection.
+    pub(crate) fn rpc(&self) -> RpcClient {
+        match self.inner.rpc.read() {
+            Ok(rpc) => rpc.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
@@ -376,5 +368,99 @@ fn registration_error(e: quicprochat_rpc::Error) -> SdkError {
     match e.rpc_status() {
         Some(Status::Conflict) => SdkError::UsernameTaken,
         _ => SdkError::from(e),
+    }
+}
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Reads push frames until the connection or stream ends; returns why it ended.
+async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
+    let mut stream = match rpc.accept_push().await {
+        Ok(stream) => stream,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        let frame = match stream.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return "push stream ended".to_owned(),
+            Err(e) => return e.to_string(),
+        };
+        let Some(inner) = weak.upgrade() else { return "client dropped".to_owned() };
+        let client = QpcClient { inner };
+        let handled = match frame.event_type {
+            event::MESSAGE_NOTIFICATION => client.sync().await.map(|_| ()),
+            event::KEY_PACKAGES_LOW => client.top_up_key_packages().await,
+            event::SESSION_EXPIRED => {
+                let _ = client.inner.events.send(ClientEvent::SessionExpired);
+                Ok(())
+            }
+            other => {
+                tracing::debug!(event_type = other, "ignoring push event");
+                Ok(())
+            }
+        };
+        if let Err(e) = handled {
+            if rpc.close_reason().is_some() {
+                return "connection closed".to_owned();
+            }
+            tracing::warn!(error = %e, event_type = frame.event_type, "handling a push failed");
+        }
+    }
+}
+
+/// Reconnects until it succeeds (true) or the session is gone or the client closed (false).
+async fn reconnect(weak: &Weak<Inner>) -> bool {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        // Full jitter: sleep a random part of the current backoff.
+        let jitter = rand_core::RngCore::next_u64(&mut rand_core::OsRng) % (backoff.as_millis() as u64 + 1);
+        tokio::time::sleep(Duration::from_millis(jitter.max(50))).await;
+        let Some(inner) = weak.upgrade() else { return false };
+        if inner.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let client = QpcClient { inner };
+        match client.resume_connection().await {
+            Ok(()) => {
+                let _ = client.inner.events.send(ClientEvent::Reconnected);
+                if let Err(e) = client.sync().await {
+                    tracing::warn!(error = %e, "catching up after reconnect failed");
+                }
+                return true;
+            }
+            Err(SdkError::Server { status: "UNAUTHENTICATED", .. }) => {
+                let _ = client.inner.events.send(ClientEvent::SessionExpired);
+                return false;
+            }
+            Err(e) => tracing::debug!(error = %e, "reconnect failed; retrying"),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl QpcClient {
+    /// Opens a fresh connection, resumes the session on it, resubscribes, and makes it current.
+    async fn resume_connection(&self) -> Result<()> {
+        let account = self.account()?;
+        let config = &self.inner.config;
+        let trust = match &config.trust {
+            Trust::PinnedCertificate(der) => ServerTrust::Pinned(der.clone()),
+            Trust::CaCertificates(cas) => ServerTrust::Roots(cas.clone()),
+        };
+        let tls = quicprochat_rpc::tls::client_config(&trust)?;
+        let rpc = RpcClient::connect(config.server, &config.server_name, tls).await?;
+        let _: v1::ResumeResponse = rpc
+            .call(method::RESUME, &v1::ResumeRequest { session_token: Bytes::copy_from_slice(&account.session_token) })
+            .await?;
+        let _: v1::SubscribeResponse = rpc.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
+        let old = match self.inner.rpc.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, rpc),
+            Err(_) => return Err(SdkError::Poisoned),
+        };
+        old.close("replaced by a new connection");
+        Ok(())
     }
 }

@@ -75,8 +75,7 @@ impl ConversationHandle {
         };
         let accepted: v1::EnqueueResponse = self
             .client
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::ENQUEUE,
                 &v1::EnqueueRequest {
@@ -164,8 +163,7 @@ impl QpcClient {
             return Ok(ConversationHandle::new(self.clone(), row.id, row.name));
         }
         let created: v1::CreateChannelResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::CREATE_CHANNEL,
                 &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.clone() },
@@ -214,8 +212,7 @@ impl QpcClient {
         users.sort();
         users.dedup();
         let created: v1::CreateChannelResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(
                 method::CREATE_CHANNEL,
                 &v1::CreateChannelRequest { kind: v1::ChannelKind::Group as i32, peer: String::new() },
@@ -257,8 +254,7 @@ impl QpcClient {
         let mut claimed = Vec::new();
         for user in users {
             let kps: v1::FetchKeyPackagesResponse = self
-                .inner
-                .rpc
+                .rpc()
                 .call(method::FETCH_KEY_PACKAGES, &v1::FetchKeyPackagesRequest { username: user.clone() })
                 .await
                 .map_err(|e| match e.rpc_status() {
@@ -299,7 +295,7 @@ impl QpcClient {
                 group_info: outcome.group_info.clone().into(),
             };
             let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
-                self.inner.rpc.call(method::BATCH_ENQUEUE, &request).await;
+                self.rpc().call(method::BATCH_ENQUEUE, &request).await;
             match sent {
                 Ok(_) => {
                     let mut local = account.lock()?;

@@ -52,6 +52,8 @@ pub enum ClientEvent {
     },
     /// The server ended this session (expired or revoked); log in again.
     SessionExpired,
+    /// The connection is back after `ConnectionLost`; waiting messages are being fetched.
+    Reconnected,
     /// The push connection to the server ended.
     ConnectionLost {
         /// Why.

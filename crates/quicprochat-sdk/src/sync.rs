@@ -27,8 +27,7 @@ impl QpcClient {
         loop {
             let cursor = account.lock()?.store.cursor()?;
             let page: v1::PeekResponse = self
-                .inner
-                .rpc
+                .rpc()
                 .call(method::PEEK, &v1::PeekRequest { after_seq: cursor, limit: PAGE, max_bytes: 0 })
                 .await?;
             let Some(last) = page.envelopes.last().map(|e| e.seq) else { break };
@@ -45,7 +44,7 @@ impl QpcClient {
                 }
             }
             // Stored first, acknowledged second: a crash in between only re-reads, never loses.
-            let _: v1::AckResponse = self.inner.rpc.call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
+            let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
         }
         Ok(processed)
     }
@@ -55,8 +54,7 @@ impl QpcClient {
     /// The kind of a channel this device is a member of, as the server records it.
     async fn channel_kind(&self, channel_id: &bytes::Bytes) -> Option<v1::ChannelKind> {
         let got: v1::GetChannelResponse = self
-            .inner
-            .rpc
+            .rpc()
             .call(method::GET_CHANNEL, &v1::GetChannelRequest { channel_id: channel_id.clone() })
             .await
             .ok()?;

@@ -145,3 +145,35 @@ async fn key_package_pool_is_refilled_on_key_packages_low() {
     assert_eq!(bob.conversations().unwrap().len(), 12);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn clients_reconnect_by_themselves_after_a_server_restart() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let alice_dir = tempfile::tempdir().unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let addr = server.local_addr();
+    let alice = client(&server, alice_dir.path()).await;
+    let bob = client(&server, bob_dir.path()).await;
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+    alice.register("alice", b"a").await.unwrap();
+    bob.register("bob", b"b").await.unwrap();
+    let dm = alice.dm("bob").await.unwrap();
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+
+    server.shutdown().await.unwrap();
+    next_event(&mut alice_events, |e| matches!(e, ClientEvent::ConnectionLost { .. })).await;
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConnectionLost { .. })).await;
+
+    // Same address, same data: the clients find it again on their own.
+    let config = quicprochat_server::ServerConfig::new(addr, server_dir.path());
+    let server = quicprochat_server::start(config).await.unwrap();
+    next_event(&mut alice_events, |e| matches!(e, ClientEvent::Reconnected)).await;
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::Reconnected)).await;
+
+    dm.send_text("after the restart").await.unwrap();
+    let e = next_event(&mut bob_events, is_message).await;
+    assert_eq!(received_text(&e), Some(("alice", "after the restart")));
+    server.shutdown().await.unwrap();
+}
