@@ -50,6 +50,10 @@ pub enum ServiceError {
     /// A recipient queue is full.
     #[error("a recipient queue is full")]
     QueueFull,
+    /// An MLS handshake message failed validation against the channel's public group state
+    /// (forged, malformed, or not what it claims to be).
+    #[error("handshake message refused: {0}")]
+    HandshakeRefused(CoreError),
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -87,6 +91,7 @@ impl From<ServiceError> for RpcError {
             ServiceError::PayloadTooLarge { len, max } => {
                 RpcError::payload_too_large(format!("payload of {len} bytes exceeds the limit of {max}"))
             }
+            ServiceError::HandshakeRefused(e) => RpcError::bad_request(format!("handshake message refused: {e}")),
             ServiceError::RateLimited { retry_after_ms } => RpcError::rate_limited("too many requests", retry_after_ms),
             ServiceError::QueueFull => {
                 RpcError::queue_full("a recipient has too many undelivered envelopes", QUEUE_FULL_RETRY_MS)

@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
+use quicprochat_core::CoreError;
 use quicprochat_core::ids::delivery_proof_digest;
+use quicprochat_core::public_group::{ChannelTracker, Tracked};
 
 use super::random_bytes;
 use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::AppState;
-use crate::store::{ChannelId, EnqueueBatch, EnqueueOutcome, EnvelopeKind, QueuedEntry, WelcomeFor};
+use crate::store::{
+    ChannelId, DeviceId, EnqueueBatch, EnqueueOutcome, EnvelopeKind, QueuedEntry, Tracking, WelcomeFor,
+};
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 64;
@@ -91,6 +95,17 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         return ephemeral(state, sender, s, now).await;
     }
 
+    let tracking = match s.kind {
+        EnvelopeKind::Commit | EnvelopeKind::Proposal => Some(track(state, &s, sender).await?),
+        EnvelopeKind::Application => {
+            if wire_format(&s.payload) != Some(WIRE_FORMAT_PRIVATE_MESSAGE) {
+                return Err(ServiceError::BadRequest("application envelopes carry an MLS PrivateMessage".into()));
+            }
+            None
+        }
+        EnvelopeKind::Welcome => None,
+    };
+
     let batch = EnqueueBatch {
         channel: s.channel,
         sender,
@@ -104,6 +119,7 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         expires_ms: (s.ttl_secs > 0).then(|| now + u64::from(s.ttl_secs) * 1000),
         now_ms: now,
         max_queue_depth: state.limits.max_queue_depth,
+        tracking,
     };
     let outcome = state.store.enqueue(batch).await?;
     for (device, entry) in &outcome.deliveries {
@@ -112,13 +128,90 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
     Ok(accepted(state, s.channel, &outcome))
 }
 
+/// MLS wire format of a `PrivateMessage` (RFC 9420 §6).
+const WIRE_FORMAT_PRIVATE_MESSAGE: u16 = 2;
+
+/// The wire format of a serialised `MLSMessage` (version 1), if it is one.
+fn wire_format(payload: &[u8]) -> Option<u16> {
+    match payload {
+        [0x00, 0x01, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
+/// Validates a commit or proposal against the channel's public MLS state and works out the
+/// membership it yields. The channel's first commit has nothing to be checked against: the
+/// GroupInfo it carries (signed by the committer, with the ratchet tree) starts the tracking.
+async fn track(state: &AppState, s: &Submission, sender: DeviceId) -> Result<Tracking, ServiceError> {
+    let channel = state.store.channel(s.channel).await?.ok_or(ServiceError::NotFound("channel"))?;
+    let refused = ServiceError::HandshakeRefused;
+    let (tracker, added) = match &channel.tracker {
+        None => {
+            if s.kind != EnvelopeKind::Commit {
+                return Err(ServiceError::BadRequest("a channel's first handshake message is a commit".into()));
+            }
+            if s.epoch != channel.epoch {
+                return Err(ServiceError::StaleEpoch { current: channel.epoch });
+            }
+            let info = s.group_info.as_deref().ok_or_else(|| {
+                ServiceError::BadRequest("a channel's first commit carries the new epoch's GroupInfo".into())
+            })?;
+            let tracker = ChannelTracker::from_group_info(&s.channel.0, info).map_err(refused)?;
+            if tracker.epoch() != channel.epoch + 1 {
+                return Err(ServiceError::BadRequest("the GroupInfo is not for the epoch this commit creates".into()));
+            }
+            let members = tracker.members().map_err(refused)?;
+            if !members.iter().any(|m| m.device_id == sender) {
+                return Err(ServiceError::Forbidden("the committer is not in the group it describes"));
+            }
+            let added = members.into_iter().map(|m| m.device_id).filter(|d| *d != sender).collect();
+            (tracker, added)
+        }
+        Some(bytes) => {
+            let mut tracker = ChannelTracker::restore(bytes)?;
+            let added = match tracker.process(&s.payload) {
+                Ok(Tracked::Commit(commit)) => {
+                    if s.kind != EnvelopeKind::Commit || commit.epoch_before != s.epoch {
+                        return Err(ServiceError::BadRequest(
+                            "envelope kind or epoch does not match its MLS content".into(),
+                        ));
+                    }
+                    if commit.committer.device_id != sender {
+                        return Err(ServiceError::Forbidden("a commit is sent by the device that made it"));
+                    }
+                    if let Some(info) = &s.group_info {
+                        tracker.check_group_info(info).map_err(refused)?;
+                    }
+                    commit.added.into_iter().map(|m| m.device_id).collect()
+                }
+                Ok(Tracked::Proposal { sender: proposer, epoch }) => {
+                    if s.kind != EnvelopeKind::Proposal || epoch != s.epoch {
+                        return Err(ServiceError::BadRequest(
+                            "envelope kind or epoch does not match its MLS content".into(),
+                        ));
+                    }
+                    if proposer.device_id != sender {
+                        return Err(ServiceError::Forbidden("a proposal is sent by the device that made it"));
+                    }
+                    Vec::new()
+                }
+                Ok(_) => return Err(ServiceError::BadRequest("unsupported handshake message".into())),
+                Err(CoreError::WrongEpoch { .. }) => return Err(ServiceError::StaleEpoch { current: channel.epoch }),
+                Err(e) => return Err(refused(e)),
+            };
+            (tracker, added)
+        }
+    };
+    if let Some(w) = s.welcomes.iter().find(|w| !added.contains(&w.device)) {
+        tracing::debug!(device = ?w.device, "welcome for a device the commit does not add");
+        return Err(ServiceError::BadRequest("a welcome goes only to a device the commit adds".into()));
+    }
+    let members = tracker.members().map_err(refused)?.into_iter().map(|m| m.device_id).collect();
+    Ok(Tracking { tracker: tracker.to_bytes()?, members })
+}
+
 /// Typing indicators and the like: pushed to online member devices, never stored.
-async fn ephemeral(
-    state: &AppState,
-    sender: crate::store::DeviceId,
-    s: Submission,
-    now: u64,
-) -> Result<Accepted, ServiceError> {
+async fn ephemeral(state: &AppState, sender: DeviceId, s: Submission, now: u64) -> Result<Accepted, ServiceError> {
     if s.kind != EnvelopeKind::Application {
         return Err(ServiceError::BadRequest("only application envelopes can be ephemeral".into()));
     }

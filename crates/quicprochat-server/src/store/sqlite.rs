@@ -98,6 +98,9 @@ CREATE TABLE endpoints (
 CREATE INDEX channel_members_by_device ON channel_members(device_id);
 CREATE INDEX sessions_by_device ON sessions(device_id);
 "#,
+    r#"
+ALTER TABLE channels ADD COLUMN tracker BLOB;
+"#,
 ];
 
 /// Idempotency records are honoured for this long.
@@ -596,20 +599,23 @@ fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceColumns> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-/// Raw columns of a channel: id, kind, epoch, group info, retention.
-type ChannelColumns = (Vec<u8>, i64, i64, Option<Vec<u8>>, i64);
+/// Raw columns of a channel: id, kind, epoch, group info, retention, tracker.
+type ChannelColumns = (Vec<u8>, i64, i64, Option<Vec<u8>>, i64, Option<Vec<u8>>);
 
 fn read_channel(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelColumns> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn channel_from((id, kind, epoch, group_info, retention): ChannelColumns) -> Result<ChannelRecord, StoreError> {
+fn channel_from(
+    (id, kind, epoch, group_info, retention, tracker): ChannelColumns,
+) -> Result<ChannelRecord, StoreError> {
     Ok(ChannelRecord {
         id: ChannelId(blob16(id, "channels.id")?),
         kind: ChannelKind::from_i64(kind).ok_or(StoreError::Corrupt("channels.kind"))?,
         epoch: i64_to_u64(epoch),
         group_info,
         retention_secs: u32::try_from(retention).unwrap_or(0),
+        tracker,
     })
 }
 
@@ -743,6 +749,10 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         )?;
     }
 
+    if b.kind == EnvelopeKind::Proposal && b.epoch != i64_to_u64(current_epoch) {
+        return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
+    }
+
     let members: Vec<Vec<u8>> = {
         let mut stmt = tx.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
         stmt.query_map([b.channel.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -763,6 +773,23 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
         // sequence number, which AUTOINCREMENT never reuses.
         tx.execute("DELETE FROM envelopes WHERE seq = ?1", [envelope_seq])?;
+    }
+
+    if let Some(tracking) = &b.tracking {
+        // Membership follows the MLS tree: the commit went to the members before it (so a
+        // removed device learns of its removal); from now on only the tree's devices receive.
+        tx.execute(
+            "UPDATE channels SET tracker = ?2 WHERE id = ?1",
+            params![b.channel.0.as_slice(), tracking.tracker],
+        )?;
+        tx.execute("DELETE FROM channel_members WHERE channel_id = ?1", [b.channel.0.as_slice()])?;
+        let mut add = tx.prepare_cached(
+            "INSERT OR IGNORE INTO channel_members (channel_id, device_id) \
+             SELECT ?1, id FROM devices WHERE id = ?2",
+        )?;
+        for device in &tracking.members {
+            add.execute(params![b.channel.0.as_slice(), device.0.as_slice()])?;
+        }
     }
 
     for w in &b.welcomes {
@@ -846,7 +873,7 @@ impl DeliveryStore for SqliteStore {
         self.run(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT id, kind, epoch, group_info, retention_secs FROM channels WHERE id = ?1",
+                    "SELECT id, kind, epoch, group_info, retention_secs, tracker FROM channels WHERE id = ?1",
                     [id.0.as_slice()],
                     read_channel,
                 )
@@ -868,7 +895,7 @@ impl DeliveryStore for SqliteStore {
     async fn channels_of(&self, device: DeviceId) -> Result<Vec<ChannelRecord>, StoreError> {
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT c.id, c.kind, c.epoch, c.group_info, c.retention_secs FROM channels c \
+                "SELECT c.id, c.kind, c.epoch, c.group_info, c.retention_secs, c.tracker FROM channels c \
                  JOIN channel_members m ON m.channel_id = c.id WHERE m.device_id = ?1 ORDER BY c.created_ms, c.id",
             )?;
             let rows: Vec<ChannelColumns> =

@@ -139,6 +139,18 @@ pub struct ChannelRecord {
     pub group_info: Option<Vec<u8>>,
     /// Default envelope TTL in seconds (0 = until acked).
     pub retention_secs: u32,
+    /// Serialised public MLS state the server validates handshake messages against
+    /// (`None` until the first commit).
+    pub tracker: Option<Vec<u8>>,
+}
+
+/// The validated effect of a handshake message on the channel's public MLS state.
+#[derive(Clone, Debug)]
+pub struct Tracking {
+    /// The tracker after the message.
+    pub tracker: Vec<u8>,
+    /// Member devices after the message (the MLS tree's leaves).
+    pub members: Vec<DeviceId>,
 }
 
 /// Peer-to-peer connection hints of a device.
@@ -221,6 +233,9 @@ pub struct EnqueueBatch {
     pub now_ms: u64,
     /// Most entries a recipient queue may hold; the whole enqueue is refused beyond it.
     pub max_queue_depth: u32,
+    /// For commits and proposals: the validated tracker and membership to store, provided the
+    /// channel is still at `epoch`.
+    pub tracking: Option<Tracking>,
 }
 
 /// The envelope as a recipient sees it.
