@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use quicprochat_core::identity::IdentityKeyPair;
 use quicprochat_core::ids::device_binding_challenge;
+use quicprochat_core::mls::{MlsClient, MlsSuite};
 use quicprochat_core::opaque::{ClientLogin, ClientRegistration, OpaqueParams};
 use quicprochat_proto::{method, v1};
 use quicprochat_rpc::{RpcClient, ServerTrust};
@@ -89,7 +90,14 @@ pub async fn login(rpc: &RpcClient, username: &str, password: &[u8]) -> Result<V
 }
 
 pub async fn register_device(rpc: &RpcClient, token: &[u8]) -> (IdentityKeyPair, Vec<u8>) {
-    let identity = IdentityKeyPair::generate(&mut rand_core::OsRng);
+    register_device_as(rpc, token, IdentityKeyPair::generate(&mut rand_core::OsRng)).await
+}
+
+pub async fn register_device_as(
+    rpc: &RpcClient,
+    token: &[u8],
+    identity: IdentityKeyPair,
+) -> (IdentityKeyPair, Vec<u8>) {
     let hash: [u8; 32] = Sha256::digest(token).into();
     let key = identity.public_key();
     let sig = identity.sign(&device_binding_challenge(&hash, &key));
@@ -112,18 +120,53 @@ pub async fn user(server: &TestServer, name: &str) -> (RpcClient, Vec<u8>, Vec<u
     let rpc = server.client().await;
     register(&rpc, name, b"pw").await;
     let token = login(&rpc, name, b"pw").await.unwrap();
-    let (_, device) = register_device(&rpc, &token).await;
+    let (_, device) = register_device_as(&rpc, &token, test_identity(name)).await;
     (rpc, token, device)
 }
 
-/// `alice` creates the DM with `peer` and "adds" the peer's device with a welcome, as the MLS
-/// creator would (payloads are opaque to the server); returns the channel id.
-pub async fn dm_with(alice: &RpcClient, peer: &str, peer_device: &[u8]) -> Bytes {
+/// A deterministic device identity for a test user, so helpers can rebuild its MLS client.
+pub fn test_identity(name: &str) -> IdentityKeyPair {
+    let secret: [u8; 32] = Sha256::digest(format!("qpc test identity {name}").as_bytes()).into();
+    IdentityKeyPair::from_secret_bytes(&secret)
+}
+
+/// An MLS client for the device `user()` registered for `name`.
+pub fn mls_client(name: &str) -> MlsClient {
+    MlsClient::new(&test_identity(name), name, MlsSuite::default()).unwrap()
+}
+
+/// An opaque payload shaped like an MLS PrivateMessage (version 1, wire format 2): the server
+/// only checks that header of application envelopes, it cannot read further.
+pub fn private(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00, 0x01, 0x00, 0x02];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// `alice` creates the DM with `peer` and adds the peer's device with a real MLS commit and
+/// Welcome, as the SDK does. Returns the channel id and alice's MLS client (at epoch 1).
+pub async fn dm_with(alice: &RpcClient, alice_name: &str, peer: &str) -> (Bytes, MlsClient) {
+    let kp = mls_client(peer).generate_key_package().unwrap();
+    let device = test_identity(peer).device_id().0.to_vec();
+    dm_with_package(alice, alice_name, peer, device, kp).await
+}
+
+/// Like [`dm_with`], with the peer device's key package given.
+pub async fn dm_with_package(
+    alice: &RpcClient,
+    alice_name: &str,
+    peer: &str,
+    peer_device: Vec<u8>,
+    key_package: Vec<u8>,
+) -> (Bytes, MlsClient) {
     let created: v1::CreateChannelResponse = alice
         .call(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, peer: peer.into() })
         .await
         .unwrap();
     assert!(created.was_new);
+    let mls = mls_client(alice_name);
+    mls.create_group(&created.channel_id).unwrap();
+    let add = mls.add_members(&created.channel_id, &[key_package]).unwrap();
     let _: v1::BatchEnqueueResponse = alice
         .call(
             method::BATCH_ENQUEUE,
@@ -132,17 +175,15 @@ pub async fn dm_with(alice: &RpcClient, peer: &str, peer_device: &[u8]) -> Bytes
                 commit: Some(v1::Envelope {
                     kind: v1::EnvelopeKind::Commit as i32,
                     epoch: 0,
-                    payload: b"commit-0".to_vec().into(),
+                    payload: add.commit.into(),
                 }),
-                welcomes: vec![v1::WelcomeDelivery {
-                    device_id: peer_device.to_vec().into(),
-                    payload: b"welcome".to_vec().into(),
-                }],
-                group_info: b"group-info-epoch-1".to_vec().into(),
+                welcomes: vec![v1::WelcomeDelivery { device_id: peer_device.into(), payload: add.welcome.into() }],
+                group_info: add.group_info.into(),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-    created.channel_id
+    mls.merge_pending_commit(&created.channel_id).unwrap();
+    (created.channel_id, mls)
 }

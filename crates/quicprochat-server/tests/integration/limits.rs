@@ -9,7 +9,7 @@ use quicprochat_proto::{Message, event, method, v1};
 use quicprochat_rpc::Status;
 use quicprochat_server::{Clock, Rate};
 
-use crate::harness::{TestServer, dm_with, login, user};
+use crate::harness::{TestServer, dm_with, login, private, user};
 
 const GENEROUS: Rate = Rate { per_minute: 1_000_000, burst: 100_000 };
 
@@ -19,7 +19,7 @@ fn app(channel: &Bytes, payload: &[u8], ttl_secs: u32) -> v1::EnqueueRequest {
         envelope: Some(v1::Envelope {
             kind: v1::EnvelopeKind::Application as i32,
             epoch: 1,
-            payload: Bytes::copy_from_slice(payload),
+            payload: private(payload).into(),
         }),
         ttl_secs,
         ..Default::default()
@@ -34,8 +34,8 @@ async fn queue_depth_limit_refuses_then_recovers_after_ack() {
     })
     .await;
     let (alice, _, _) = user(&server, "alice").await;
-    let (bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with(&alice, "bob", &bob_device).await;
+    let (bob, _, _) = user(&server, "bob").await;
+    let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     // The welcome is entry 1; 999 more fill bob's queue.
     for i in 0..999u32 {
         let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, &i.to_be_bytes(), 0)).await.unwrap();
@@ -57,9 +57,9 @@ async fn queue_depth_limit_refuses_then_recovers_after_ack() {
 async fn enqueue_rate_limit_kicks_in_and_recovers() {
     let server = TestServer::start_with(|c| c.limits.enqueue_rate = Rate { per_minute: 600, burst: 3 }).await;
     let (alice, _, _) = user(&server, "alice").await;
-    let (_bob, _, bob_device) = user(&server, "bob").await;
+    let (_bob, _, _) = user(&server, "bob").await;
     // The BatchEnqueue of the DM takes one token.
-    let channel = dm_with(&alice, "bob", &bob_device).await;
+    let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     for _ in 0..2 {
         let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"x", 0)).await.unwrap();
     }
@@ -82,26 +82,26 @@ async fn envelopes_with_a_ttl_vanish_acked_or_not() {
     })
     .await;
     let (alice, _, _) = user(&server, "alice").await;
-    let (bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with(&alice, "bob", &bob_device).await;
+    let (bob, _, _) = user(&server, "bob").await;
+    let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"disappearing", 60)).await.unwrap();
     let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"kept", 0)).await.unwrap();
     let payloads = |page: &v1::PeekResponse| -> Vec<Vec<u8>> {
-        page.envelopes.iter().map(|e| e.envelope.as_ref().unwrap().payload.to_vec()).collect()
+        page.envelopes[1..].iter().map(|e| e.envelope.as_ref().unwrap().payload.to_vec()).collect()
     };
     let before: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
-    assert_eq!(payloads(&before), vec![b"welcome".to_vec(), b"disappearing".to_vec(), b"kept".to_vec()]);
+    assert_eq!(payloads(&before), vec![private(b"disappearing"), private(b"kept")]);
 
     now.fetch_add(61_000, Ordering::SeqCst);
     let after: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
-    assert_eq!(payloads(&after), vec![b"welcome".to_vec(), b"kept".to_vec()], "expired envelopes are never served");
+    assert_eq!(payloads(&after), vec![private(b"kept")], "expired envelopes are never served");
 
     // The GC task removes it from disk as well.
     let db = server.db();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let n: i64 = db
-            .query_row("SELECT COUNT(*) FROM envelopes WHERE payload = ?1", [b"disappearing".as_slice()], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM envelopes WHERE payload = ?1", [private(b"disappearing")], |r| r.get(0))
             .unwrap();
         if n == 0 {
             break;
@@ -139,8 +139,8 @@ async fn claiming_below_the_low_water_mark_pushes_key_packages_low() {
 async fn delete_account_purges_everything_of_the_user() {
     let server = TestServer::start().await;
     let (alice, alice_token, _) = user(&server, "alice").await;
-    let (bob, _, bob_device) = user(&server, "bob").await;
-    let channel = dm_with(&alice, "bob", &bob_device).await;
+    let (bob, _, _) = user(&server, "bob").await;
+    let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     let _: v1::EnqueueResponse = bob.call(method::ENQUEUE, &app(&channel, b"to alice", 0)).await.unwrap();
     let _: v1::UploadKeyPackagesResponse = alice
         .call(
@@ -167,7 +167,7 @@ async fn delete_account_purges_everything_of_the_user() {
     assert_eq!(count("SELECT COUNT(*) FROM devices"), 1);
     assert_eq!(count("SELECT COUNT(*) FROM key_packages"), 0);
     assert_eq!(count("SELECT COUNT(*) FROM queue"), 1, "only bob's welcome is left");
-    assert_eq!(count("SELECT COUNT(*) FROM envelopes WHERE payload = X'746f20616c696365'"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM envelopes WHERE payload = X'00010002746f20616c696365'"), 0);
     // The name is free again.
     crate::harness::register(&bob, "alice", b"new").await;
 }
