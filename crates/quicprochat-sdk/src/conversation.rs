@@ -137,6 +137,66 @@ impl ConversationHandle {
         Ok(())
     }
 
+    /// Removes every device of `username` from this conversation with one commit.
+    pub async fn remove(&self, username: &str) -> Result<()> {
+        let user = fold_username(username);
+        let id = self.id;
+        self.client
+            .commit_change(id, |mls| {
+                let devices: Vec<_> =
+                    mls.members(&id.0)?.into_iter().filter(|m| m.username == user).map(|m| m.device_id).collect();
+                if devices.is_empty() {
+                    return Err(SdkError::NotAMember(user.clone()));
+                }
+                Ok(mls.remove_members(&id.0, &devices)?)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves the conversation: proposes this device's removal, which the next member to see it
+    /// commits. This device stops receiving once that commit is in.
+    pub async fn leave(&self) -> Result<()> {
+        let account = self.client.account()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (proposal, epoch) = {
+                let mut local = account.lock()?;
+                let proposal = local.mls.leave_group(&self.id.0)?;
+                let epoch = local.mls.epoch(&self.id.0)?;
+                let state = local.mls.export_state()?;
+                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                (proposal, epoch)
+            };
+            let sent: std::result::Result<v1::EnqueueResponse, _> = self
+                .client
+                .rpc()
+                .call(
+                    method::ENQUEUE,
+                    &v1::EnqueueRequest {
+                        channel_id: Bytes::copy_from_slice(&self.id.0),
+                        envelope: Some(v1::Envelope {
+                            kind: v1::EnvelopeKind::Proposal as i32,
+                            epoch,
+                            payload: proposal.into(),
+                        }),
+                        idempotency_key: Bytes::copy_from_slice(&random16()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                // This device was behind: catch up and propose again in the current epoch.
+                Err(e) if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS => {
+                    Box::pin(self.client.sync_once_for_retry()).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Usernames of the current members (one entry per device).
     pub fn members(&self) -> Result<Vec<String>> {
         let account = self.client.account()?;
@@ -195,11 +255,10 @@ impl QpcClient {
                 local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
             }
         }
-        let epoch = self.add_users(id, &[peer.to_owned()]).await?;
+        self.add_users(id, &[peer.to_owned()]).await?;
         let row = ConversationRow { id, kind: KIND_DM, name: peer.to_owned(), peer: Some(peer.to_owned()) };
         self.save_conversation(row)?;
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: peer.to_owned() });
-        let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
         Ok(ConversationHandle::new(self.clone(), id, peer.to_owned()))
     }
 
@@ -233,8 +292,7 @@ impl QpcClient {
         }
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: name.to_owned() });
         if !users.is_empty() {
-            let epoch = self.add_users(id, &users).await?;
-            let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
+            self.add_users(id, &users).await?;
         }
         Ok(ConversationHandle::new(self.clone(), id, name.to_owned()))
     }
@@ -244,6 +302,83 @@ impl QpcClient {
         let mut local = account.lock()?;
         local.store.apply(Change { conversation: Some(row), ..Default::default() })?;
         Ok(())
+    }
+
+    /// Sends the commit `build` makes (it must leave it pending), merging it once the server
+    /// accepted it. A commit that loses a race is dropped, the winner is applied, and `build`
+    /// runs again on the new epoch.
+    pub(crate) async fn commit_change<F>(&self, id: ConversationId, build: F) -> Result<u64>
+    where
+        F: Fn(&quicprochat_core::mls::MlsClient) -> Result<quicprochat_core::mls::CommitOutcome>,
+    {
+        let account = self.account()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (outcome, before) = {
+                let mut local = account.lock()?;
+                let before = local.mls.members(&id.0)?;
+                let outcome = build(&local.mls)?;
+                let state = local.mls.export_state()?;
+                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                (outcome, before)
+            };
+            let request = v1::EnqueueRequest {
+                channel_id: Bytes::copy_from_slice(&id.0),
+                envelope: Some(v1::Envelope {
+                    kind: v1::EnvelopeKind::Commit as i32,
+                    epoch: outcome.epoch_before,
+                    payload: outcome.commit.into(),
+                }),
+                idempotency_key: Bytes::copy_from_slice(&random16()),
+                group_info: outcome.group_info.into(),
+                ..Default::default()
+            };
+            let sent: std::result::Result<v1::EnqueueResponse, _> = self.rpc().call(method::ENQUEUE, &request).await;
+            let failed = {
+                let mut local = account.lock()?;
+                let failed = match sent {
+                    Ok(_) => {
+                        local.mls.merge_pending_commit(&id.0)?;
+                        None
+                    }
+                    Err(e) => {
+                        local.mls.clear_pending_commit(&id.0)?;
+                        Some(e)
+                    }
+                };
+                let state = local.mls.export_state()?;
+                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                failed
+            };
+            match failed {
+                None => return self.announce_commit(id, &before),
+                Some(e) if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS => {
+                    Box::pin(self.sync_once_for_retry()).await?;
+                }
+                Some(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Tells subscribers what this device's own merged commit changed (others learn it from
+    /// the commit itself); returns the new epoch.
+    fn announce_commit(&self, id: ConversationId, before: &[quicprochat_core::mls::MemberInfo]) -> Result<u64> {
+        let account = self.account()?;
+        let (epoch, after) = {
+            let local = account.lock()?;
+            (local.mls.epoch(&id.0)?, local.mls.members(&id.0)?)
+        };
+        let has = |list: &[quicprochat_core::mls::MemberInfo], d| list.iter().any(|m| m.device_id == d);
+        for m in after.iter().filter(|m| !has(before, m.device_id)) {
+            let _ =
+                self.inner.events.send(ClientEvent::MemberJoined { conversation: id, username: m.username.clone() });
+        }
+        for m in before.iter().filter(|m| !has(&after, m.device_id)) {
+            let _ = self.inner.events.send(ClientEvent::MemberLeft { conversation: id, username: m.username.clone() });
+        }
+        let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation: id, epoch });
+        Ok(epoch)
     }
 
     /// Adds every device of `users` to group `id` in one commit with its Welcomes. A commit that
@@ -270,12 +405,13 @@ impl QpcClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = {
+            let (outcome, before) = {
                 let mut local = account.lock()?;
+                let before = local.mls.members(&id.0)?;
                 let outcome = local.mls.add_members(&id.0, &packages)?;
                 let state = local.mls.export_state()?;
                 local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-                outcome
+                (outcome, before)
             };
             let request = v1::BatchEnqueueRequest {
                 channel_id: Bytes::copy_from_slice(&id.0),
@@ -298,11 +434,13 @@ impl QpcClient {
                 self.rpc().call(method::BATCH_ENQUEUE, &request).await;
             match sent {
                 Ok(_) => {
-                    let mut local = account.lock()?;
-                    let epoch = local.mls.merge_pending_commit(&id.0)?;
-                    let state = local.mls.export_state()?;
-                    local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-                    return Ok(epoch);
+                    {
+                        let mut local = account.lock()?;
+                        local.mls.merge_pending_commit(&id.0)?;
+                        let state = local.mls.export_state()?;
+                        local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                    }
+                    return self.announce_commit(id, &before);
                 }
                 Err(e) => {
                     {

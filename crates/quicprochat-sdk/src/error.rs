@@ -26,6 +26,9 @@ pub enum SdkError {
     /// The username is already registered.
     #[error("username already taken")]
     UsernameTaken,
+    /// The user has no device in this conversation.
+    #[error("{0} is not a member of this conversation")]
+    NotAMember(String),
     /// No such user on the server.
     #[error("no such user: {0}")]
     UnknownUser(String),

@@ -8,10 +8,12 @@ use quicprochat_proto::{method, v1};
 use crate::client::{Account, QpcClient};
 use crate::error::Result;
 use crate::store::{Change, ConversationRow, MessageRow};
-use crate::{ClientEvent, ConversationId, Message, MessageId};
+use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
 
 /// Envelopes per page.
 const PAGE: u32 = 100;
+/// Rounds of "sync, then commit received proposals" in one `sync` call.
+const MAX_PROPOSAL_ROUNDS: usize = 4;
 
 /// Conversation kinds as stored locally.
 pub(crate) const KIND_DM: i64 = 1;
@@ -19,11 +21,42 @@ pub(crate) const KIND_GROUP: i64 = 2;
 
 impl QpcClient {
     /// Fetches and applies everything waiting in this device's queue; returns how many
-    /// envelopes were processed. Runs automatically on every push notification.
+    /// envelopes were processed. Runs automatically on every push notification. Proposals
+    /// received (a member leaving) are committed here; when several members race to commit
+    /// them, the server takes one commit and the others catch up.
     pub async fn sync(&self) -> Result<usize> {
+        let mut processed = 0;
+        for _ in 0..MAX_PROPOSAL_ROUNDS {
+            let (n, proposed) = self.sync_once().await?;
+            processed += n;
+            if proposed.is_empty() {
+                break;
+            }
+            for group in proposed {
+                match self.commit_change(group, |mls| Ok(mls.commit_pending_proposals(&group.0)?)).await {
+                    Ok(_) => {}
+                    // Someone else committed first: the next round applies their commit.
+                    Err(SdkError::Server { status: "CONFLICT", .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, "committing pending proposals failed"),
+                }
+            }
+        }
+        Ok(processed)
+    }
+
+    /// Catches up before rebuilding a commit that lost a race (proposals are left for the
+    /// caller's next `sync`).
+    pub(crate) async fn sync_once_for_retry(&self) -> Result<()> {
+        self.sync_once().await.map(|_| ())
+    }
+
+    /// One pass over the queue; returns how many envelopes were applied and the groups that
+    /// received proposals.
+    async fn sync_once(&self) -> Result<(usize, Vec<ConversationId>)> {
         let _guard = self.inner.sync_lock.lock().await;
         let account = self.account()?;
         let mut processed = 0;
+        let mut proposed = Vec::new();
         loop {
             let cursor = account.lock()?.store.cursor()?;
             let page: v1::PeekResponse = self
@@ -37,8 +70,13 @@ impl QpcClient {
                     Some(k) if k == v1::EnvelopeKind::Welcome as i32 => self.channel_kind(&queued.channel_id).await,
                     _ => None,
                 };
-                let events = self.apply(account, queued, kind)?;
+                let (events, proposal_in) = self.apply(account, queued, kind)?;
                 processed += 1;
+                if let Some(group) = proposal_in
+                    && !proposed.contains(&group)
+                {
+                    proposed.push(group);
+                }
                 for event in events {
                     let _ = self.inner.events.send(event);
                 }
@@ -46,11 +84,9 @@ impl QpcClient {
             // Stored first, acknowledged second: a crash in between only re-reads, never loses.
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
         }
-        Ok(processed)
+        Ok((processed, proposed))
     }
 
-    /// Applies one queued envelope. Envelopes that cannot be processed are logged and skipped,
-    /// so one bad message cannot block the queue.
     /// The kind of a channel this device is a member of, as the server records it.
     async fn channel_kind(&self, channel_id: &bytes::Bytes) -> Option<v1::ChannelKind> {
         let got: v1::GetChannelResponse = self
@@ -66,6 +102,18 @@ impl QpcClient {
         account: &Account,
         queued: &v1::QueuedEnvelope,
         channel_kind: Option<v1::ChannelKind>,
+    ) -> Result<(Vec<ClientEvent>, Option<ConversationId>)> {
+        let mut proposal_in = None;
+        let events = self.apply_inner(account, queued, channel_kind, &mut proposal_in)?;
+        Ok((events, proposal_in))
+    }
+
+    fn apply_inner(
+        &self,
+        account: &Account,
+        queued: &v1::QueuedEnvelope,
+        channel_kind: Option<v1::ChannelKind>,
+        proposal_in: &mut Option<ConversationId>,
     ) -> Result<Vec<ClientEvent>> {
         let mut local = account.lock()?;
         let seq = queued.seq;
@@ -157,6 +205,14 @@ impl QpcClient {
                         Ok(vec![ClientEvent::MessageReceived { conversation, message }])
                     }
                     Processed::Commit { epoch, added, removed, .. } => {
+                        let me_removed = removed.iter().any(|m| m.device_id == account.device_id);
+                        let state = if me_removed {
+                            // This device is out of the group: its keys for it are useless now.
+                            local.mls.delete_group(&group)?;
+                            local.mls.export_state()?
+                        } else {
+                            state
+                        };
                         local.store.apply(Change {
                             mls_state: Some(&state),
                             cursor: Some(seq),
@@ -178,6 +234,7 @@ impl QpcClient {
                             cursor: Some(seq),
                             ..Default::default()
                         })?;
+                        *proposal_in = Some(conversation);
                         Ok(Vec::new())
                     }
                     #[allow(unreachable_patterns)]

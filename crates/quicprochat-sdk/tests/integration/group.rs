@@ -104,3 +104,54 @@ async fn concurrent_invites_converge_with_both_invitees_in() {
     assert_eq!(members, vec!["alice", "bob", "carol", "erin", "frank"]);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn five_members_a_removal_and_a_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let mut dave = member(&server, "dave").await;
+    let mut erin = member(&server, "erin").await;
+
+    let team = alice.client.create_group("team", &["bob", "carol", "dave", "erin"]).await.unwrap();
+    for m in [&mut bob, &mut carol, &mut dave, &mut erin] {
+        assert_eq!(joined(m).await, team.id());
+    }
+    team.send_text("all five").await.unwrap();
+    for m in [&mut bob, &mut carol, &mut dave, &mut erin] {
+        expect_text(m, "alice", "all five").await;
+    }
+
+    // alice removes carol: carol learns it and is out of the group.
+    team.remove("carol").await.unwrap();
+    let e = next_event(&mut carol.events, |e| matches!(e, ClientEvent::MemberLeft { .. })).await;
+    assert!(matches!(e, ClientEvent::MemberLeft { ref username, .. } if username == "carol"));
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::MemberLeft { .. })).await;
+
+    // erin leaves: her proposal is committed by whoever sees it first.
+    let erin_team = erin.client.conversation(team.id()).unwrap().unwrap();
+    erin_team.leave().await.unwrap();
+    next_event(&mut erin.events, |e| matches!(e, ClientEvent::MemberLeft { username, .. } if username == "erin")).await;
+    next_event(&mut dave.events, |e| matches!(e, ClientEvent::MemberLeft { username, .. } if username == "erin")).await;
+    next_event(&mut alice.events, |e| matches!(e, ClientEvent::MemberLeft { username, .. } if username == "erin"))
+        .await;
+
+    let bob_team = bob.client.conversation(team.id()).unwrap().unwrap();
+    bob_team.send_text("three of us").await.unwrap();
+    expect_text(&mut alice, "bob", "three of us").await;
+    expect_text(&mut dave, "bob", "three of us").await;
+
+    // The removed and the departed receive nothing more: nothing is queued for them.
+    for (m, name) in [(&carol, "carol"), (&erin, "erin")] {
+        m.client.sync().await.unwrap();
+        let texts: Vec<String> = m.client.messages(team.id(), 100).unwrap().into_iter().map(|msg| msg.text).collect();
+        assert!(!texts.iter().any(|t| t == "three of us"), "{name} still receives");
+    }
+    let mut members = team.members().unwrap();
+    members.sort();
+    assert_eq!(members, vec!["alice", "bob", "dave"]);
+    assert!(carol.client.conversation(team.id()).unwrap().unwrap().send_text("let me in").await.is_err());
+    server.shutdown().await.unwrap();
+}

@@ -13,6 +13,10 @@ use quicprochat_server::{RunningServer, ServerConfig};
 use tokio::sync::broadcast;
 
 pub async fn start_server(dir: &Path) -> RunningServer {
+    // QPC_TEST_LOG=debug shows client and server logs when a test needs explaining.
+    if let Ok(filter) = std::env::var("QPC_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir)).await.unwrap()
 }
 
