@@ -21,6 +21,10 @@ pub enum Line {
     Switch(String),
     /// `/members`
     Members,
+    /// `/remove <user>`
+    Remove(String),
+    /// `/leave`
+    Leave,
     /// `/help`
     Help,
     /// `/quit`
@@ -55,6 +59,9 @@ pub fn parse(line: &str) -> Line {
         (Some("switch" | "sw"), Some(target), None) => Line::Switch(target.trim_start_matches(['@', '#']).to_owned()),
         (Some("switch" | "sw"), _, _) => Line::Usage("usage: /switch @user|#group".into()),
         (Some("members"), None, None) => Line::Members,
+        (Some("remove"), Some(user), None) => Line::Remove(user.to_lowercase()),
+        (Some("remove"), _, _) => Line::Usage("usage: /remove <user>".into()),
+        (Some("leave"), None, None) => Line::Leave,
         (Some("help" | "h"), _, _) => Line::Help,
         (Some("quit" | "q" | "exit"), None, None) => Line::Quit,
         (Some(other), _, _) => Line::Usage(format!("unknown command /{other}; try /help")),
@@ -71,6 +78,8 @@ Chat:
 Groups:
   /create-group, /cg <name> [users…]   create a group with these members
   /invite <user>           add <user> to the current conversation
+  /remove <user>           remove <user> from the current group
+  /leave                   leave the current group
   /members                 members of the current conversation
 System:
   /help          this help
@@ -249,6 +258,23 @@ async fn handle(client: &QpcClient, current: &mut Option<ConversationHandle>, li
             Ok(None) => println!("no conversation named {target}; /list shows them"),
             Err(e) => println!("error: {e}"),
         },
+        Line::Remove(user) => match current {
+            Some(c) => match c.remove(&user).await {
+                Ok(()) => println!("removed {user}"),
+                Err(e) => println!("error: {e}"),
+            },
+            None => println!("no conversation selected"),
+        },
+        Line::Leave => match current.take() {
+            Some(c) => match c.leave().await {
+                Ok(()) => println!("left {}", c.name()),
+                Err(e) => {
+                    println!("error: {e}");
+                    *current = Some(c);
+                }
+            },
+            None => println!("no conversation selected"),
+        },
         Line::Members => match current {
             Some(c) => match c.members() {
                 Ok(m) => println!("{}", m.join(", ")),
@@ -286,5 +312,8 @@ mod tests {
         assert_eq!(parse("/invite Dave"), Line::Invite("dave".into()));
         assert_eq!(parse("/switch #team"), Line::Switch("team".into()));
         assert_eq!(parse("/members"), Line::Members);
+        assert_eq!(parse("/remove Carol"), Line::Remove("carol".into()));
+        assert_eq!(parse("/leave"), Line::Leave);
+        assert!(matches!(parse("/remove"), Line::Usage(_)));
     }
 }
