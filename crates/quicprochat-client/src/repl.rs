@@ -23,6 +23,14 @@ pub enum Line {
     Members,
     /// `/remove <user>`
     Remove(String),
+    /// `/verify <user>`
+    Verify(String),
+    /// `/whoami`
+    Whoami,
+    /// `/update-key`, `/rotate-key`
+    RotateKey,
+    /// `/history [n]`
+    History(u32),
     /// `/leave`
     Leave,
     /// `/help`
@@ -62,6 +70,15 @@ pub fn parse(line: &str) -> Line {
         (Some("remove"), Some(user), None) => Line::Remove(user.to_lowercase()),
         (Some("remove"), _, _) => Line::Usage("usage: /remove <user>".into()),
         (Some("leave"), None, None) => Line::Leave,
+        (Some("verify"), Some(user), None) => Line::Verify(user.to_lowercase()),
+        (Some("verify"), _, _) => Line::Usage("usage: /verify <user>".into()),
+        (Some("whoami"), None, None) => Line::Whoami,
+        (Some("update-key" | "rotate-key"), None, None) => Line::RotateKey,
+        (Some("history" | "hist"), None, None) => Line::History(20),
+        (Some("history" | "hist"), Some(n), None) => match n.parse() {
+            Ok(n) => Line::History(n),
+            Err(_) => Line::Usage("usage: /history [n]".into()),
+        },
         (Some("help" | "h"), _, _) => Line::Help,
         (Some("quit" | "q" | "exit"), None, None) => Line::Quit,
         (Some(other), _, _) => Line::Usage(format!("unknown command /{other}; try /help")),
@@ -81,9 +98,14 @@ Groups:
   /remove <user>           remove <user> from the current group
   /leave                   leave the current group
   /members                 members of the current conversation
+Security:
+  /verify <user>           safety number to compare with <user> out of band
+  /update-key, /rotate-key rotate your keys in the current conversation
 System:
-  /help          this help
-  /quit          leave";
+  /history, /hist [n]      last n messages of the current conversation
+  /whoami                  who you are logged in as
+  /help                    this help
+  /quit                    leave";
 
 /// Where live output goes: above the prompt of an interactive terminal, or plain stdout when
 /// input is piped (scripts, tests).
@@ -275,6 +297,30 @@ async fn handle(client: &QpcClient, current: &mut Option<ConversationHandle>, li
             },
             None => println!("no conversation selected"),
         },
+        Line::Verify(user) => match client.safety_number(&user) {
+            Ok(number) => {
+                println!("safety number with {user}:\n  {number}\ncompare it with {user} in person or by phone")
+            }
+            Err(e) => println!("error: {e}"),
+        },
+        Line::Whoami => match client.whoami() {
+            Ok(me) => println!("{me}"),
+            Err(e) => println!("error: {e}"),
+        },
+        Line::RotateKey => match current {
+            Some(c) => match c.rotate_key().await {
+                Ok(epoch) => println!("keys rotated; now at epoch {epoch}"),
+                Err(e) => println!("error: {e}"),
+            },
+            None => println!("no conversation selected"),
+        },
+        Line::History(n) => match current {
+            Some(c) => match c.messages(n) {
+                Ok(messages) => messages.iter().for_each(|m| println!("{} [{}] {}", m.id, m.sender, m.text)),
+                Err(e) => println!("error: {e}"),
+            },
+            None => println!("no conversation selected"),
+        },
         Line::Members => match current {
             Some(c) => match c.members() {
                 Ok(m) => println!("{}", m.join(", ")),
@@ -314,6 +360,10 @@ mod tests {
         assert_eq!(parse("/members"), Line::Members);
         assert_eq!(parse("/remove Carol"), Line::Remove("carol".into()));
         assert_eq!(parse("/leave"), Line::Leave);
+        assert_eq!(parse("/verify Bob"), Line::Verify("bob".into()));
+        assert_eq!(parse("/rotate-key"), Line::RotateKey);
+        assert_eq!(parse("/hist 5"), Line::History(5));
+        assert!(matches!(parse("/hist x"), Line::Usage(_)));
         assert!(matches!(parse("/remove"), Line::Usage(_)));
     }
 }

@@ -328,6 +328,35 @@ impl QpcClient {
         Ok(row.map(|r| ConversationHandle::new(self.clone(), r.id, r.name)))
     }
 
+    /// The safety number shared with `username`: 60 digits in 12 groups of 5, the same on both
+    /// sides, computed from the two identity keys as this device sees them in a conversation
+    /// with that user. Compare it out of band (in person, by phone) to rule out a key swap.
+    pub fn safety_number(&self, username: &str) -> Result<String> {
+        let account = self.account()?;
+        let peer = fold_username(username);
+        let local = account.lock()?;
+        for conversation in local.store.conversations()? {
+            let Ok(members) = local.mls.members(&conversation.id.0) else { continue };
+            let me = members.iter().find(|m| m.device_id == account.device_id);
+            let them = members.iter().find(|m| m.username == peer);
+            if let (Some(me), Some(them)) = (me, them) {
+                return Ok(quicprochat_core::safety_number::SafetyNumber::for_members(me, them).to_string());
+            }
+        }
+        Err(SdkError::NoSharedConversation(peer))
+    }
+
+    /// Deletes the account on the server (with its devices, sessions, queues and key packages)
+    /// and this device's local state. The client is logged out afterwards.
+    pub async fn delete_account(&self) -> Result<()> {
+        self.account()?;
+        let _: v1::DeleteAccountResponse =
+            self.rpc().call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {}).await?;
+        self.close();
+        let dir = &self.inner.config.state_dir;
+        std::fs::remove_dir_all(dir).map_err(|source| SdkError::Io { path: dir.clone(), source })
+    }
+
     /// The conversation whose display name (group) or peer (DM) is `name`.
     pub fn find_conversation(&self, name: &str) -> Result<Option<ConversationHandle>> {
         let account = self.account()?;

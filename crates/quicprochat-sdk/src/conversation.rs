@@ -197,6 +197,20 @@ impl ConversationHandle {
         }
     }
 
+    /// Rotates this device's keys in the conversation (an MLS self-update commit); returns the
+    /// new epoch. Messages of earlier epochs cannot be read with the new keys.
+    pub async fn rotate_key(&self) -> Result<u64> {
+        let id = self.id;
+        self.client.commit_change(id, |mls| Ok(mls.self_update(&id.0)?)).await
+    }
+
+    /// The MLS epoch this device is at.
+    pub fn epoch(&self) -> Result<u64> {
+        let account = self.client.account()?;
+        let local = account.lock()?;
+        Ok(local.mls.epoch(&self.id.0)?)
+    }
+
     /// Usernames of the current members (one entry per device).
     pub fn members(&self) -> Result<Vec<String>> {
         let account = self.client.account()?;

@@ -26,6 +26,9 @@ pub enum SdkError {
     /// The username is already registered.
     #[error("username already taken")]
     UsernameTaken,
+    /// No conversation with this user exists on this device, so there is no key to compare.
+    #[error("no conversation with {0} yet: open one first (/dm)")]
+    NoSharedConversation(String),
     /// The user has no device in this conversation.
     #[error("{0} is not a member of this conversation")]
     NotAMember(String),

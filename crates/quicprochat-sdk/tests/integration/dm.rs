@@ -177,3 +177,40 @@ async fn clients_reconnect_by_themselves_after_a_server_restart() {
     assert_eq!(received_text(&e), Some(("alice", "after the restart")));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn safety_numbers_match_rotation_keeps_talking_and_accounts_delete() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let alice_dir = tempfile::tempdir().unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let alice = client(&server, alice_dir.path()).await;
+    let bob = client(&server, bob_dir.path()).await;
+    let mut bob_events = bob.subscribe();
+    alice.register("alice", b"a").await.unwrap();
+    bob.register("bob", b"b").await.unwrap();
+    assert!(matches!(alice.safety_number("bob"), Err(SdkError::NoSharedConversation(_))));
+    let dm = alice.dm("bob").await.unwrap();
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+
+    let from_alice = alice.safety_number("bob").unwrap();
+    let from_bob = bob.safety_number("alice").unwrap();
+    assert_eq!(from_alice, from_bob, "both sides see the same number");
+    assert_eq!(from_alice.split(' ').count(), 12);
+    assert!(from_alice.split(' ').all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())));
+
+    let before = dm.epoch().unwrap();
+    let after = dm.rotate_key().await.unwrap();
+    assert_eq!(after, before + 1);
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::EpochChanged { epoch, .. } if *epoch == after)).await;
+    dm.send_text("new keys").await.unwrap();
+    let e = next_event(&mut bob_events, is_message).await;
+    assert_eq!(received_text(&e), Some(("alice", "new keys")));
+
+    alice.delete_account().await.unwrap();
+    assert!(!alice_dir.path().exists(), "local state is wiped");
+    let again_dir = tempfile::tempdir().unwrap();
+    let again = client(&server, again_dir.path()).await;
+    assert!(matches!(again.login("alice", b"a").await, Err(SdkError::InvalidCredentials)));
+    server.shutdown().await.unwrap();
+}
