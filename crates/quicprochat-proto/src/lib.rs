@@ -90,6 +90,48 @@ pub mod method {
     pub const RESOLVE_ENDPOINT: u16 = 803;
 }
 
+/// The name of a method id, for logs and metrics.
+pub fn method_name(id: u16) -> Option<&'static str> {
+    use method::*;
+    Some(match id {
+        REGISTER_START => "RegisterStart",
+        REGISTER_FINISH => "RegisterFinish",
+        LOGIN_START => "LoginStart",
+        LOGIN_FINISH => "LoginFinish",
+        RESUME => "Resume",
+        LOGOUT => "Logout",
+        DELETE_ACCOUNT => "DeleteAccount",
+        ENQUEUE => "Enqueue",
+        BATCH_ENQUEUE => "BatchEnqueue",
+        FETCH => "Fetch",
+        FETCH_WAIT => "FetchWait",
+        PEEK => "Peek",
+        ACK => "Ack",
+        SUBSCRIBE => "Subscribe",
+        UPLOAD_KEY_PACKAGES => "UploadKeyPackages",
+        FETCH_KEY_PACKAGES => "FetchKeyPackages",
+        UPLOAD_HYBRID_KEY => "UploadHybridKey",
+        FETCH_HYBRID_KEY => "FetchHybridKey",
+        FETCH_HYBRID_KEYS => "FetchHybridKeys",
+        KEY_PACKAGE_STATUS => "KeyPackageStatus",
+        CREATE_CHANNEL => "CreateChannel",
+        GET_CHANNEL => "GetChannel",
+        LIST_CHANNELS => "ListChannels",
+        SET_CHANNEL_RETENTION => "SetChannelRetention",
+        GET_GROUP_INFO => "GetGroupInfo",
+        RESOLVE_USER => "ResolveUser",
+        RESOLVE_IDENTITY => "ResolveIdentity",
+        REGISTER_DEVICE => "RegisterDevice",
+        LIST_DEVICES => "ListDevices",
+        REVOKE_DEVICE => "RevokeDevice",
+        HEALTH => "Health",
+        SERVER_INFO => "ServerInfo",
+        PUBLISH_ENDPOINT => "PublishEndpoint",
+        RESOLVE_ENDPOINT => "ResolveEndpoint",
+        _ => return None,
+    })
+}
+
 /// Stable push event type ids (SPEC §3).
 pub mod event {
     /// `MessageNotification`.

@@ -26,14 +26,14 @@ use crate::stream::{read_failure, read_payload};
 /// connection originate.
 #[derive(Debug, Clone)]
 pub struct PushSender {
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<(Bytes, tokio::time::Instant)>,
     connection_id: u64,
     max_payload: u32,
 }
 
 impl PushSender {
     /// A sender and the receiving end that [`run_writer`] drains.
-    pub(crate) fn channel(connection_id: u64, capacity: usize, max_payload: u32) -> (Self, mpsc::Receiver<Bytes>) {
+    pub(crate) fn channel(connection_id: u64, capacity: usize, max_payload: u32) -> (Self, PushQueue) {
         let (queue, rx) = mpsc::channel(capacity);
         let sender = Self { queue, connection_id, max_payload };
         (sender, rx)
@@ -55,8 +55,11 @@ impl PushSender {
     /// event out to many connections.
     pub fn try_push_encoded(&self, event_type: u16, payload: &[u8]) -> Result<(), Error> {
         let frame = frame::encode_push(event_type, payload, self.max_payload)?;
-        self.queue.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::PushQueueFull,
+        self.queue.try_send((frame, tokio::time::Instant::now())).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("qpc_push_dropped_total").increment(1);
+                Error::PushQueueFull
+            }
             mpsc::error::TrySendError::Closed(_) => Error::PushClosed,
         })
     }
@@ -72,19 +75,22 @@ impl PushSender {
     }
 }
 
+/// Frames waiting for the writer, with the time each was queued (for the push-latency metric).
+pub(crate) type PushQueue = mpsc::Receiver<(Bytes, tokio::time::Instant)>;
+
 /// Drains `queue` onto one lazily opened unidirectional stream until `cancel` fires, the
 /// queue's senders are all gone, or the stream fails. Dropping the queue on return makes every
 /// [`PushSender`] of the connection report [`Error::PushClosed`].
 pub(crate) async fn run_writer(
     connection: quinn::Connection,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: PushQueue,
     cancel: CancellationToken,
     write_timeout: Duration,
     connection_id: u64,
 ) {
     let mut stream: Option<SendStream> = None;
     loop {
-        let frame = tokio::select! {
+        let (frame, queued_at) = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
             frame = queue.recv() => match frame {
@@ -111,7 +117,9 @@ pub(crate) async fn run_writer(
             written = tokio::time::timeout(write_timeout, send.write_chunk(frame)) => written,
         };
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                metrics::histogram!("qpc_push_latency_seconds").record(queued_at.elapsed().as_secs_f64());
+            }
             Ok(Err(e)) => {
                 tracing::debug!(connection_id, error = %e, "push stream write failed");
                 break;
@@ -200,7 +208,7 @@ mod tests {
         assert!(matches!(sender.try_push(4, &msg), Err(Error::PushQueueFull)));
 
         let queued = rx.try_recv().unwrap();
-        let (header, payload) = frame::decode_push(&queued, 1024).unwrap();
+        let (header, payload) = frame::decode_push(&queued.0, 1024).unwrap();
         assert_eq!(header.event_type, 4);
         assert_eq!(<v1::SessionExpired as prost::Message>::decode(payload).unwrap(), msg);
 

@@ -96,6 +96,7 @@ impl<S: Clone + Send + Sync + 'static> RpcServer<S> {
                 () = shutdown.cancelled() => break,
                 Some(done) = connections.join_next(), if !connections.is_empty() => {
                     log_join_error(done, "connection");
+                    metrics::gauge!("qpc_connections").set(connections.len() as f64);
                 }
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
@@ -105,6 +106,7 @@ impl<S: Clone + Send + Sync + 'static> RpcServer<S> {
                         continue;
                     }
                     let id = self.shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!("qpc_connections").set((connections.len() + 1) as f64);
                     connections.spawn(run_connection(
                         incoming,
                         id,
@@ -417,6 +419,9 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
         Err(_) => Err(handler_panicked(header)),
     };
     let status = outcome.as_ref().map_or_else(|e| e.status, |_| Status::Ok);
+    let method = quicprochat_proto::method_name(header.method_id).unwrap_or("unknown");
+    metrics::counter!("qpc_rpc_requests_total", "method" => method, "status" => status.name()).increment(1);
+    metrics::histogram!("qpc_rpc_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
     tracing::debug!(
         connection_id,
         method_id = header.method_id,

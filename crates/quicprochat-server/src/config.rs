@@ -70,6 +70,8 @@ pub struct FileConfig {
     pub production: Option<bool>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// TCP address for the Prometheus endpoint (off when absent).
+    pub metrics_listen: Option<String>,
     /// Service limits.
     #[serde(default)]
     pub limits: FileLimits,
@@ -110,6 +112,8 @@ pub struct Overrides {
     pub production: Option<bool>,
     /// `--log-format` / `QPC_LOG_FORMAT`.
     pub log_format: Option<String>,
+    /// `--metrics-listen` / `QPC_METRICS_LISTEN`.
+    pub metrics_listen: Option<String>,
 }
 
 /// The merged result: the server configuration plus process-level settings.
@@ -121,6 +125,8 @@ pub struct Resolved {
     pub production: bool,
     /// `text` or `json`.
     pub log_format: String,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads `path`, or returns the empty file config when `path` is the default and absent.
@@ -148,6 +154,13 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
     let tls_key = over.tls_key.or(file.tls_key);
     let production = over.production.or(file.production).unwrap_or(false);
     let log_format = over.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
+    let metrics_listen = match over.metrics_listen.or(file.metrics_listen) {
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+            field: "metrics_listen",
+            problem: format!("{text:?} is not IP:PORT"),
+        })?),
+        None => None,
+    };
     if !matches!(log_format.as_str(), "text" | "json") {
         return Err(ConfigError::Invalid { field: "log_format", problem: "must be \"text\" or \"json\"".into() });
     }
@@ -176,7 +189,7 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
             "encryption at rest (db_key) is not available in this build; run without --production".into(),
         ));
     }
-    Ok(Resolved { server: config, production, log_format })
+    Ok(Resolved { server: config, production, log_format, metrics_listen })
 }
 
 fn apply_limits(config: &mut ServerConfig, l: &FileLimits) -> Result<(), ConfigError> {

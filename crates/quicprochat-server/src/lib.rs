@@ -211,6 +211,10 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 state.revoked.prune(state.clock.now_ms());
+                if let Ok((total, deepest)) = state.store.queue_depth().await {
+                    metrics::gauge!("qpc_queue_entries").set(total as f64);
+                    metrics::gauge!("qpc_queue_deepest").set(deepest as f64);
+                }
                 match services::delivery::purge_expired(&state).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(purged = n, "expired envelopes purged"),

@@ -32,6 +32,9 @@ struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "QPC_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this TCP address (off by default).
+    #[arg(long, env = "QPC_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -58,6 +61,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tls_key: args.tls_key,
             production: args.production,
             log_format: args.log_format,
+            metrics_listen: args.metrics_listen,
         },
         file,
     )?;
@@ -73,6 +77,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("running in dev mode (not --production)");
     }
 
+    if let Some(addr) = resolved.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
+    }
     let server = quicprochat_server::start(resolved.server).await.context("starting qpc-server")?;
     let token = server.shutdown_token();
     let serving = server.wait();

@@ -84,6 +84,7 @@ pub async fn login_finish(
         (Ok(_session_key), Some(user)) => user,
         _ => {
             tracing::info!("login failed");
+            metrics::counter!("qpc_logins_total", "outcome" => "failed").increment(1);
             return Err(ServiceError::Unauthenticated("wrong username or password"));
         }
     };
@@ -95,6 +96,7 @@ pub async fn login_finish(
         .create_session(SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms })
         .await?;
     tracing::info!(user = ?user_id, "login");
+    metrics::counter!("qpc_logins_total", "outcome" => "ok").increment(1);
     Ok(LoginOutcome { session: Session { token_hash, user_id, username, device_id: None, expires_ms }, token })
 }
 

@@ -122,6 +122,8 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         tracking,
     };
     let outcome = state.store.enqueue(batch).await?;
+    metrics::counter!("qpc_envelopes_enqueued_total").increment(1);
+    metrics::counter!("qpc_deliveries_total").increment(outcome.deliveries.len() as u64);
     for (device, entry) in &outcome.deliveries {
         state.hub.deliver(*device, entry);
     }

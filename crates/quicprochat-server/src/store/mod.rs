@@ -139,6 +139,8 @@ pub trait DeliveryStore: Send + Sync {
     /// one queue entry per other member device, welcomes queued to (and making members of) the
     /// devices they add.
     async fn enqueue(&self, request: EnqueueBatch) -> Result<EnqueueOutcome, StoreError>;
+    /// Queue entries waiting in all device queues, and in the deepest one.
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError>;
     /// Deletes queue entries and envelopes whose TTL passed before `now_ms`; returns how many
     /// envelopes went.
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;

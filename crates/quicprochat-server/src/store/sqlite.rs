@@ -137,12 +137,15 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+        .map_err(|e| StoreError::Worker(e.to_string()))?;
+        metrics::histogram!("qpc_store_operation_seconds").record(started.elapsed().as_secs_f64());
+        result
     }
 }
 
@@ -918,6 +921,19 @@ impl DeliveryStore for SqliteStore {
 
     async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
         self.run(move |conn| enqueue_tx(conn, batch)).await
+    }
+
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        self.run(|conn| {
+            let total: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
+            let deepest: i64 = conn.query_row(
+                "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM queue GROUP BY device_id)",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((i64_to_u64(total), i64_to_u64(deepest)))
+        })
+        .await
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
