@@ -159,6 +159,17 @@ pub struct AppState {
     pub(crate) pending_logins: PendingLogins,
 }
 
+impl AppState {
+    /// Records an audit event. A failure to record is logged, not returned: the audited
+    /// action already happened.
+    pub async fn audit(&self, kind: crate::store::AuditKind, user: Option<UserId>, device: Option<DeviceId>) {
+        let event = crate::store::AuditEvent { at_ms: self.clock.now_ms(), kind, user, device };
+        if let Err(e) = self.store.record_audit(event).await {
+            tracing::error!(error = %e, event = kind.as_str(), "could not write the audit log");
+        }
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("limits", &self.limits).finish_non_exhaustive()

@@ -8,7 +8,7 @@ use super::{normalize_username, random_bytes};
 use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::{AppState, PendingLogin};
-use crate::store::{SessionRecord, UserId};
+use crate::store::{AuditKind, SessionRecord, UserId};
 
 /// Revocations of sessions whose expiry is unknown are remembered this long past now (every
 /// session lives at most `session_ttl`, which this comfortably exceeds for the default).
@@ -34,6 +34,7 @@ pub async fn register_finish(state: &AppState, username: &str, upload: &[u8]) ->
         .map_err(|_| ServiceError::BadRequest("malformed OPAQUE registration upload".into()))?;
     let user = state.store.create_user(&username, record, state.clock.now_ms()).await?;
     tracing::info!(user = ?user.id, "account registered");
+    state.audit(AuditKind::Registered, Some(user.id), None).await;
     Ok(user.id)
 }
 
@@ -80,9 +81,11 @@ pub async fn login_finish(
     let pending =
         state.pending_logins.take(&id, now).ok_or(ServiceError::Unauthenticated("unknown or expired login"))?;
     let verified = pending.state.finish(finalization);
+    let known = pending.user.as_ref().map(|(id, _)| *id);
     let (user_id, username) = match (verified, pending.user) {
         (Ok(_session_key), Some(user)) => user,
         _ => {
+            state.audit(AuditKind::LoginFailed, known, None).await;
             tracing::info!("login failed");
             metrics::counter!("qpc_logins_total", "outcome" => "failed").increment(1);
             return Err(ServiceError::Unauthenticated("wrong username or password"));
@@ -96,6 +99,7 @@ pub async fn login_finish(
         .create_session(SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms })
         .await?;
     tracing::info!(user = ?user_id, "login");
+    state.audit(AuditKind::LoginSucceeded, Some(user_id), None).await;
     metrics::counter!("qpc_logins_total", "outcome" => "ok").increment(1);
     Ok(LoginOutcome { session: Session { token_hash, user_id, username, device_id: None, expires_ms }, token })
 }
@@ -126,6 +130,7 @@ pub async fn resume(state: &AppState, token: &[u8]) -> Result<Session, ServiceEr
 pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceError> {
     state.store.delete_session(session.token_hash).await?;
     state.revoked.revoke_all([session.token_hash], session.expires_ms);
+    state.audit(AuditKind::LoggedOut, Some(session.user_id), session.device_id).await;
     Ok(())
 }
 
@@ -134,5 +139,6 @@ pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), S
     let sessions = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
     state.revoked.revoke_all(sessions, session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS);
     tracing::info!(user = ?session.user_id, "account deleted");
+    state.audit(AuditKind::AccountDeleted, Some(session.user_id), None).await;
     Ok(())
 }

@@ -39,6 +39,7 @@ pub async fn register_device(
         })
         .await?;
     state.store.set_session_device(session.token_hash, id).await?;
+    state.audit(crate::store::AuditKind::DeviceRegistered, Some(session.user_id), Some(id)).await;
     let mut bound = session.clone();
     bound.device_id = Some(id);
     Ok((id, bound))
@@ -55,6 +56,7 @@ pub async fn revoke(state: &AppState, session: &Session, device: DeviceId) -> Re
     state.revoked.revoke_all(sessions, state.clock.now_ms() + crate::services::auth::REVOCATION_SLACK_MS);
     state.hub.forget_device(&device);
     tracing::info!(user = ?session.user_id, device = ?device, "device revoked");
+    state.audit(crate::store::AuditKind::DeviceRevoked, Some(session.user_id), Some(device)).await;
     Ok(())
 }
 

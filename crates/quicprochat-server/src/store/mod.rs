@@ -73,6 +73,9 @@ pub trait AccountStore: Send + Sync {
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
     /// Binds a device to a session.
     async fn set_session_device(&self, token_hash: [u8; 32], device: DeviceId) -> Result<(), StoreError>;
+    /// Appends an auth or account event to the audit log (kept after account deletion, with ids
+    /// only: never usernames, addresses or secrets).
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
     /// Revokes a session; returns whether it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
     /// Deletes an account and, in the same transaction, its sessions, devices, key packages,

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore, DeviceId, DeviceRecord,
-    DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry, SessionRecord,
-    StoreError, UserId, UserRecord,
+    AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore, DeviceId,
+    DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry,
+    SessionRecord, StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -100,6 +100,16 @@ CREATE INDEX sessions_by_device ON sessions(device_id);
 "#,
     r#"
 ALTER TABLE channels ADD COLUMN tracker BLOB;
+"#,
+    r#"
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms     INTEGER NOT NULL,
+    event     TEXT NOT NULL,
+    user_id   BLOB,
+    device_id BLOB
+);
+CREATE INDEX audit_log_by_user ON audit_log(user_id, id);
 "#,
 ];
 
@@ -320,6 +330,22 @@ impl AccountStore for SqliteStore {
                 return Ok(None);
             }
             sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>().map(Some)
+        })
+        .await
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO audit_log (at_ms, event, user_id, device_id) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    u64_to_i64(event.at_ms),
+                    event.kind.as_str(),
+                    event.user.map(|u| u.0.to_vec()),
+                    event.device.map(|d| d.0.to_vec())
+                ],
+            )?;
+            Ok(())
         })
         .await
     }

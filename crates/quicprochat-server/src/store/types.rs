@@ -273,3 +273,50 @@ pub struct EnqueueOutcome {
     /// New queue entries, for push.
     pub deliveries: Vec<(DeviceId, QueuedEntry)>,
 }
+
+/// What happened, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditKind {
+    /// An account was registered.
+    Registered,
+    /// A login succeeded.
+    LoginSucceeded,
+    /// A login failed (wrong password or unknown user; `user` set only for a known user).
+    LoginFailed,
+    /// A session was revoked by `Logout`.
+    LoggedOut,
+    /// A device was bound to the account.
+    DeviceRegistered,
+    /// A device was revoked.
+    DeviceRevoked,
+    /// The account was deleted.
+    AccountDeleted,
+}
+
+impl AuditKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Registered => "registered",
+            AuditKind::LoginSucceeded => "login_succeeded",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::LoggedOut => "logged_out",
+            AuditKind::DeviceRegistered => "device_registered",
+            AuditKind::DeviceRevoked => "device_revoked",
+            AuditKind::AccountDeleted => "account_deleted",
+        }
+    }
+}
+
+/// One audit log entry.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditEvent {
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// What.
+    pub kind: AuditKind,
+    /// Which account, when known.
+    pub user: Option<UserId>,
+    /// Which device, when relevant.
+    pub device: Option<DeviceId>,
+}

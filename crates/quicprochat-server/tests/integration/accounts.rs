@@ -130,3 +130,28 @@ async fn key_packages_are_single_use_with_a_last_resort() {
         .unwrap_err();
     assert_eq!(err.rpc_status(), Some(Status::NotFound));
 }
+
+#[tokio::test]
+async fn auth_events_reach_the_audit_log() {
+    let server = TestServer::start().await;
+    let (alice, _, _) = user(&server, "alice").await;
+    let _ = login(&alice, "alice", b"wrong").await.unwrap_err();
+    let _ = login(&alice, "nobody", b"x").await.unwrap_err();
+    let _: v1::LogoutResponse = alice.call(method::LOGOUT, &v1::LogoutRequest {}).await.unwrap();
+    let db = server.db();
+    let mut stmt = db.prepare("SELECT event, user_id IS NOT NULL FROM audit_log ORDER BY id").unwrap();
+    let rows: Vec<(String, bool)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let expected: Vec<(String, bool)> = [
+        ("registered", true),
+        ("login_succeeded", true),
+        ("device_registered", true),
+        ("login_failed", true),
+        ("login_failed", false),
+        ("logged_out", true),
+    ]
+    .into_iter()
+    .map(|(e, u)| (e.to_owned(), u))
+    .collect();
+    assert_eq!(rows, expected);
+}
