@@ -1,7 +1,7 @@
 //! Benchmarks of quicprochat-core: identity signatures, key packages, MLS
 //! group operations for n = 10 and 100 members (and 1000 with
 //! `QPC_BENCH_LARGE=1`) in both ciphersuites, the server's channel tracker,
-//! safety numbers and archive appends.
+//! hybrid envelopes, safety numbers and archive appends.
 //!
 //! `cargo bench -p quicprochat-core` (or `… -- mls_xwing_n100` for one
 //! group). Results for this repository's machine are in
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use quicprochat_core::{
-    ArchiveRecord, ArchiveWriter, ChannelId, ChannelTracker, DeviceId, IdentityKeyPair, KdfParams, MlsClient, MlsSuite,
-    SafetyNumber, verify_signature,
+    ArchiveRecord, ArchiveWriter, ChannelId, ChannelTracker, DeviceId, HybridKeyPair, IdentityKeyPair, KdfParams,
+    MlsClient, MlsSuite, SafetyNumber, envelope, verify_signature,
 };
 use rand::rngs::OsRng;
 
@@ -215,6 +215,20 @@ fn mls_group_benches(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     });
 }
 
+fn hybrid_envelope(c: &mut Criterion) {
+    let recipient = HybridKeyPair::generate(&mut OsRng).unwrap();
+    let aad = b"bench-channel-0001";
+    let sealed = envelope::seal(&mut OsRng, recipient.public_key(), aad, &MESSAGE).unwrap();
+    let mut group = c.benchmark_group("envelope");
+    group.bench_function("seal_1KiB", |b| {
+        b.iter(|| envelope::seal(&mut OsRng, recipient.public_key(), black_box(aad), black_box(&MESSAGE)).unwrap())
+    });
+    group.bench_function("open_1KiB", |b| {
+        b.iter(|| envelope::open(&recipient, black_box(aad), black_box(&sealed)).unwrap())
+    });
+    group.finish();
+}
+
 fn safety_number(c: &mut Criterion) {
     let alice = IdentityKeyPair::generate(&mut OsRng).public_key();
     let bob = IdentityKeyPair::generate(&mut OsRng).public_key();
@@ -243,6 +257,6 @@ fn archive(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = identity, key_packages, safety_number, archive, mls_groups
+    targets = identity, key_packages, hybrid_envelope, safety_number, archive, mls_groups
 }
 criterion_main!(benches);

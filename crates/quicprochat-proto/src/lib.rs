@@ -73,6 +73,13 @@ pub mod method {
     /// 501: resolve a device identity key.
     pub const RESOLVE_IDENTITY: u16 = 501;
 
+    /// 600: append a chunk to a blob upload.
+    pub const UPLOAD_BLOB_CHUNK: u16 = 600;
+    /// 601: read a chunk of a stored blob.
+    pub const DOWNLOAD_BLOB_CHUNK: u16 = 601;
+    /// 602: state of a blob or an upload.
+    pub const BLOB_INFO: u16 = 602;
+
     /// 700: bind a device identity key.
     pub const REGISTER_DEVICE: u16 = 700;
     /// 701: the account's devices.
@@ -121,6 +128,9 @@ pub fn method_name(id: u16) -> Option<&'static str> {
         GET_GROUP_INFO => "GetGroupInfo",
         RESOLVE_USER => "ResolveUser",
         RESOLVE_IDENTITY => "ResolveIdentity",
+        UPLOAD_BLOB_CHUNK => "UploadBlobChunk",
+        DOWNLOAD_BLOB_CHUNK => "DownloadBlobChunk",
+        BLOB_INFO => "BlobInfo",
         REGISTER_DEVICE => "RegisterDevice",
         LIST_DEVICES => "ListDevices",
         REVOKE_DEVICE => "RevokeDevice",

@@ -95,6 +95,10 @@ pub struct FileLimits {
     pub key_package_low_water: Option<u32>,
     /// Seconds between purges of expired envelopes.
     pub gc_interval_secs: Option<u64>,
+    /// Largest blob in bytes.
+    pub max_blob_bytes: Option<u64>,
+    /// Seconds a blob is kept.
+    pub blob_retention_secs: Option<u64>,
 }
 
 /// Values from flags or environment (clap resolves flag > environment); `None` = not given.
@@ -219,6 +223,12 @@ fn apply_limits(config: &mut ServerConfig, l: &FileLimits) -> Result<(), ConfigE
     limits.enqueue_rate = Rate { per_minute, burst };
     if let Some(v) = l.key_package_low_water {
         limits.key_package_low_water = v;
+    }
+    if let Some(v) = l.max_blob_bytes {
+        limits.max_blob_bytes = positive("limits.max_blob_bytes", v)?;
+    }
+    if let Some(v) = l.blob_retention_secs {
+        limits.blob_retention = Duration::from_secs(positive("limits.blob_retention_secs", v)?);
     }
     if let Some(v) = l.gc_interval_secs {
         limits.gc_interval = Duration::from_secs(positive("limits.gc_interval_secs", v)?);

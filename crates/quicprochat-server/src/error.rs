@@ -41,6 +41,15 @@ pub enum ServiceError {
         /// Limit.
         max: usize,
     },
+    /// A chunk for the wrong offset of an upload.
+    #[error("upload has {received} bytes; send the chunk at that offset")]
+    OutOfOrder {
+        /// Bytes the server holds.
+        received: u64,
+    },
+    /// A dependency of the server (disk, ...) failed; retry later.
+    #[error("{0} unavailable")]
+    Unavailable(&'static str),
     /// Too many requests; retry after this many milliseconds.
     #[error("rate limited; retry in {retry_after_ms} ms")]
     RateLimited {
@@ -92,6 +101,11 @@ impl From<ServiceError> for RpcError {
                 RpcError::payload_too_large(format!("payload of {len} bytes exceeds the limit of {max}"))
             }
             ServiceError::HandshakeRefused(e) => RpcError::bad_request(format!("handshake message refused: {e}")),
+            ServiceError::OutOfOrder { received } => {
+                RpcError::conflict(format!("upload has {received} bytes; resume at that offset"))
+                    .with_detail("received", received.to_string())
+            }
+            ServiceError::Unavailable(what) => RpcError::unavailable(format!("{what} unavailable")),
             ServiceError::RateLimited { retry_after_ms } => RpcError::rate_limited("too many requests", retry_after_ms),
             ServiceError::QueueFull => {
                 RpcError::queue_full("a recipient has too many undelivered envelopes", QUEUE_FULL_RETRY_MS)

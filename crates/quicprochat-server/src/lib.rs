@@ -43,6 +43,8 @@ pub mod files {
     pub const SIGNING_KEY: &str = "signing.key";
     /// Dev-mode self-signed certificate (DER), for clients to pin.
     pub const DEV_CERT: &str = "server-cert.der";
+    /// Directory of blob files.
+    pub const BLOBS: &str = "blobs";
 }
 
 /// Why the server could not start or stopped with an error.
@@ -182,6 +184,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         limits: config.limits.clone(),
         enqueue_limiter: ratelimit::RateLimiter::new(config.limits.enqueue_rate),
         revoked: Default::default(),
+        blobs: services::blobs::BlobFiles::new(dir.join(files::BLOBS)),
         pending_logins: Default::default(),
     });
     let mut rpc_opts = config.rpc.clone();
@@ -214,6 +217,9 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
                 if let Ok((total, deepest)) = state.store.queue_depth().await {
                     metrics::gauge!("qpc_queue_entries").set(total as f64);
                     metrics::gauge!("qpc_queue_deepest").set(deepest as f64);
+                }
+                if let Err(e) = services::blobs::purge(&state).await {
+                    tracing::warn!(error = %e, "purging blobs failed");
                 }
                 match services::delivery::purge_expired(&state).await {
                     Ok(0) => {}

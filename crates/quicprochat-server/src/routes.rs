@@ -102,6 +102,9 @@ pub fn router(state: &Arc<AppState>) -> Router<Session> {
         .route_authed(method::REVOKE_DEVICE, authed(state, revoke_device))
         .route_authed(method::PUBLISH_ENDPOINT, authed(state, publish_endpoint))
         .route_authed(method::RESOLVE_ENDPOINT, authed(state, resolve_endpoint))
+        .route_authed(method::UPLOAD_BLOB_CHUNK, authed(state, upload_blob_chunk))
+        .route_authed(method::DOWNLOAD_BLOB_CHUNK, authed(state, download_blob_chunk))
+        .route_authed(method::BLOB_INFO, authed(state, blob_info))
         .route(method::HEALTH, open(state, health))
         .route(method::SERVER_INFO, open(state, server_info))
         .on_disconnect(move |connection_id, _session| hub_state.hub.connection_closed(connection_id))
@@ -529,5 +532,35 @@ async fn resolve_endpoint(
                 expires_at_ms: e.expires_ms,
             })
             .collect(),
+    })
+}
+
+async fn upload_blob_chunk(
+    st: Arc<AppState>,
+    _: Ctx,
+    s: Session,
+    r: v1::UploadBlobChunkRequest,
+) -> RpcResult<v1::UploadBlobChunkResponse> {
+    let p = services::blobs::upload_chunk(&st, &s, &r.blob_id, r.total_size, r.offset, &r.data).await?;
+    Ok(v1::UploadBlobChunkResponse { received: p.received, complete: p.complete })
+}
+
+async fn download_blob_chunk(
+    st: Arc<AppState>,
+    _: Ctx,
+    _: Session,
+    r: v1::DownloadBlobChunkRequest,
+) -> RpcResult<v1::DownloadBlobChunkResponse> {
+    let (data, total_size) = services::blobs::download_chunk(&st, &r.blob_id, r.offset, r.max_len).await?;
+    Ok(v1::DownloadBlobChunkResponse { data: b(data), total_size })
+}
+
+async fn blob_info(st: Arc<AppState>, _: Ctx, _: Session, r: v1::BlobInfoRequest) -> RpcResult<v1::BlobInfoResponse> {
+    let b = services::blobs::info(&st, &r.blob_id).await?;
+    Ok(v1::BlobInfoResponse {
+        total_size: b.total_size,
+        received: b.received,
+        complete: b.complete,
+        expires_at_ms: b.expires_ms,
     })
 }

@@ -58,6 +58,10 @@ pub struct Limits {
     pub key_package_low_water: u32,
     /// How often expired envelopes are purged.
     pub gc_interval: Duration,
+    /// Largest blob.
+    pub max_blob_bytes: u64,
+    /// How long a blob is kept after its upload started.
+    pub blob_retention: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +76,8 @@ impl Default for Limits {
             enqueue_rate: Rate { per_minute: 100, burst: 20 },
             key_package_low_water: 10,
             gc_interval: Duration::from_secs(30),
+            max_blob_bytes: 50 * 1000 * 1000,
+            blob_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Limits.
     pub limits: Limits,
+    /// Blob files.
+    pub blobs: crate::services::blobs::BlobFiles,
     /// Sessions revoked while possibly still bound.
     pub revoked: RevokedSessions,
     /// Enqueue rate per sending device.

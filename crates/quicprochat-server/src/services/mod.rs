@@ -2,6 +2,7 @@
 //! The RPC layer (`crate::routes`) only converts messages and calls these.
 
 pub mod auth;
+pub mod blobs;
 pub mod channels;
 pub mod delivery;
 pub mod devices;

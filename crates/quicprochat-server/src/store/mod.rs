@@ -161,6 +161,30 @@ pub trait DeliveryStore: Send + Sync {
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
 }
 
+/// Blob metadata (the bytes live in files beside the database).
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// A blob or upload.
+    async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError>;
+    /// Starts an upload (no-op if one exists).
+    async fn create_blob(
+        &self,
+        id: [u8; 32],
+        total_size: u64,
+        uploader: DeviceId,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Records upload progress.
+    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError>;
+    /// Forgets a blob.
+    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError>;
+    /// Forgets blobs whose retention passed; returns their ids so their files can go too.
+    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Every known blob id (to find files left behind by deleted accounts).
+    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError>;
+}
+
 /// Everything the server persists.
-pub trait Store: AccountStore + DeviceStore + DeliveryStore {}
-impl<T: AccountStore + DeviceStore + DeliveryStore> Store for T {}
+pub trait Store: AccountStore + DeviceStore + DeliveryStore + BlobStore {}
+impl<T: AccountStore + DeviceStore + DeliveryStore + BlobStore> Store for T {}

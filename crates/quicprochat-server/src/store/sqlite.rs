@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeliveryStore, DeviceId,
-    DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel, QueuedEntry,
-    SessionRecord, StoreError, UserId, UserRecord,
+    AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
+    DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind,
+    NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -110,6 +110,18 @@ CREATE TABLE audit_log (
     device_id BLOB
 );
 CREATE INDEX audit_log_by_user ON audit_log(user_id, id);
+"#,
+    r#"
+CREATE TABLE blobs (
+    id          BLOB PRIMARY KEY,
+    total_size  INTEGER NOT NULL,
+    received    INTEGER NOT NULL DEFAULT 0,
+    complete    INTEGER NOT NULL DEFAULT 0,
+    uploader    BLOB NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX blobs_by_expiry ON blobs(expires_ms);
 "#,
 ];
 
@@ -1034,6 +1046,95 @@ impl DeliveryStore for SqliteStore {
             drop(gc);
             tx.commit()?;
             Ok(removed as u64)
+        })
+        .await
+    }
+}
+
+fn read_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+#[async_trait]
+impl BlobStore for SqliteStore {
+    async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
+        self.run(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = ?1",
+                    [id.as_slice()],
+                    read_blob,
+                )
+                .optional()?;
+            Ok(row.map(|(total, received, complete, expires)| BlobRecord {
+                id,
+                total_size: i64_to_u64(total),
+                received: i64_to_u64(received),
+                complete,
+                expires_ms: i64_to_u64(expires),
+            }))
+        })
+        .await
+    }
+
+    async fn create_blob(
+        &self,
+        id: [u8; 32],
+        total_size: u64,
+        uploader: DeviceId,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)",
+                params![
+                    id.as_slice(),
+                    u64_to_i64(total_size),
+                    uploader.0.as_slice(),
+                    u64_to_i64(now_ms),
+                    u64_to_i64(expires_ms)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE blobs SET received = ?2, complete = ?3 WHERE id = ?1",
+                params![id.as_slice(), u64_to_i64(received), complete],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute("DELETE FROM blobs WHERE id = ?1", [id.as_slice()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached("DELETE FROM blobs WHERE expires_ms <= ?1 RETURNING id")?;
+            let ids: Vec<Vec<u8>> = stmt.query_map([u64_to_i64(now_ms)], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            ids.into_iter().map(|id| blob32(id, "blobs.id")).collect()
+        })
+        .await
+    }
+
+    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.run(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT id FROM blobs")?;
+            let ids: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            ids.into_iter().map(|id| blob32(id, "blobs.id")).collect()
         })
         .await
     }

@@ -320,3 +320,18 @@ pub struct AuditEvent {
     /// Which device, when relevant.
     pub device: Option<DeviceId>,
 }
+
+/// A stored blob or an upload in progress.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobRecord {
+    /// SHA-256 of the ciphertext.
+    pub id: [u8; 32],
+    /// Announced size.
+    pub total_size: u64,
+    /// Bytes received so far.
+    pub received: u64,
+    /// All bytes arrived and the hash matched.
+    pub complete: bool,
+    /// When it is deleted, Unix ms.
+    pub expires_ms: u64,
+}

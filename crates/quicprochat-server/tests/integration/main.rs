@@ -4,6 +4,7 @@
 
 mod accounts;
 mod binary;
+mod blobs;
 mod delivery;
 mod directory;
 mod harness;
