@@ -31,6 +31,10 @@ pub enum Line {
     RotateKey,
     /// `/history [n]`
     History(u32),
+    /// `/send-file <path>`, `/sf`
+    SendFile(String),
+    /// `/download <id>`, `/dl`
+    Download(String),
     /// `/leave`
     Leave,
     /// `/help`
@@ -73,6 +77,10 @@ pub fn parse(line: &str) -> Line {
         (Some("verify"), Some(user), None) => Line::Verify(user.to_lowercase()),
         (Some("verify"), _, _) => Line::Usage("usage: /verify <user>".into()),
         (Some("whoami"), None, None) => Line::Whoami,
+        (Some("send-file" | "sf"), Some(path), None) => Line::SendFile(path.to_owned()),
+        (Some("send-file" | "sf"), _, _) => Line::Usage("usage: /send-file <path>".into()),
+        (Some("download" | "dl"), Some(id), None) => Line::Download(id.to_lowercase()),
+        (Some("download" | "dl"), _, _) => Line::Usage("usage: /download <message id>".into()),
         (Some("update-key" | "rotate-key"), None, None) => Line::RotateKey,
         (Some("history" | "hist"), None, None) => Line::History(20),
         (Some("history" | "hist"), Some(n), None) => match n.parse() {
@@ -92,6 +100,8 @@ Chat:
   <text>                   send text to the current conversation
   /list, /ls               list conversations
   /switch @user|#group     make another conversation current
+  /send-file, /sf <path>   encrypt and send a file
+  /download, /dl <id>      save the file of message <id> (see /history) here
 Groups:
   /create-group, /cg <name> [users…]   create a group with these members
   /invite <user>           add <user> to the current conversation
@@ -321,6 +331,41 @@ async fn handle(client: &QpcClient, current: &mut Option<ConversationHandle>, li
             },
             None => println!("no conversation selected"),
         },
+        Line::SendFile(path) => match current {
+            Some(c) => {
+                let bar = |sent: u64, total: u64| {
+                    let pct = (sent * 100).checked_div(total).unwrap_or(100);
+                    eprint!("\r  uploading {pct:>3}% ({sent}/{total} bytes)");
+                };
+                match c.send_file(std::path::Path::new(&path), bar).await {
+                    Ok(id) => println!("\nsent {id}"),
+                    Err(e) => println!("\nerror: {e}"),
+                }
+            }
+            None => println!("no conversation selected"),
+        },
+        Line::Download(short) => match current {
+            Some(c) => {
+                let found = c
+                    .messages(1000)
+                    .ok()
+                    .and_then(|list| list.into_iter().rev().find(|m| m.id.to_string().starts_with(&short)));
+                match found {
+                    Some(m) => {
+                        let bar = |got: u64, total: u64| {
+                            let pct = (got * 100).checked_div(total).unwrap_or(100);
+                            eprint!("\r  downloading {pct:>3}%");
+                        };
+                        match client.download_file(m.id, std::path::Path::new("."), bar).await {
+                            Ok(path) => println!("\nsaved {}", path.display()),
+                            Err(e) => println!("\nerror: {e}"),
+                        }
+                    }
+                    None => println!("no message {short} in this conversation"),
+                }
+            }
+            None => println!("no conversation selected"),
+        },
         Line::Members => match current {
             Some(c) => match c.members() {
                 Ok(m) => println!("{}", m.join(", ")),
@@ -363,6 +408,8 @@ mod tests {
         assert_eq!(parse("/verify Bob"), Line::Verify("bob".into()));
         assert_eq!(parse("/rotate-key"), Line::RotateKey);
         assert_eq!(parse("/hist 5"), Line::History(5));
+        assert_eq!(parse("/sf ./a.txt"), Line::SendFile("./a.txt".into()));
+        assert_eq!(parse("/dl AB12"), Line::Download("ab12".into()));
         assert!(matches!(parse("/hist x"), Line::Usage(_)));
         assert!(matches!(parse("/remove"), Line::Usage(_)));
     }

@@ -33,6 +33,10 @@ impl ConversationHandle {
         Self { client, id, name }
     }
 
+    pub(crate) fn client(&self) -> &QpcClient {
+        &self.client
+    }
+
     /// The conversation id.
     pub fn id(&self) -> ConversationId {
         self.id
@@ -45,14 +49,21 @@ impl ConversationHandle {
 
     /// Encrypts `text` with MLS, stores it locally and hands it to the server.
     pub async fn send_text(&self, text: &str) -> Result<MessageId> {
+        self.send_body(v1::app_message::Body::Text(v1::TextBody { text: text.to_owned() }), text, None).await
+    }
+
+    /// Encrypts an application message with MLS, stores it locally (with `stored_text` and the
+    /// encoded attachment, if any) and hands it to the server.
+    pub(crate) async fn send_body(
+        &self,
+        body: v1::app_message::Body,
+        stored_text: &str,
+        attachment: Option<&[u8]>,
+    ) -> Result<MessageId> {
         let account = self.client.account()?;
         let id = MessageId(random16());
         let sent_at_ms = now_ms();
-        let app = v1::AppMessage {
-            message_id: Bytes::copy_from_slice(&id.0),
-            sent_at_ms,
-            body: Some(v1::app_message::Body::Text(v1::TextBody { text: text.to_owned() })),
-        };
+        let app = v1::AppMessage { message_id: Bytes::copy_from_slice(&id.0), sent_at_ms, body: Some(body) };
         let (ciphertext, epoch) = {
             let mut local = account.lock()?;
             let ciphertext = local.mls.encrypt(&self.id.0, &app.encode_to_vec())?;
@@ -65,9 +76,10 @@ impl ConversationHandle {
                     id,
                     conversation: self.id,
                     sender: &account.username,
-                    text,
+                    text: stored_text,
                     sent_at_ms,
                     outgoing: true,
+                    attachment,
                 }),
                 ..Default::default()
             })?;

@@ -56,6 +56,20 @@ pub enum SdkError {
     /// is stored locally, but the server's receipt cannot be trusted).
     #[error("the server's delivery proof does not verify")]
     InvalidDeliveryProof,
+    /// The file is larger than a blob may be.
+    #[error("file of {size} bytes is larger than the limit of {max}")]
+    FileTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The message shares no file.
+    #[error("this message has no file")]
+    NoAttachment,
+    /// A downloaded file does not match the hash its message announced.
+    #[error("the downloaded file does not match its hash")]
+    FileHashMismatch,
     /// Cryptographic failure.
     #[error("crypto: {0}")]
     Crypto(#[from] CoreError),

@@ -24,6 +24,7 @@ mod config;
 mod conversation;
 mod error;
 mod events;
+mod files;
 mod store;
 mod sync;
 
@@ -34,6 +35,7 @@ pub use config::{ClientConfig, KdfStrength, Trust};
 pub use conversation::ConversationHandle;
 pub use error::SdkError;
 pub use events::ClientEvent;
+pub use files::MAX_FILE_BYTES;
 
 /// Identifies a conversation (equal to its channel and MLS group id).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,6 +87,18 @@ pub struct Message {
     pub stored_at_ms: u64,
     /// Sent by this account.
     pub outgoing: bool,
+    /// The file this message shares, if any (download it with
+    /// [`QpcClient::download_file`]).
+    pub attachment: Option<Attachment>,
+}
+
+/// A file shared in a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// File name as the sender gave it.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// A conversation as listed by [`QpcClient::conversations`].

@@ -43,6 +43,9 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, st
     r#"
 ALTER TABLE messages ADD COLUMN delivery_proof BLOB;
 "#,
+    r#"
+ALTER TABLE messages ADD COLUMN attachment BLOB;
+"#,
 ];
 
 const MLS_STATE: &str = "mls_state";
@@ -66,6 +69,8 @@ pub(crate) struct MessageRow<'a> {
     pub text: &'a str,
     pub sent_at_ms: u64,
     pub outgoing: bool,
+    /// Encoded `FileBody` (holds the file key): sealed like the text.
+    pub attachment: Option<&'a [u8]>,
 }
 
 /// Everything one processed envelope changes, written atomically.
@@ -135,6 +140,10 @@ impl LocalStore {
     pub fn apply(&mut self, change: Change<'_>) -> Result<bool> {
         let sealed_state = change.mls_state.map(|s| self.seal(MLS_STATE.as_bytes(), s)).transpose()?;
         let sealed_body = change.message.as_ref().map(|m| self.seal(&m.id.0, m.text.as_bytes())).transpose()?;
+        let sealed_attachment = match change.message.as_ref().and_then(|m| m.attachment.map(|a| (m.id, a))) {
+            Some((id, a)) => Some(self.seal(&attachment_aad(&id), a)?),
+            None => None,
+        };
         let now = now_ms();
         let tx = self.conn.transaction()?;
         if let Some(state) = sealed_state {
@@ -149,8 +158,8 @@ impl LocalStore {
         let mut fresh = true;
         if let (Some(m), Some(body)) = (&change.message, sealed_body) {
             fresh = tx.execute(
-                "INSERT OR IGNORE INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, attachment) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     m.id.0.as_slice(),
                     m.conversation.0.as_slice(),
@@ -158,7 +167,8 @@ impl LocalStore {
                     body,
                     to_i64(m.sent_at_ms),
                     to_i64(now),
-                    m.outgoing
+                    m.outgoing,
+                    sealed_attachment
                 ],
             )? == 1;
         }
@@ -167,6 +177,16 @@ impl LocalStore {
         }
         tx.commit()?;
         Ok(fresh)
+    }
+
+    /// The encoded `FileBody` of a message, if it shares a file.
+    pub fn attachment(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT attachment FROM messages WHERE id = ?1", [id.0.as_slice()], |r| r.get(0))
+            .optional()?
+            .flatten();
+        sealed.map(|s| self.open_sealed(&attachment_aad(id), &s)).transpose()
     }
 
     /// Keeps the server's verified delivery proof with an outgoing message.
@@ -224,7 +244,7 @@ impl LocalStore {
     /// The last `limit` messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &ConversationId, limit: u32) -> Result<Vec<Message>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, sender, body, sent_at_ms, stored_ms, outgoing FROM messages WHERE conversation = ?1 \
+            "SELECT id, sender, body, sent_at_ms, stored_ms, outgoing, attachment FROM messages WHERE conversation = ?1 \
              ORDER BY stored_ms DESC, rowid DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![conversation.0.as_slice(), limit], |r| {
@@ -235,14 +255,19 @@ impl LocalStore {
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, bool>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, sender, body, sent, stored, outgoing) = row?;
+            let (id, sender, body, sent, stored, outgoing, attachment) = row?;
             let id =
                 MessageId(<[u8; 16]>::try_from(id.as_slice()).map_err(|_| crate::SdkError::Protocol("message id"))?);
             let text = self.open_sealed(&id.0, &body)?;
+            let attachment = match attachment {
+                Some(sealed) => crate::files::describe(&self.open_sealed(&attachment_aad(&id), &sealed)?),
+                None => None,
+            };
             out.push(Message {
                 id,
                 conversation: *conversation,
@@ -251,6 +276,7 @@ impl LocalStore {
                 sent_at_ms: to_u64(sent),
                 stored_at_ms: to_u64(stored),
                 outgoing,
+                attachment,
             });
         }
         out.reverse();
@@ -270,6 +296,12 @@ fn migrate(conn: &Connection) -> Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+fn attachment_aad(id: &MessageId) -> Vec<u8> {
+    let mut aad = b"attachment:".to_vec();
+    aad.extend_from_slice(&id.0);
+    aad
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -172,8 +172,11 @@ impl QpcClient {
                         let Ok(id) = <[u8; 16]>::try_from(app.message_id.as_ref()) else {
                             return skip(&mut local, "malformed message id");
                         };
-                        let text = match app.body {
-                            Some(v1::app_message::Body::Text(t)) => t.text,
+                        let (text, attachment) = match app.body {
+                            Some(v1::app_message::Body::Text(t)) => (t.text, None),
+                            Some(v1::app_message::Body::File(f)) => {
+                                (crate::files::summary(&f.name, f.size), Some(prost::Message::encode_to_vec(&f)))
+                            }
                             None => return skip(&mut local, "application message without a body"),
                         };
                         let id = MessageId(id);
@@ -186,6 +189,7 @@ impl QpcClient {
                                 text: &text,
                                 sent_at_ms: app.sent_at_ms,
                                 outgoing: false,
+                                attachment: attachment.as_deref(),
                             }),
                             cursor: Some(seq),
                             ..Default::default()
@@ -201,6 +205,7 @@ impl QpcClient {
                             sent_at_ms: app.sent_at_ms,
                             stored_at_ms: crate::store::now_ms(),
                             outgoing: false,
+                            attachment: attachment.as_deref().and_then(crate::files::describe),
                         };
                         Ok(vec![ClientEvent::MessageReceived { conversation, message }])
                     }

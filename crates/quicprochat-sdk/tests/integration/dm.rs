@@ -214,3 +214,45 @@ async fn safety_numbers_match_rotation_keeps_talking_and_accounts_delete() {
     assert!(matches!(again.login("alice", b"a").await, Err(SdkError::InvalidCredentials)));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_five_megabyte_file_round_trips() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let (alice_dir, bob_dir, files) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = client(&server, alice_dir.path()).await;
+    let bob = client(&server, bob_dir.path()).await;
+    let mut bob_events = bob.subscribe();
+    alice.register("alice", b"a").await.unwrap();
+    bob.register("bob", b"b").await.unwrap();
+    let dm = alice.dm("bob").await.unwrap();
+
+    let original: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let path = files.path().join("holiday.bin");
+    std::fs::write(&path, &original).unwrap();
+    let calls = std::sync::Mutex::new(Vec::new());
+    dm.send_file(&path, |sent, total| calls.lock().unwrap().push((sent, total))).await.unwrap();
+    let calls = calls.into_inner().unwrap();
+    assert!(calls.len() > 10, "progress reported per chunk");
+    assert_eq!(calls.last().map(|c| c.0), calls.last().map(|c| c.1), "ends at 100 %");
+
+    let e = next_event(&mut bob_events, is_message).await;
+    let ClientEvent::MessageReceived { message, .. } = e else { unreachable!() };
+    let attachment = message.attachment.clone().unwrap();
+    assert_eq!((attachment.name.as_str(), attachment.size), ("holiday.bin", original.len() as u64));
+    // The server holds only ciphertext.
+    let stored = std::fs::read_dir(server_dir.path().join(quicprochat_server::files::BLOBS)).unwrap().count();
+    assert_eq!(stored, 1);
+
+    let out = tempfile::tempdir().unwrap();
+    let saved = bob.download_file(message.id, out.path(), |_, _| {}).await.unwrap();
+    assert_eq!(saved, out.path().join("holiday.bin"));
+    let got = std::fs::read(&saved).unwrap();
+    assert!(got == original, "the file round-trips byte for byte");
+    let again = bob.download_file(message.id, out.path(), |_, _| {}).await.unwrap();
+    assert_eq!(again, out.path().join("holiday.bin (2)"), "never overwrites");
+    let text_only = dm.send_text("no file here").await.unwrap();
+    assert!(matches!(alice.download_file(text_only, out.path(), |_, _| {}).await, Err(SdkError::NoAttachment)));
+    server.shutdown().await.unwrap();
+}
