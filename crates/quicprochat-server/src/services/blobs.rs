@@ -53,25 +53,35 @@ impl BlobFiles {
         let _ = tokio::fs::remove_file(self.part_path(id)).await;
     }
 
-    /// Removes files whose blob the store no longer knows (e.g. after an account deletion).
-    pub async fn remove_orphans(&self, known: &[[u8; 32]]) -> std::io::Result<usize> {
-        let mut removed = 0;
+    /// The blob files present now, with the blob each belongs to.
+    pub async fn list(&self) -> std::io::Result<Vec<([u8; 32], PathBuf)>> {
+        let mut out = Vec::new();
         let mut entries = match tokio::fs::read_dir(&self.dir).await {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e),
         };
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name();
-            let stem = name.to_string_lossy();
-            let stem = stem.trim_end_matches(".part");
-            let id = hex::decode(stem).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-            if id.is_some_and(|id| !known.contains(&id)) {
-                let _ = tokio::fs::remove_file(entry.path()).await;
+            let name = name.to_string_lossy();
+            let stem = name.trim_end_matches(".part");
+            if let Some(id) = hex::decode(stem).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                out.push((id, entry.path()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes listed files whose blob the store no longer knows (e.g. after an account
+    /// deletion).
+    pub async fn remove_orphans(&self, listed: Vec<([u8; 32], PathBuf)>, known: &[[u8; 32]]) -> usize {
+        let mut removed = 0;
+        for (id, path) in listed {
+            if !known.contains(&id) && tokio::fs::remove_file(&path).await.is_ok() {
                 removed += 1;
             }
         }
-        Ok(removed)
+        removed
     }
 }
 
@@ -213,7 +223,10 @@ pub async fn purge(state: &AppState) -> Result<usize, ServiceError> {
     for id in &expired {
         state.blobs.remove(id).await;
     }
+    // Files are listed before the store is asked which blobs exist: a blob's record is created
+    // before its file, so an upload racing this pass is never mistaken for an orphan.
+    let listed = state.blobs.list().await.map_err(io_error)?;
     let known = state.store.blob_ids().await?;
-    let orphans = state.blobs.remove_orphans(&known).await.map_err(io_error)?;
+    let orphans = state.blobs.remove_orphans(listed, &known).await;
     Ok(expired.len() + orphans)
 }

@@ -89,6 +89,11 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
         return Err(ServiceError::BadRequest("too many welcomes in one batch".into()));
     }
     let now = state.clock.now_ms();
+    // A retry of something already accepted gets the original answer before any other check
+    // (its commit would otherwise look stale against the state it created).
+    if let Some(outcome) = state.store.replayed(sender, s.idempotency_key.clone(), now).await? {
+        return Ok(accepted(state, s.channel, &outcome));
+    }
     state.enqueue_limiter.check(sender, now).map_err(|retry_after_ms| ServiceError::RateLimited { retry_after_ms })?;
 
     if s.ephemeral {
@@ -181,9 +186,10 @@ async fn track(state: &AppState, s: &Submission, sender: DeviceId) -> Result<Tra
                     if commit.committer.device_id != sender {
                         return Err(ServiceError::Forbidden("a commit is sent by the device that made it"));
                     }
-                    if let Some(info) = &s.group_info {
-                        tracker.check_group_info(info).map_err(refused)?;
-                    }
+                    let info = s.group_info.as_deref().ok_or_else(|| {
+                        ServiceError::BadRequest("a commit carries the GroupInfo of the epoch it creates".into())
+                    })?;
+                    tracker.check_group_info(info).map_err(refused)?;
                     commit.added.into_iter().map(|m| m.device_id).collect()
                 }
                 Ok(Tracked::Proposal { sender: proposer, epoch }) => {
@@ -209,7 +215,7 @@ async fn track(state: &AppState, s: &Submission, sender: DeviceId) -> Result<Tra
         return Err(ServiceError::BadRequest("a welcome goes only to a device the commit adds".into()));
     }
     let members = tracker.members().map_err(refused)?.into_iter().map(|m| m.device_id).collect();
-    Ok(Tracking { tracker: tracker.to_bytes()?, members })
+    Ok(Tracking { tracker_before: channel.tracker.clone(), tracker: tracker.to_bytes()?, members })
 }
 
 /// Typing indicators and the like: pushed to online member devices, never stored.

@@ -147,6 +147,9 @@ pub trait DeliveryStore: Send + Sync {
     /// Deletes queue entries and envelopes whose TTL passed before `now_ms`; returns how many
     /// envelopes went.
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;
+    /// The outcome recorded for `(sender, idempotency key)` within the idempotency window.
+    async fn replayed(&self, sender: DeviceId, key: Vec<u8>, now_ms: u64)
+    -> Result<Option<EnqueueOutcome>, StoreError>;
     /// Reads unexpired queue entries with `seq > after_seq`, at most `limit` and about
     /// `max_bytes`.
     async fn peek(

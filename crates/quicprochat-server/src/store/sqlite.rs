@@ -117,7 +117,7 @@ CREATE TABLE blobs (
     total_size  INTEGER NOT NULL,
     received    INTEGER NOT NULL DEFAULT 0,
     complete    INTEGER NOT NULL DEFAULT 0,
-    uploader    BLOB NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    uploader    BLOB REFERENCES devices(id) ON DELETE SET NULL,
     created_ms  INTEGER NOT NULL,
     expires_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -727,34 +727,44 @@ fn insert_envelope(
     Ok(tx.last_insert_rowid())
 }
 
-fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-
-    if !b.idempotency_key.is_empty() {
-        let earlier: Option<(i64, i64, Vec<u8>, i64)> = tx
-            .query_row(
-                "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
-                 WHERE device_id = ?1 AND key = ?2 AND created_ms >= ?3",
-                params![
-                    b.sender.0.as_slice(),
-                    b.idempotency_key,
-                    u64_to_i64(b.now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        if let Some((seq, epoch, id, created)) = earlier {
-            return Ok(EnqueueOutcome {
+/// The recorded outcome of an earlier enqueue with this idempotency key, if within the window.
+fn find_replay(
+    conn: &Connection,
+    sender: &DeviceId,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Option<EnqueueOutcome>, StoreError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let earlier: Option<(i64, i64, Vec<u8>, i64)> = conn
+        .query_row(
+            "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
+             WHERE device_id = ?1 AND key = ?2 AND created_ms >= ?3",
+            params![sender.0.as_slice(), key, u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    earlier
+        .map(|(seq, epoch, id, created)| {
+            Ok(EnqueueOutcome {
                 seq: i64_to_u64(seq),
                 envelope_id: blob16(id, "envelopes.id")?,
                 timestamp_ms: i64_to_u64(created),
                 epoch: i64_to_u64(epoch),
                 replayed: true,
                 deliveries: Vec::new(),
-            });
-        }
-    }
+            })
+        })
+        .transpose()
+}
 
+fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms)? {
+        return Ok(outcome);
+    }
     let (current_epoch, retention): (i64, i64) = tx
         .query_row("SELECT epoch, retention_secs FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -806,7 +816,10 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         if device == b.sender {
             continue;
         }
-        let seq = push_to_queue(&tx, &device, envelope_seq, b.max_queue_depth)?;
+        // Handshake messages are never refused for depth: a group must always be able to
+        // remove a device that stopped reading.
+        let depth = if b.kind == EnvelopeKind::Application { b.max_queue_depth } else { u32::MAX };
+        let seq = push_to_queue(&tx, &device, envelope_seq, depth)?;
         deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
     }
 
@@ -819,10 +832,14 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
     if let Some(tracking) = &b.tracking {
         // Membership follows the MLS tree: the commit went to the members before it (so a
         // removed device learns of its removal); from now on only the tree's devices receive.
-        tx.execute(
-            "UPDATE channels SET tracker = ?2 WHERE id = ?1",
-            params![b.channel.0.as_slice(), tracking.tracker],
+        // Compare-and-swap: two proposals validated against the same state must not both land.
+        let swapped = tx.execute(
+            "UPDATE channels SET tracker = ?2 WHERE id = ?1 AND tracker IS ?3",
+            params![b.channel.0.as_slice(), tracking.tracker, tracking.tracker_before],
         )?;
+        if swapped == 0 {
+            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
+        }
         tx.execute("DELETE FROM channel_members WHERE channel_id = ?1", [b.channel.0.as_slice()])?;
         let mut add = tx.prepare_cached(
             "INSERT OR IGNORE INTO channel_members (channel_id, device_id) \
@@ -848,7 +865,7 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(&tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
-        let seq = push_to_queue(&tx, &w.device, welcome_seq, b.max_queue_depth)?;
+        let seq = push_to_queue(&tx, &w.device, welcome_seq, u32::MAX)?;
         deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
     }
 
@@ -959,6 +976,15 @@ impl DeliveryStore for SqliteStore {
 
     async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
         self.run(move |conn| enqueue_tx(conn, batch)).await
+    }
+
+    async fn replayed(
+        &self,
+        sender: DeviceId,
+        key: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Option<EnqueueOutcome>, StoreError> {
+        self.run(move |conn| find_replay(conn, &sender, &key, now_ms)).await
     }
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {

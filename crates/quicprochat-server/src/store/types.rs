@@ -147,6 +147,9 @@ pub struct ChannelRecord {
 /// The validated effect of a handshake message on the channel's public MLS state.
 #[derive(Clone, Debug)]
 pub struct Tracking {
+    /// The tracker the message was validated against (`None` for a channel's first commit):
+    /// the store refuses the write if another message replaced it meanwhile.
+    pub tracker_before: Option<Vec<u8>>,
     /// The tracker after the message.
     pub tracker: Vec<u8>,
     /// Member devices after the message (the MLS tree's leaves).

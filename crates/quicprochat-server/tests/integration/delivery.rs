@@ -52,6 +52,7 @@ async fn stale_commit_gets_conflict_with_current_epoch() {
         channel_id: channel.clone(),
         envelope: envelope(v1::EnvelopeKind::Commit, epoch, payload),
         group_info: rotate.group_info.clone().into(),
+        idempotency_key: Bytes::from_static(b"rotate-once"),
         ..Default::default()
     };
     // Built for epoch 1 but labelled 0: the label must match the MLS content.
@@ -60,8 +61,13 @@ async fn stale_commit_gets_conflict_with_current_epoch() {
     let ok: v1::EnqueueResponse = alice.call(method::ENQUEUE, &commit(1, &rotate.commit)).await.unwrap();
     assert_eq!(ok.epoch, 2);
     mls.merge_pending_commit(&channel).unwrap();
-    // The same commit again is for an epoch the channel has left: CONFLICT with where it is now.
-    let err = alice.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &commit(1, &rotate.commit)).await.unwrap_err();
+    // A retry with the same idempotency key (the answer was lost) gets the original answer.
+    let retry: v1::EnqueueResponse = alice.call(method::ENQUEUE, &commit(1, &rotate.commit)).await.unwrap();
+    assert_eq!((retry.envelope_id, retry.epoch), (ok.envelope_id.clone(), 2));
+    // Without it, the same commit is for an epoch the channel has left: CONFLICT with where it is.
+    let mut again = commit(1, &rotate.commit);
+    again.idempotency_key = Bytes::new();
+    let err = alice.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &again).await.unwrap_err();
     assert_eq!(err.rpc_status(), Some(Status::Conflict));
     let quicprochat_rpc::Error::Rpc(rpc_err) = err else { panic!("expected an RPC error") };
     assert_eq!(rpc_err.details.get("current_epoch").map(String::as_str), Some("2"));
