@@ -19,6 +19,9 @@ pub struct ConversationHandle {
     name: String,
 }
 
+/// How often a commit whose outcome is unknown is resent (with backoff: about 6 s in all).
+const HANDSHAKE_SEND_TRIES: u32 = 5;
+
 /// How often an add is rebuilt after losing a commit race.
 const MAX_COMMIT_ATTEMPTS: u32 = 5;
 
@@ -64,26 +67,24 @@ impl ConversationHandle {
         let id = MessageId(random16());
         let sent_at_ms = now_ms();
         let app = v1::AppMessage { message_id: Bytes::copy_from_slice(&id.0), sent_at_ms, body: Some(body) };
-        let (ciphertext, epoch) = {
-            let mut local = account.lock()?;
-            let ciphertext = local.mls.encrypt(&self.id.0, &app.encode_to_vec())?;
-            let epoch = local.mls.epoch(&self.id.0)?;
-            // The ratchet advanced: persist it together with the outgoing message.
-            let state = local.mls.export_state()?;
-            local.store.apply(Change {
-                mls_state: Some(&state),
-                message: Some(MessageRow {
-                    id,
-                    conversation: self.id,
-                    sender: &account.username,
-                    text: stored_text,
-                    sent_at_ms,
-                    outgoing: true,
-                    attachment,
-                }),
-                ..Default::default()
-            })?;
-            (ciphertext, epoch)
+        let row = MessageRow {
+            id,
+            conversation: self.id,
+            sender: &account.username,
+            text: stored_text,
+            sent_at_ms,
+            outgoing: true,
+            attachment,
+        };
+        let plaintext = app.encode_to_vec();
+        let (ciphertext, epoch) = match self.encrypt_and_store(&plaintext, &row) {
+            // A proposal waiting for its commit (a member leaving) blocks application messages
+            // until the commit lands: take part in that, then send.
+            Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
+                self.client.sync().await?;
+                self.encrypt_and_store(&plaintext, &row)?
+            }
+            other => other?,
         };
         let accepted: v1::EnqueueResponse = self
             .client
@@ -104,6 +105,17 @@ impl ConversationHandle {
             .await?;
         self.keep_delivery_proof(id, accepted.proof)?;
         Ok(id)
+    }
+
+    /// Encrypts with MLS and stores the outgoing message with the advanced ratchet, atomically.
+    fn encrypt_and_store(&self, plaintext: &[u8], row: &MessageRow<'_>) -> Result<(Vec<u8>, u64)> {
+        let account = self.client.account()?;
+        let mut local = account.lock()?;
+        let ciphertext = local.mls.encrypt(&self.id.0, plaintext)?;
+        let epoch = local.mls.epoch(&self.id.0)?;
+        let state = local.mls.export_state()?;
+        local.store.apply(Change { mls_state: Some(&state), message: Some(*row), ..Default::default() })?;
+        Ok((ciphertext, epoch))
     }
 
     /// Verifies the server's signed receipt and keeps it with the message.
@@ -173,6 +185,7 @@ impl ConversationHandle {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let guard = self.client.inner.sync_lock.lock().await;
             let (proposal, epoch) = {
                 let mut local = account.lock()?;
                 let proposal = local.mls.leave_group(&self.id.0)?;
@@ -183,8 +196,7 @@ impl ConversationHandle {
             };
             let sent: std::result::Result<v1::EnqueueResponse, _> = self
                 .client
-                .rpc()
-                .call(
+                .send_handshake(
                     method::ENQUEUE,
                     &v1::EnqueueRequest {
                         channel_id: Bytes::copy_from_slice(&self.id.0),
@@ -202,6 +214,7 @@ impl ConversationHandle {
                 Ok(_) => return Ok(()),
                 // This device was behind: catch up and propose again in the current epoch.
                 Err(e) if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS => {
+                    drop(guard);
                     Box::pin(self.client.sync_once_for_retry()).await?;
                 }
                 Err(e) => return Err(e.into()),
@@ -341,6 +354,9 @@ impl QpcClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // No inbound processing while this device's own commit is in flight: a commit of the
+            // next epoch arriving before ours is merged would otherwise be skipped as stale.
+            let guard = self.inner.sync_lock.lock().await;
             let (outcome, before) = {
                 let mut local = account.lock()?;
                 let before = local.mls.members(&id.0)?;
@@ -360,7 +376,8 @@ impl QpcClient {
                 group_info: outcome.group_info.into(),
                 ..Default::default()
             };
-            let sent: std::result::Result<v1::EnqueueResponse, _> = self.rpc().call(method::ENQUEUE, &request).await;
+            let sent: std::result::Result<v1::EnqueueResponse, _> =
+                self.send_handshake(method::ENQUEUE, &request).await;
             let failed = {
                 let mut local = account.lock()?;
                 let failed = match sent {
@@ -380,9 +397,44 @@ impl QpcClient {
             match failed {
                 None => return self.announce_commit(id, &before),
                 Some(e) if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS => {
+                    drop(guard);
                     Box::pin(self.sync_once_for_retry()).await?;
                 }
                 Some(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends a commit or proposal request, resending the same request (same idempotency key)
+    /// while the outcome is unknown — the connection dropped, the server was draining — so an
+    /// accepted commit is never mistaken for a lost one.
+    pub(crate) async fn send_handshake<Req, Resp>(
+        &self,
+        method_id: u16,
+        request: &Req,
+    ) -> std::result::Result<Resp, quicprochat_rpc::Error>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let mut delay = std::time::Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.rpc().call(method_id, request).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    let unknown = matches!(
+                        e.rpc_status(),
+                        None | Some(Status::Unavailable | Status::DeadlineExceeded | Status::Internal)
+                    );
+                    if !unknown || tries >= HANDSHAKE_SEND_TRIES {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, tries, "handshake outcome unknown; resending");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
             }
         }
     }
@@ -431,6 +483,7 @@ impl QpcClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let guard = self.inner.sync_lock.lock().await;
             let (outcome, before) = {
                 let mut local = account.lock()?;
                 let before = local.mls.members(&id.0)?;
@@ -457,7 +510,7 @@ impl QpcClient {
                 group_info: outcome.group_info.clone().into(),
             };
             let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
-                self.rpc().call(method::BATCH_ENQUEUE, &request).await;
+                self.send_handshake(method::BATCH_ENQUEUE, &request).await;
             match sent {
                 Ok(_) => {
                     {
@@ -477,7 +530,8 @@ impl QpcClient {
                     }
                     if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS {
                         tracing::debug!(attempt, "commit lost a race; catching up and retrying");
-                        self.sync().await?;
+                        drop(guard);
+                        Box::pin(self.sync_once_for_retry()).await?;
                         continue;
                     }
                     return Err(e.into());

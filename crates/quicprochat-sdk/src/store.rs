@@ -61,7 +61,7 @@ pub(crate) struct ConversationRow {
 }
 
 /// A message to persist.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct MessageRow<'a> {
     pub id: MessageId,
     pub conversation: ConversationId,
