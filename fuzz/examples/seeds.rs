@@ -112,6 +112,7 @@ fn mls() {
         };
         let leave = bob.leave_group(GROUP).unwrap();
 
+        write("tracker_restore", &format!("{name}-snapshot"), &tracker);
         for target in ["mls_process", "tracker_process"] {
             let seed = |what: &str, bytes: &[u8]| write(target, &format!("{name}-{what}"), bytes);
             seed("application", &message);
@@ -126,7 +127,6 @@ fn mls() {
             seed("group-info", &fixture.group_info);
             seed("key-package", &dave.generate_key_package().unwrap());
             seed("key-package-last-resort", &dave.generate_last_resort_key_package().unwrap());
-            seed("tracker-snapshot", &tracker);
         }
     }
 }
