@@ -157,7 +157,13 @@ impl ChannelTracker {
             rest.split_at_checked(usize::from(id_len)).ok_or(CoreError::Truncated { format: FORMAT })?;
         let storage = MemoryStorage::default();
         *storage.values.write().map_err(|_| CoreError::StorageLockPoisoned)? = decode_entries(rest, FORMAT)?;
-        let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+        // openmls's memory storage unwraps the decoding of each stored value, so a corrupted
+        // snapshot would panic inside `load`; turn that into a typed error (found by fuzzing).
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+        }))
+        .map_err(|_| CoreError::MalformedState { reason: "tracker snapshot holds a corrupt value" })?;
+        let group = loaded
             .map_err(CoreError::MlsStorage)?
             .ok_or(CoreError::MalformedState { reason: "tracker snapshot holds no group" })?;
         let crypto = CryptoProvider::new().map_err(CoreError::MlsCryptoProvider)?;

@@ -313,3 +313,16 @@ fn snapshots_are_deterministic_and_checked() {
     let debug = format!("{tracker:?}");
     assert!(debug.contains("epoch: 1"));
 }
+
+#[test]
+fn corrupt_snapshot_values_are_a_typed_error_not_a_panic() {
+    // Found by the `tracker_restore` fuzz target: a snapshot whose stored tree is the JSON `{`.
+    let snapshot = hex::decode(
+        "51504354011066757a7a2d67726f75702d30303030310000000100000052547265657b2276616c7565223a7b22766563223a5b\
+         3130322c3131372c3132322c3132322c34352c3130332c3131342c3131312c3131372c3131322c34352c34382c34382c3438\
+         2c34382c34395d7d7d0001000000017b",
+    )
+    .unwrap();
+    let result = ChannelTracker::restore(&snapshot);
+    assert!(matches!(result, Err(CoreError::MalformedState { .. })), "{result:?}");
+}
