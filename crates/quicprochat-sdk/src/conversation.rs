@@ -19,10 +19,25 @@ pub struct ConversationHandle {
     name: String,
 }
 
+/// A commit built and left pending by `MlsClient`, with the Welcomes for the devices it adds.
+pub(crate) struct PendingCommit {
+    pub commit: Vec<u8>,
+    pub epoch_before: u64,
+    pub group_info: Vec<u8>,
+    pub welcomes: Vec<v1::WelcomeDelivery>,
+}
+
+impl From<quicprochat_core::mls::CommitOutcome> for PendingCommit {
+    /// Commits that add nobody (removals, updates, committed removal proposals) carry no Welcome.
+    fn from(o: quicprochat_core::mls::CommitOutcome) -> Self {
+        Self { commit: o.commit, epoch_before: o.epoch_before, group_info: o.group_info, welcomes: Vec::new() }
+    }
+}
+
 /// How often a commit whose outcome is unknown is resent (with backoff: about 6 s in all).
 const HANDSHAKE_SEND_TRIES: u32 = 5;
 
-/// How often an add is rebuilt after losing a commit race.
+/// How often a commit is rebuilt after losing a race.
 const MAX_COMMIT_ATTEMPTS: u32 = 5;
 
 fn random16() -> [u8; 16] {
@@ -172,7 +187,7 @@ impl ConversationHandle {
                 if devices.is_empty() {
                     return Err(SdkError::NotAMember(user.clone()));
                 }
-                Ok(mls.remove_members(&id.0, &devices)?)
+                Ok(mls.remove_members(&id.0, &devices)?.into())
             })
             .await?;
         Ok(())
@@ -226,7 +241,7 @@ impl ConversationHandle {
     /// new epoch. Messages of earlier epochs cannot be read with the new keys.
     pub async fn rotate_key(&self) -> Result<u64> {
         let id = self.id;
-        self.client.commit_change(id, |mls| Ok(mls.self_update(&id.0)?)).await
+        self.client.commit_change(id, |mls| Ok(mls.self_update(&id.0)?.into())).await
     }
 
     /// The MLS epoch this device is at.
@@ -348,7 +363,7 @@ impl QpcClient {
     /// runs again on the new epoch.
     pub(crate) async fn commit_change<F>(&self, id: ConversationId, build: F) -> Result<u64>
     where
-        F: Fn(&quicprochat_core::mls::MlsClient) -> Result<quicprochat_core::mls::CommitOutcome>,
+        F: Fn(&quicprochat_core::mls::MlsClient) -> Result<PendingCommit>,
     {
         let account = self.account()?;
         let mut attempt = 0;
@@ -365,19 +380,19 @@ impl QpcClient {
                 local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
                 (outcome, before)
             };
-            let request = v1::EnqueueRequest {
+            let request = v1::BatchEnqueueRequest {
                 channel_id: Bytes::copy_from_slice(&id.0),
-                envelope: Some(v1::Envelope {
+                commit: Some(v1::Envelope {
                     kind: v1::EnvelopeKind::Commit as i32,
                     epoch: outcome.epoch_before,
                     payload: outcome.commit.into(),
                 }),
+                welcomes: outcome.welcomes,
                 idempotency_key: Bytes::copy_from_slice(&random16()),
                 group_info: outcome.group_info.into(),
-                ..Default::default()
             };
-            let sent: std::result::Result<v1::EnqueueResponse, _> =
-                self.send_handshake(method::ENQUEUE, &request).await;
+            let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
+                self.send_handshake(method::BATCH_ENQUEUE, &request).await;
             let failed = {
                 let mut local = account.lock()?;
                 let failed = match sent {
@@ -463,7 +478,6 @@ impl QpcClient {
     /// loses a race (CONFLICT) is dropped, the winner's commit is fetched and applied, and the
     /// add is built again on the new epoch with the same key packages.
     pub(crate) async fn add_users(&self, id: ConversationId, users: &[String]) -> Result<u64> {
-        let account = self.account()?;
         let mut claimed = Vec::new();
         for user in users {
             let kps: v1::FetchKeyPackagesResponse = self
@@ -480,63 +494,20 @@ impl QpcClient {
             claimed.extend(kps.key_packages);
         }
         let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let guard = self.inner.sync_lock.lock().await;
-            let (outcome, before) = {
-                let mut local = account.lock()?;
-                let before = local.mls.members(&id.0)?;
-                let outcome = local.mls.add_members(&id.0, &packages)?;
-                let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-                (outcome, before)
-            };
-            let request = v1::BatchEnqueueRequest {
-                channel_id: Bytes::copy_from_slice(&id.0),
-                commit: Some(v1::Envelope {
-                    kind: v1::EnvelopeKind::Commit as i32,
-                    epoch: outcome.epoch_before,
-                    payload: outcome.commit.clone().into(),
-                }),
+        self.commit_change(id, |mls| {
+            let outcome = mls.add_members(&id.0, &packages)?;
+            let welcome = Bytes::from(outcome.welcome);
+            Ok(PendingCommit {
+                commit: outcome.commit,
+                epoch_before: outcome.epoch_before,
+                group_info: outcome.group_info,
+                // Each added device gets the Welcome; nobody else does.
                 welcomes: claimed
                     .iter()
-                    .map(|k| v1::WelcomeDelivery {
-                        device_id: k.device_id.clone(),
-                        payload: outcome.welcome.clone().into(),
-                    })
+                    .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: welcome.clone() })
                     .collect(),
-                idempotency_key: Bytes::copy_from_slice(&random16()),
-                group_info: outcome.group_info.clone().into(),
-            };
-            let sent: std::result::Result<v1::BatchEnqueueResponse, _> =
-                self.send_handshake(method::BATCH_ENQUEUE, &request).await;
-            match sent {
-                Ok(_) => {
-                    {
-                        let mut local = account.lock()?;
-                        local.mls.merge_pending_commit(&id.0)?;
-                        let state = local.mls.export_state()?;
-                        local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-                    }
-                    return self.announce_commit(id, &before);
-                }
-                Err(e) => {
-                    {
-                        let mut local = account.lock()?;
-                        local.mls.clear_pending_commit(&id.0)?;
-                        let state = local.mls.export_state()?;
-                        local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
-                    }
-                    if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS {
-                        tracing::debug!(attempt, "commit lost a race; catching up and retrying");
-                        drop(guard);
-                        Box::pin(self.sync_once_for_retry()).await?;
-                        continue;
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
+            })
+        })
+        .await
     }
 }

@@ -33,7 +33,7 @@ impl QpcClient {
                 break;
             }
             for group in proposed {
-                match self.commit_change(group, |mls| Ok(mls.commit_pending_proposals(&group.0)?)).await {
+                match self.commit_change(group, |mls| Ok(mls.commit_pending_proposals(&group.0)?.into())).await {
                     Ok(_) => {}
                     // Someone else committed first: the next round applies their commit.
                     Err(SdkError::Server { status: "CONFLICT", .. }) => {}
