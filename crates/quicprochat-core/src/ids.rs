@@ -118,6 +118,18 @@ pub fn dm_channel_id(user_a: &[u8], user_b: &[u8]) -> ChannelId {
     ChannelId(truncate16(&hasher.finalize()))
 }
 
+/// `SHA-256(session_token)`: what the server stores for a session and what the device-binding
+/// challenge covers, so server and client must compute it alike.
+pub fn session_token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// `SHA-256(ciphertext)`: the address of a blob, checked by the server on upload and by the
+/// recipient after download.
+pub fn blob_id(ciphertext: &[u8]) -> [u8; 32] {
+    Sha256::digest(ciphertext).into()
+}
+
 /// The message a device signs with its identity key to prove possession when
 /// binding itself to a session (`RegisterDevice`):
 /// `"qpc/v1/register-device" || session_token_hash || identity_key`.

@@ -11,7 +11,6 @@ use quicprochat_core::mls::{MlsClient, MlsSuite};
 use quicprochat_core::opaque::{ClientLogin, ClientRegistration, OpaqueParams};
 use quicprochat_proto::{event, method, v1};
 use quicprochat_rpc::{RpcClient, ServerTrust, Status};
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
@@ -216,7 +215,7 @@ impl QpcClient {
     }
 
     async fn register_device(&self, identity: &IdentityKeyPair, token: &[u8]) -> Result<DeviceId> {
-        let token_hash: [u8; 32] = Sha256::digest(token).into();
+        let token_hash = quicprochat_core::ids::session_token_hash(token);
         let key = identity.public_key();
         let signature = identity.sign(&device_binding_challenge(&token_hash, &key));
         let resp: v1::RegisterDeviceResponse = self

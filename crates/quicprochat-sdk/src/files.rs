@@ -8,7 +8,6 @@ use prost::Message as _;
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
 use quicprochat_proto::{method, v1};
 use quicprochat_rpc::Status;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::client::QpcClient;
@@ -53,7 +52,7 @@ impl ConversationHandle {
         let mut key = Zeroizing::new([0u8; 32]);
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut());
         let ciphertext = seal_with_key(&mut rand_core::OsRng, &key, FILE_AAD, &plaintext)?;
-        let blob_id: [u8; 32] = Sha256::digest(&ciphertext).into();
+        let blob_id = quicprochat_core::ids::blob_id(&ciphertext);
         self.client().upload_blob(&blob_id, &ciphertext, &progress).await?;
 
         let name = safe_name(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -138,7 +137,7 @@ impl QpcClient {
                 break;
             }
         }
-        if Sha256::digest(&ciphertext).as_slice() != body.blob_id.as_ref() {
+        if quicprochat_core::ids::blob_id(&ciphertext).as_slice() != body.blob_id.as_ref() {
             return Err(SdkError::FileHashMismatch);
         }
         let plaintext = open_with_key(&key, FILE_AAD, &ciphertext)?;

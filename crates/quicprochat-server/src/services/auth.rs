@@ -1,7 +1,6 @@
 //! Registration, login, resume and logout (OPAQUE; the server never sees a password).
 
 use quicprochat_core::opaque::{self, ServerLogin};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{normalize_username, random_bytes};
@@ -92,7 +91,7 @@ pub async fn login_finish(
         }
     };
     let token = Zeroizing::new(random_bytes::<32>());
-    let token_hash: [u8; 32] = Sha256::digest(token.as_slice()).into();
+    let token_hash = quicprochat_core::ids::session_token_hash(token.as_slice());
     let expires_ms = now + state.limits.session_ttl.as_millis() as u64;
     state
         .store
@@ -109,7 +108,7 @@ pub async fn resume(state: &AppState, token: &[u8]) -> Result<Session, ServiceEr
     if token.len() != 32 {
         return Err(ServiceError::Unauthenticated("invalid session token"));
     }
-    let token_hash: [u8; 32] = Sha256::digest(token).into();
+    let token_hash = quicprochat_core::ids::session_token_hash(token);
     let record =
         state.store.session(token_hash).await?.ok_or(ServiceError::Unauthenticated("invalid session token"))?;
     if record.expires_ms <= state.clock.now_ms() {
