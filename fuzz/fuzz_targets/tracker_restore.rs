@@ -2,11 +2,10 @@
 //! keeps in its store and reads back before every handshake message of the
 //! channel.
 //!
-//! Known finding (see the README's "Fuzzing" section): openmls's
-//! `MemoryStorage` unwraps the JSON decoding of the values it reads, so a
-//! snapshot with a corrupted value panics inside `PublicGroup::load`
-//! instead of failing with an error. This target finds that within
-//! seconds from the seed corpus.
+//! Past finding: openmls's `MemoryStorage` unwrapped the JSON decoding of
+//! the values it reads, so a corrupted value panicked inside
+//! `PublicGroup::load`; the tracker now keeps its group in its own storage
+//! whose reads fail with `TrackerStorageError::Corrupt`.
 //!
 //! Properties: no panic; a restored tracker answers its getters and
 //! `to_bytes` is a fixed point of `restore` (restore ∘ to_bytes reproduces

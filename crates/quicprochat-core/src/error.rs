@@ -18,6 +18,7 @@ use openmls_memory_storage::MemoryStorageError;
 use thiserror::Error;
 
 use crate::mls::CredentialError;
+use crate::public_group::TrackerStorageError;
 
 /// Storage error type of the openmls provider this crate uses.
 type StorageError = MemoryStorageError;
@@ -322,7 +323,14 @@ pub enum CoreError {
     /// A GroupInfo and its ratchet tree do not describe a valid group (bad
     /// signature, tree hash mismatch, invalid leaves, …).
     #[error("the GroupInfo does not describe a valid MLS group")]
-    InvalidGroupInfo(#[source] Box<CreationFromExternalError<StorageError>>),
+    InvalidGroupInfo(#[source] Box<CreationFromExternalError<TrackerStorageError>>),
+    /// The channel tracker's storage failed, or a tracker snapshot holds a
+    /// value that does not decode.
+    #[error("channel tracker storage failed")]
+    TrackerStorage(#[source] TrackerStorageError),
+    /// Merging a validated commit into a channel tracker failed.
+    #[error("merging a commit into the channel tracker failed")]
+    TrackerMerge(#[source] Box<MergeCommitError<TrackerStorageError>>),
     /// A GroupInfo is valid but does not describe the tracked epoch of its
     /// group.
     #[error("the GroupInfo does not match the tracked group state")]

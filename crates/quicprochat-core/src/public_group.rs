@@ -43,10 +43,14 @@ use openmls::prelude::{
     StageCommitError, StagedCommit, ValidationError, Verifiable,
 };
 use openmls_libcrux_crypto::CryptoProvider;
-use openmls_memory_storage::MemoryStorage;
 use openmls_traits::types::SignatureScheme;
 
 use crate::error::CoreError;
+mod storage;
+
+use storage::TrackerStorage;
+pub use storage::TrackerStorageError;
+
 use crate::mls::{MemberInfo, MlsSuite, decode_entries, encode_entries, entries_len, member_from_parts};
 
 /// Magic bytes opening a tracker snapshot.
@@ -59,7 +63,7 @@ const FORMAT: &str = "channel tracker snapshot";
 /// The public state of one channel's MLS group, as the server follows it.
 pub struct ChannelTracker {
     crypto: CryptoProvider,
-    storage: MemoryStorage,
+    storage: TrackerStorage,
     group: PublicGroup,
 }
 
@@ -129,7 +133,7 @@ impl ChannelTracker {
         }
         let tree = group_info.extensions().ratchet_tree().ok_or(CoreError::MissingRatchetTree)?.ratchet_tree().clone();
         let crypto = CryptoProvider::new().map_err(CoreError::MlsCryptoProvider)?;
-        let storage = MemoryStorage::default();
+        let storage = TrackerStorage::default();
         let (group, _) = PublicGroup::from_external(&crypto, &storage, tree, group_info, ProposalStore::new())
             .map_err(|error| match error {
                 openmls::prelude::CreationFromExternalError::InvalidGroupInfoSignature => {
@@ -155,16 +159,9 @@ impl ChannelTracker {
         let (&id_len, rest) = rest.split_first().ok_or(CoreError::Truncated { format: FORMAT })?;
         let (group_id, rest) =
             rest.split_at_checked(usize::from(id_len)).ok_or(CoreError::Truncated { format: FORMAT })?;
-        let storage = MemoryStorage::default();
-        *storage.values.write().map_err(|_| CoreError::StorageLockPoisoned)? = decode_entries(rest, FORMAT)?;
-        // openmls's memory storage unwraps the decoding of each stored value, so a corrupted
-        // snapshot would panic inside `load`; turn that into a typed error (found by fuzzing).
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            PublicGroup::load(&storage, &GroupId::from_slice(group_id))
-        }))
-        .map_err(|_| CoreError::MalformedState { reason: "tracker snapshot holds a corrupt value" })?;
-        let group = loaded
-            .map_err(CoreError::MlsStorage)?
+        let storage = TrackerStorage::from_entries(decode_entries(rest, FORMAT)?);
+        let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+            .map_err(CoreError::TrackerStorage)?
             .ok_or(CoreError::MalformedState { reason: "tracker snapshot holds no group" })?;
         let crypto = CryptoProvider::new().map_err(CoreError::MlsCryptoProvider)?;
         Ok(Self { crypto, storage, group })
@@ -182,7 +179,7 @@ impl ChannelTracker {
         let group_id = self.group.group_id().as_slice();
         let id_len = u8::try_from(group_id.len())
             .map_err(|_| CoreError::InvalidIdLength { expected: usize::from(u8::MAX), actual: group_id.len() })?;
-        let values = self.storage.values.read().map_err(|_| CoreError::StorageLockPoisoned)?;
+        let values = self.storage.entries().map_err(CoreError::TrackerStorage)?;
         let mut out = Vec::with_capacity(6 + group_id.len() + entries_len(&values));
         out.extend_from_slice(&TRACKER_MAGIC);
         out.push(TRACKER_VERSION);
@@ -261,7 +258,7 @@ impl ChannelTracker {
                     Proposal::Update(update) => check_leaf(update.leaf_node())?,
                     _ => {}
                 }
-                self.group.add_proposal(&self.storage, *proposal).map_err(CoreError::MlsStorage)?;
+                self.group.add_proposal(&self.storage, *proposal).map_err(CoreError::TrackerStorage)?;
                 Ok(Tracked::Proposal { sender, epoch: epoch_before })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -355,7 +352,7 @@ impl ChannelTracker {
             }
         };
 
-        self.group.merge_commit(&self.storage, staged).map_err(|error| CoreError::MlsMergeStaged(Box::new(error)))?;
+        self.group.merge_commit(&self.storage, staged).map_err(|error| CoreError::TrackerMerge(Box::new(error)))?;
 
         let members = self.members()?;
         let by_key = |key: &[u8]| {

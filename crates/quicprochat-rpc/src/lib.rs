@@ -5,6 +5,7 @@
 //! - [`Status`], [`RpcError`], [`Error`]: outcomes on the wire and failures in this crate.
 //! - [`tls`]: TLS 1.3-only configurations, certificates, pinning.
 //! - [`Router`] and [`Context`]: typed handlers by method id.
+//! - [`middleware`]: layers around every call (metrics, tracing, and the server's own).
 //! - [`RpcServer`]: accept loop, one task per connection and per RPC, graceful shutdown.
 //! - [`PushSender`] / [`PushStream`]: the server-to-client push stream.
 //! - [`RpcClient`]: one connection, concurrent calls.
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod error;
 pub mod frame;
+pub mod middleware;
 pub mod options;
 pub mod push;
 pub mod router;
@@ -29,9 +31,10 @@ pub mod tls;
 pub use client::{ClientOptions, RpcClient};
 pub use error::{Error, RpcError};
 pub use frame::{DEFAULT_MAX_PAYLOAD, FrameError};
+pub use middleware::{Layer, Next};
 pub use options::{ServerOptions, TransportOptions};
 pub use push::{PushFrame, PushSender, PushStream};
-pub use router::{Context, Router};
+pub use router::{BoxFuture, Context, Router};
 pub use server::{RpcServer, SHUTDOWN_REASON};
 pub use status::Status;
 pub use tls::{

@@ -3,6 +3,8 @@
 //! A handler is a typed `async fn(Context<S>, Request) -> Result<Response, RpcError>`; it never
 //! sees frames or streams. Decoding the request (BAD_REQUEST on failure), the session check of
 //! [`Router::route_authed`] (UNAUTHENTICATED) and encoding the response happen here, once.
+//! Cross-cutting concerns (metrics, rate limits, audit, …) are [`crate::middleware`] layers
+//! added with [`Router::layer`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,10 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::RpcError;
+use crate::middleware::{Layer, Next};
 use crate::push::PushSender;
 
 /// A boxed, sendable future.
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A type-erased handler: request payload in, response payload out.
 pub(crate) type Handler<S> = Box<dyn Fn(Context<S>, Bytes) -> BoxFuture<Result<Bytes, RpcError>> + Send + Sync>;
@@ -27,9 +30,17 @@ type DisconnectHook<S> = Box<dyn Fn(u64, Option<S>) + Send + Sync>;
 
 /// The table of methods a server answers, generic over the server's session type `S`.
 pub struct Router<S> {
-    routes: HashMap<u16, Handler<S>>,
+    routes: HashMap<u16, Route<S>>,
+    layers: Vec<Arc<dyn Layer<S>>>,
+    /// `layers`, frozen on first dispatch (the chain every call walks).
+    chain: std::sync::OnceLock<Arc<[Arc<dyn Layer<S>>]>>,
     deadlines: HashMap<u16, Duration>,
     on_disconnect: Option<DisconnectHook<S>>,
+}
+
+struct Route<S> {
+    handler: Arc<Handler<S>>,
+    needs_session: bool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Router<S> {
@@ -41,7 +52,13 @@ impl<S: Clone + Send + Sync + 'static> Default for Router<S> {
 impl<S: Clone + Send + Sync + 'static> Router<S> {
     /// An empty router: every method answers UNKNOWN_METHOD.
     pub fn new() -> Self {
-        Self { routes: HashMap::new(), deadlines: HashMap::new(), on_disconnect: None }
+        Self {
+            routes: HashMap::new(),
+            layers: Vec::new(),
+            chain: std::sync::OnceLock::new(),
+            deadlines: HashMap::new(),
+            on_disconnect: None,
+        }
     }
 
     /// Registers the handler of a method callable without a session. Registering a method id
@@ -55,6 +72,7 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
     {
         self.insert(
             method_id,
+            false,
             Box::new(move |ctx: Context<S>, body: Bytes| match decode::<Req>(method_id, body) {
                 Ok(request) => respond(handler(ctx, request)),
                 Err(e) => Box::pin(future::ready(Err(e))),
@@ -74,6 +92,7 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
     {
         self.insert(
             method_id,
+            true,
             Box::new(move |ctx: Context<S>, body: Bytes| {
                 let Some(session) = ctx.session() else {
                     return Box::pin(future::ready(Err(RpcError::unauthenticated("this method requires a session"))));
@@ -84,6 +103,15 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
                 }
             }),
         )
+    }
+
+    /// Adds a middleware layer around every method. The first layer added is the outermost:
+    /// it sees the call first and the outcome last. Layers must be added before the router
+    /// serves its first call.
+    pub fn layer(mut self, layer: impl Layer<S>) -> Self {
+        debug_assert!(self.chain.get().is_none(), "layer added after the router started serving");
+        self.layers.push(Arc::new(layer));
+        self
     }
 
     /// Gives one method its own deadline instead of
@@ -117,14 +145,23 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
         ids
     }
 
-    fn insert(mut self, method_id: u16, handler: Handler<S>) -> Self {
-        let previous = self.routes.insert(method_id, handler);
+    fn insert(mut self, method_id: u16, needs_session: bool, handler: Handler<S>) -> Self {
+        let previous = self.routes.insert(method_id, Route { handler: Arc::new(handler), needs_session });
         debug_assert!(previous.is_none(), "method {method_id} routed twice");
         self
     }
 
-    pub(crate) fn handler(&self, method_id: u16) -> Option<&Handler<S>> {
-        self.routes.get(&method_id)
+    /// Starts the call of a routed method through every layer to its handler; `None` for an
+    /// unrouted method.
+    pub(crate) fn call(&self, ctx: Context<S>, body: Bytes) -> Option<BoxFuture<Result<Bytes, RpcError>>> {
+        let route = self.routes.get(&ctx.method_id())?;
+        let chain = self.chain.get_or_init(|| self.layers.iter().cloned().collect());
+        Some(Next::new(Arc::clone(chain), Arc::clone(&route.handler)).run(ctx, body))
+    }
+
+    /// Whether `method_id` was routed with [`Self::route_authed`].
+    pub(crate) fn needs_session(&self, method_id: u16) -> bool {
+        self.routes.get(&method_id).is_some_and(|route| route.needs_session)
     }
 
     pub(crate) fn deadline(&self, method_id: u16) -> Option<Duration> {
@@ -144,6 +181,7 @@ impl<S> fmt::Debug for Router<S> {
         ids.sort_unstable();
         f.debug_struct("Router")
             .field("methods", &ids)
+            .field("layers", &self.layers.len())
             .field("deadlines", &self.deadlines)
             .field("on_disconnect", &self.on_disconnect.is_some())
             .finish()
@@ -175,11 +213,6 @@ impl<S> ConnectionState<S> {
         Self { id, remote, session: Mutex::new(None), push }
     }
 
-    /// The connection's id.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Removes and returns the session, when the connection ends.
     pub(crate) fn take_session(&self) -> Option<S> {
         self.session.lock().unwrap_or_else(PoisonError::into_inner).take()
@@ -191,17 +224,34 @@ pub struct Context<S> {
     connection: Arc<ConnectionState<S>>,
     method_id: u16,
     request_id: u32,
+    needs_session: bool,
 }
 
 impl<S> Clone for Context<S> {
     fn clone(&self) -> Self {
-        Self { connection: Arc::clone(&self.connection), method_id: self.method_id, request_id: self.request_id }
+        Self {
+            connection: Arc::clone(&self.connection),
+            method_id: self.method_id,
+            request_id: self.request_id,
+            needs_session: self.needs_session,
+        }
     }
 }
 
 impl<S: Clone> Context<S> {
-    pub(crate) fn new(connection: Arc<ConnectionState<S>>, method_id: u16, request_id: u32) -> Self {
-        Self { connection, method_id, request_id }
+    pub(crate) fn new(
+        connection: Arc<ConnectionState<S>>,
+        method_id: u16,
+        request_id: u32,
+        needs_session: bool,
+    ) -> Self {
+        Self { connection, method_id, request_id, needs_session }
+    }
+
+    /// Whether the method was routed with [`Router::route_authed`]: the handler will not run
+    /// without a session. Layers use it to apply session checks to exactly those methods.
+    pub fn needs_session(&self) -> bool {
+        self.needs_session
     }
 
     fn session_slot(&self) -> std::sync::MutexGuard<'_, Option<S>> {

@@ -400,36 +400,22 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
     };
     drop(recv);
 
-    let Some(handler) = shared.router.handler(header.method_id) else {
-        // `read_request` only completes for routed methods.
-        let error = RpcError::unknown_method(format!("unknown method {}", header.method_id));
-        response.respond_error(header.request_id, &error, opts).await;
-        return;
-    };
     let deadline = shared.router.deadline(header.method_id).unwrap_or(opts.request_deadline);
-    let connection_id = state.id();
-    let ctx = Context::new(state, header.method_id, header.request_id);
-    let started = Instant::now();
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, body))) {
-        Ok(call) => match tokio::time::timeout(deadline, CatchUnwind(call)).await {
+    let needs_session = shared.router.needs_session(header.method_id);
+    let ctx = Context::new(state, header.method_id, header.request_id, needs_session);
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| shared.router.call(ctx, body))) {
+        Ok(Some(call)) => match tokio::time::timeout(deadline, CatchUnwind(call)).await {
             Ok(Ok(result)) => result,
             Ok(Err(Panicked)) => Err(handler_panicked(header)),
-            Err(_) => Err(RpcError::deadline_exceeded(format!("no response within {} ms", deadline.as_millis()))),
+            Err(_) => {
+                tracing::warn!(method_id = header.method_id, deadline_ms = deadline.as_millis(), "rpc cut off");
+                Err(RpcError::deadline_exceeded(format!("no response within {} ms", deadline.as_millis())))
+            }
         },
+        // `read_request` only completes for routed methods.
+        Ok(None) => Err(RpcError::unknown_method(format!("unknown method {}", header.method_id))),
         Err(_) => Err(handler_panicked(header)),
     };
-    let status = outcome.as_ref().map_or_else(|e| e.status, |_| Status::Ok);
-    let method = quicprochat_proto::method_name(header.method_id).unwrap_or("unknown");
-    metrics::counter!("qpc_rpc_requests_total", "method" => method, "status" => status.name()).increment(1);
-    metrics::histogram!("qpc_rpc_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
-    tracing::debug!(
-        connection_id,
-        method_id = header.method_id,
-        request_id = header.request_id,
-        status = status.name(),
-        elapsed_ms = started.elapsed().as_millis(),
-        "rpc"
-    );
     match outcome {
         Ok(payload) => {
             response.respond(Status::Ok, header.request_id, &payload, opts.max_payload, opts.write_timeout).await;

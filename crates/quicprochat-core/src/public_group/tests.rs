@@ -324,5 +324,32 @@ fn corrupt_snapshot_values_are_a_typed_error_not_a_panic() {
     )
     .unwrap();
     let result = ChannelTracker::restore(&snapshot);
-    assert!(matches!(result, Err(CoreError::MalformedState { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(CoreError::TrackerStorage(TrackerStorageError::Corrupt { label: "Tree", .. }))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_snapshot_with_a_queued_proposal_round_trips_and_the_commit_clears_the_queue() {
+    let (alice, mut tracker) = founded(MlsSuite::Classic);
+    let bob = client("bob", MlsSuite::Classic);
+    add(&mut tracker, &alice, &bob);
+
+    // Bob's leave proposal is queued in the tracker and survives a snapshot byte for byte.
+    let proposal = bob.leave_group(GROUP).unwrap();
+    assert!(matches!(tracker.process(&proposal).unwrap(), Tracked::Proposal { .. }));
+    let snapshot = tracker.to_bytes().unwrap();
+    let contains = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
+    assert!(contains(&snapshot, b"QueuedProposal") && contains(&snapshot, b"ProposalQueueRefs"));
+    let mut restored = ChannelTracker::restore(&snapshot).unwrap();
+    assert_eq!(restored.to_bytes().unwrap(), snapshot);
+
+    // Alice commits it; the restored tracker merges the commit and keeps no queued proposal.
+    alice.process(GROUP, &proposal).unwrap();
+    let leave = alice.commit_pending_proposals(GROUP).unwrap();
+    let tracked = commit(&mut restored, &leave.commit);
+    assert_eq!(usernames(&tracked.removed), ["bob"]);
+    let after = restored.to_bytes().unwrap();
+    assert!(!contains(&after, b"QueuedProposal") && !contains(&after, b"ProposalQueueRefs"));
 }

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quicprochat_proto::method;
 use quicprochat_proto::v1;
 use quicprochat_rpc::{
-    Context, Error, Router, RpcClient, RpcError, RpcServer, ServerOptions, ServerTrust, client_config,
-    generate_self_signed,
+    Context, Error, Layer, Next, Router, RpcClient, RpcError, RpcServer, ServerOptions, ServerTrust, client_config,
+    generate_self_signed, middleware,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -79,7 +80,13 @@ pub struct TestServer {
     pub entered: mpsc::Receiver<()>,
     /// Receives `(connection_id, session)` per ended connection.
     pub disconnects: mpsc::Receiver<(u64, Option<Session>)>,
+    /// What the test layers saw, in order: `outer>METHOD`, `inner>METHOD(authed)`, `inner<STATUS`,
+    /// `outer<STATUS`.
+    pub layer_log: Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// The session the test's gate layer refuses with FORBIDDEN before any handler runs.
+pub const BANNED: &str = "mallory";
 
 impl TestServer {
     /// Starts a server with the test router.
@@ -88,7 +95,11 @@ impl TestServer {
         let (entered_tx, entered) = mpsc::channel(64);
         let slow = Arc::new(SlowRoute { gate: Semaphore::new(0), entered: entered_tx });
         let (disconnect_tx, disconnects) = mpsc::channel(64);
-        let router = router(Arc::clone(&slow), disconnect_tx);
+        let layer_log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let router = router(Arc::clone(&slow), disconnect_tx)
+            .layer(log_layer("outer", &layer_log))
+            .layer(gate_layer())
+            .layer(log_layer("inner", &layer_log));
         let opts = ServerOptions {
             max_payload: SERVER_MAX_PAYLOAD,
             read_timeout: READ_TIMEOUT,
@@ -100,7 +111,7 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let mut task = JoinSet::new();
         task.spawn(server.serve(shutdown.clone()));
-        TestServer { addr, cert_der: cert.cert_der.clone(), shutdown, task, slow, entered, disconnects }
+        TestServer { addr, cert_der: cert.cert_der.clone(), shutdown, task, slow, entered, disconnects, layer_log }
     }
 
     /// A client that pins this server's certificate.
@@ -118,6 +129,32 @@ impl TestServer {
     pub fn open_gate(&self, n: usize) {
         self.slow.gate.add_permits(n);
     }
+}
+
+/// Logs the method on the way in and the status on the way out.
+fn log_layer(name: &'static str, log: &Arc<std::sync::Mutex<Vec<String>>>) -> impl Layer<Session> {
+    let log = Arc::clone(log);
+    middleware::from_fn(move |ctx: Context<Session>, request: Bytes, next: Next<Session>| {
+        let log = Arc::clone(&log);
+        async move {
+            let authed = if ctx.needs_session() { "(authed)" } else { "" };
+            log.lock().unwrap().push(format!("{name}>{}{authed}", ctx.method_id()));
+            let result = next.run(ctx, request).await;
+            let status = result.as_ref().map_or_else(|e| e.status, |_| quicprochat_rpc::Status::Ok);
+            log.lock().unwrap().push(format!("{name}<{}", status.name()));
+            result
+        }
+    })
+}
+
+/// Refuses every call of the [`BANNED`] session before it reaches the handler.
+fn gate_layer() -> impl Layer<Session> {
+    middleware::from_fn(|ctx: Context<Session>, request: Bytes, next: Next<Session>| async move {
+        if ctx.session().as_deref() == Some(BANNED) {
+            return Err(RpcError::forbidden("banned"));
+        }
+        next.run(ctx, request).await
+    })
 }
 
 fn health() -> v1::HealthResponse {

@@ -222,3 +222,34 @@ async fn panicking_handler_answers_internal() {
     assert_eq!(rpc.message, "internal error");
     health(&client).await;
 }
+
+#[tokio::test]
+async fn layers_wrap_every_call_in_order_and_may_answer_themselves() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    health(&client).await;
+    let err = client.call::<_, v1::HealthResponse>(WHOAMI, &v1::HealthRequest {}).await.unwrap_err();
+    assert_eq!(err.rpc_status(), Some(Status::Unauthenticated));
+    let log = std::mem::take(&mut *server.layer_log.lock().unwrap());
+    assert_eq!(
+        log,
+        [
+            format!("outer>{HEALTH}"),
+            format!("inner>{HEALTH}"),
+            "inner<OK".to_owned(),
+            "outer<OK".to_owned(),
+            format!("outer>{WHOAMI}(authed)"),
+            format!("inner>{WHOAMI}(authed)"),
+            "inner<UNAUTHENTICATED".to_owned(),
+            "outer<UNAUTHENTICATED".to_owned(),
+        ]
+    );
+
+    // The gate layer answers for the banned session: the inner layer and the handler never run.
+    let _: v1::ResumeResponse =
+        client.call(LOGIN, &v1::ResumeRequest { session_token: Bytes::from_static(BANNED.as_bytes()) }).await.unwrap();
+    server.layer_log.lock().unwrap().clear();
+    let err = client.call::<_, v1::HealthResponse>(WHOAMI, &v1::HealthRequest {}).await.unwrap_err();
+    assert_eq!(err.rpc_status(), Some(Status::Forbidden));
+    assert_eq!(*server.layer_log.lock().unwrap(), [format!("outer>{WHOAMI}(authed)"), "outer<FORBIDDEN".to_owned()]);
+}
