@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// One inbound processor at a time, so envelopes are applied in queue order.
     pub sync_lock: tokio::sync::Mutex<()>,
     pub tasks: Mutex<JoinSet<()>>,
+    /// Wakes the disappearing-message timer when a message with a timer is stored.
+    pub expiry_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// The logged-in account: identity, MLS state and local store, behind one lock.
@@ -110,6 +112,7 @@ impl QpcClient {
                 account: OnceLock::new(),
                 sync_lock: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(JoinSet::new()),
+                expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -210,6 +213,7 @@ impl QpcClient {
         self.top_up_key_packages().await?;
         let _: v1::SubscribeResponse = self.rpc().call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
         self.spawn_push_listener()?;
+        self.spawn_expiry_timer()?;
         self.sync().await?;
         Ok(())
     }
@@ -316,7 +320,12 @@ impl QpcClient {
             .store
             .conversations()?
             .into_iter()
-            .map(|c| ConversationInfo { id: c.id, name: c.name, peer: c.peer })
+            .map(|c| ConversationInfo {
+                id: c.id,
+                name: c.name,
+                peer: c.peer,
+                disappearing: c.disappearing_secs.map(|s| Duration::from_secs(u64::from(s))),
+            })
             .collect())
     }
 
@@ -367,8 +376,11 @@ impl QpcClient {
             .map(|r| ConversationHandle::new(self.clone(), r.id, r.name)))
     }
 
-    /// The last `limit` stored messages of a conversation, oldest first.
+    /// The last `limit` stored messages of a conversation, oldest first, with their edits,
+    /// reactions and receipts applied. Messages whose disappearing timer ran out are deleted
+    /// first.
     pub fn messages(&self, id: ConversationId, limit: u32) -> Result<Vec<Message>> {
+        self.purge_expired()?;
         let account = self.account()?;
         let local = account.lock()?;
         local.store.messages(&id, limit)
@@ -419,7 +431,13 @@ async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
         let Some(inner) = weak.upgrade() else { return "client dropped".to_owned() };
         let client = QpcClient { inner };
         let handled = match frame.event_type {
-            event::MESSAGE_NOTIFICATION => client.sync().await.map(|_| ()),
+            event::MESSAGE_NOTIFICATION => match frame.decode::<v1::MessageNotification>() {
+                // Sequence 0 marks an ephemeral envelope: pushed, never queued.
+                Ok(v1::MessageNotification { seq: 0, envelope: Some(queued), .. }) => {
+                    client.receive_ephemeral(&queued).await
+                }
+                _ => client.sync().await.map(|_| ()),
+            },
             event::KEY_PACKAGES_LOW => client.top_up_key_packages().await,
             event::SESSION_EXPIRED => {
                 let _ = client.inner.events.send(ClientEvent::SessionExpired);

@@ -7,7 +7,9 @@ use quicprochat_rpc::Status;
 
 use crate::client::{QpcClient, fold_username};
 use crate::error::Result;
-use crate::store::{Change, ConversationRow, MessageRow, now_ms};
+use zeroize::Zeroizing;
+
+use crate::store::{Change, ConversationRow, Effect, MessageRow, now_ms};
 use crate::sync::{KIND_DM, KIND_GROUP};
 use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
 
@@ -17,6 +19,22 @@ pub struct ConversationHandle {
     client: QpcClient,
     id: ConversationId,
     name: String,
+}
+
+/// What sending an application message changes on this device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LocalEcho<'a> {
+    /// A new message in the history.
+    Message {
+        /// The text the history shows.
+        text: &'a str,
+        /// The encoded `FileBody`, for a file.
+        attachment: Option<&'a [u8]>,
+    },
+    /// A change to stored messages or to the conversation.
+    Effect(Effect<'a>),
+    /// Nothing (a typing indicator).
+    Nothing,
 }
 
 /// A commit built and left pending by `MlsClient`, with the Welcomes for the devices it adds.
@@ -60,14 +78,20 @@ impl ConversationHandle {
         self.id
     }
 
-    /// Display name (the peer's username for a DM).
+    /// Display name (the peer's username for a DM, unless renamed), as it was when this handle
+    /// was made or last renamed through it.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    pub(crate) fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+
     /// Encrypts `text` with MLS, stores it locally and hands it to the server.
     pub async fn send_text(&self, text: &str) -> Result<MessageId> {
-        self.send_body(v1::app_message::Body::Text(v1::TextBody { text: text.to_owned() }), text, None).await
+        let body = v1::app_message::Body::Text(v1::TextBody { text: text.to_owned() });
+        self.send_app(body, LocalEcho::Message { text, attachment: None }).await
     }
 
     /// Encrypts an application message with MLS, stores it locally (with `stored_text` and the
@@ -78,29 +102,58 @@ impl ConversationHandle {
         stored_text: &str,
         attachment: Option<&[u8]>,
     ) -> Result<MessageId> {
+        self.send_app(body, LocalEcho::Message { text: stored_text, attachment }).await
+    }
+
+    /// Encrypts an application message with MLS, applies `echo` locally in the same transaction
+    /// as the advanced ratchet, and hands it to the server: typing indicators as ephemeral
+    /// envelopes, everything else stored, with the conversation's disappearing timer as the
+    /// server TTL (a timer change itself is kept until read, so nobody misses it).
+    pub(crate) async fn send_app(&self, body: v1::app_message::Body, echo: LocalEcho<'_>) -> Result<MessageId> {
         let account = self.client.account()?;
+        let ephemeral = matches!(body, v1::app_message::Body::Typing(_));
+        let timer_change = matches!(body, v1::app_message::Body::Disappearing(_));
+        let ttl_secs = if ephemeral || timer_change { 0 } else { self.disappearing_secs()?.unwrap_or(0) };
         let id = MessageId(random16());
         let sent_at_ms = now_ms();
-        let app = v1::AppMessage { message_id: Bytes::copy_from_slice(&id.0), sent_at_ms, body: Some(body) };
-        let row = MessageRow {
-            id,
-            conversation: self.id,
-            sender: &account.username,
-            text: stored_text,
+        let app = v1::AppMessage {
+            message_id: Bytes::copy_from_slice(&id.0),
             sent_at_ms,
-            outgoing: true,
-            attachment,
+            expire_after_secs: ttl_secs,
+            body: Some(body),
         };
-        let plaintext = app.encode_to_vec();
-        let (ciphertext, epoch) = match self.encrypt_and_store(&plaintext, &row) {
+        let expires_at_ms = (ttl_secs > 0).then(|| sent_at_ms + u64::from(ttl_secs) * 1000);
+        let (row, effect) = match echo {
+            LocalEcho::Message { text, attachment } => (
+                Some(MessageRow {
+                    id,
+                    conversation: self.id,
+                    sender: &account.username,
+                    text,
+                    sent_at_ms,
+                    outgoing: true,
+                    attachment,
+                    expires_at_ms,
+                    unsupported: None,
+                }),
+                None,
+            ),
+            LocalEcho::Effect(effect) => (None, Some(effect)),
+            LocalEcho::Nothing => (None, None),
+        };
+        let plaintext = Zeroizing::new(app.encode_to_vec());
+        let (ciphertext, epoch) = match self.encrypt_and_store(&plaintext, row, effect) {
             // A proposal waiting for its commit (a member leaving) blocks application messages
             // until the commit lands: take part in that, then send.
             Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
                 self.client.sync().await?;
-                self.encrypt_and_store(&plaintext, &row)?
+                self.encrypt_and_store(&plaintext, row, effect)?
             }
             other => other?,
         };
+        if expires_at_ms.is_some() && row.is_some() {
+            self.client.inner.expiry_wakeup.notify_one();
+        }
         let accepted: v1::EnqueueResponse = self
             .client
             .rpc()
@@ -114,27 +167,46 @@ impl ConversationHandle {
                         payload: ciphertext.into(),
                     }),
                     idempotency_key: Bytes::copy_from_slice(&id.0),
+                    ttl_secs,
+                    ephemeral,
                     ..Default::default()
                 },
             )
             .await?;
-        self.keep_delivery_proof(id, accepted.proof)?;
+        // An ephemeral envelope is never stored, so there is no delivery to prove.
+        if !ephemeral {
+            self.keep_delivery_proof(id, accepted.proof, row.is_some())?;
+        }
         Ok(id)
     }
 
-    /// Encrypts with MLS and stores the outgoing message with the advanced ratchet, atomically.
-    fn encrypt_and_store(&self, plaintext: &[u8], row: &MessageRow<'_>) -> Result<(Vec<u8>, u64)> {
+    /// The conversation's disappearing timer, seconds.
+    pub(crate) fn disappearing_secs(&self) -> Result<Option<u32>> {
+        let account = self.client.account()?;
+        let row = account.lock()?.store.conversation(&self.id)?;
+        Ok(row.and_then(|r| r.disappearing_secs))
+    }
+
+    /// Encrypts with MLS and stores the outgoing message or effect with the advanced ratchet,
+    /// atomically.
+    fn encrypt_and_store(
+        &self,
+        plaintext: &[u8],
+        row: Option<MessageRow<'_>>,
+        effect: Option<Effect<'_>>,
+    ) -> Result<(Vec<u8>, u64)> {
         let account = self.client.account()?;
         let mut local = account.lock()?;
         let ciphertext = local.mls.encrypt(&self.id.0, plaintext)?;
         let epoch = local.mls.epoch(&self.id.0)?;
         let state = local.mls.export_state()?;
-        local.store.apply(Change { mls_state: Some(&state), message: Some(*row), ..Default::default() })?;
+        local.store.apply(Change { mls_state: Some(&state), message: row, effect, ..Default::default() })?;
         Ok((ciphertext, epoch))
     }
 
-    /// Verifies the server's signed receipt and keeps it with the message.
-    fn keep_delivery_proof(&self, id: MessageId, proof: Option<v1::DeliveryProof>) -> Result<()> {
+    /// Verifies the server's signed receipt; for a message in the history, keeps it and tells
+    /// subscribers.
+    fn keep_delivery_proof(&self, id: MessageId, proof: Option<v1::DeliveryProof>, in_history: bool) -> Result<()> {
         let account = self.client.account()?;
         let proof = proof.ok_or(SdkError::InvalidDeliveryProof)?;
         let digest = quicprochat_core::ids::delivery_proof_digest(
@@ -148,6 +220,9 @@ impl ConversationHandle {
                 .is_ok();
         if !genuine {
             return Err(SdkError::InvalidDeliveryProof);
+        }
+        if !in_history {
+            return Ok(());
         }
         account.lock()?.store.set_delivery_proof(&id, &prost::Message::encode_to_vec(&proof))?;
         let _ = self.client.inner.events.send(ClientEvent::DeliveryConfirmed {
@@ -310,7 +385,13 @@ impl QpcClient {
             }
         }
         self.add_users(id, &[peer.to_owned()]).await?;
-        let row = ConversationRow { id, kind: KIND_DM, name: peer.to_owned(), peer: Some(peer.to_owned()) };
+        let row = ConversationRow {
+            id,
+            kind: KIND_DM,
+            name: peer.to_owned(),
+            peer: Some(peer.to_owned()),
+            disappearing_secs: None,
+        };
         self.save_conversation(row)?;
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: peer.to_owned() });
         Ok(ConversationHandle::new(self.clone(), id, peer.to_owned()))
@@ -340,7 +421,13 @@ impl QpcClient {
             let state = local.mls.export_state()?;
             local.store.apply(Change {
                 mls_state: Some(&state),
-                conversation: Some(ConversationRow { id, kind: KIND_GROUP, name: name.to_owned(), peer: None }),
+                conversation: Some(ConversationRow {
+                    id,
+                    kind: KIND_GROUP,
+                    name: name.to_owned(),
+                    peer: None,
+                    disappearing_secs: None,
+                }),
                 ..Default::default()
             })?;
         }

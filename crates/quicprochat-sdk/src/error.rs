@@ -70,6 +70,34 @@ pub enum SdkError {
     /// A downloaded file does not match the hash its message announced.
     #[error("the downloaded file does not match its hash")]
     FileHashMismatch,
+    /// No message with this id in the conversation (never stored here, or already expired).
+    #[error("no message {0} in this conversation")]
+    UnknownMessage(crate::MessageId),
+    /// Only a message's sender may edit or delete it.
+    #[error("message {0} was sent by someone else: only its sender may edit or delete it")]
+    NotOwnMessage(crate::MessageId),
+    /// The message was deleted; it can no longer be edited or reacted to.
+    #[error("message {0} was deleted")]
+    MessageDeleted(crate::MessageId),
+    /// A reaction must be a non-empty emoji of bounded size.
+    #[error("a reaction must be a non-empty emoji of at most {max} bytes, not {len}")]
+    InvalidReaction {
+        /// Its size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The disappearing timer asked for is longer than allowed.
+    #[error("a disappearing timer of {requested:?} is longer than the limit of {max:?}")]
+    DisappearingTimerTooLong {
+        /// The timer asked for.
+        requested: std::time::Duration,
+        /// The limit.
+        max: std::time::Duration,
+    },
+    /// A conversation name must contain something other than white space.
+    #[error("a conversation name cannot be empty")]
+    EmptyConversationName,
     /// Cryptographic failure.
     #[error("crypto: {0}")]
     Crypto(#[from] CoreError),

@@ -1,6 +1,8 @@
 //! Events the client emits to its subscribers.
 
-use crate::{ConversationId, Message};
+use std::time::Duration;
+
+use crate::{ConversationId, Message, MessageId};
 
 /// Something that happened, delivered through [`crate::QpcClient::subscribe`].
 #[derive(Clone, Debug)]
@@ -12,6 +14,80 @@ pub enum ClientEvent {
         conversation: ConversationId,
         /// The message.
         message: Message,
+    },
+    /// The sender of a stored message changed its text (the store already holds the new text).
+    MessageEdited {
+        /// Where.
+        conversation: ConversationId,
+        /// The edited message.
+        message: MessageId,
+        /// Who edited it (always its sender).
+        by: String,
+        /// The new text.
+        text: String,
+    },
+    /// The sender of a stored message deleted it; the store keeps a tombstone.
+    MessageDeleted {
+        /// Where.
+        conversation: ConversationId,
+        /// The deleted message.
+        message: MessageId,
+        /// Who deleted it (always its sender).
+        by: String,
+    },
+    /// A member reacted to a message (replacing their earlier reaction to it, if any).
+    ReactionAdded {
+        /// Where.
+        conversation: ConversationId,
+        /// The message reacted to.
+        message: MessageId,
+        /// Who reacted.
+        user: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// A member withdrew their reaction to a message.
+    ReactionRemoved {
+        /// Where.
+        conversation: ConversationId,
+        /// The message.
+        message: MessageId,
+        /// Who withdrew it.
+        user: String,
+    },
+    /// A member read messages.
+    ReadReceipt {
+        /// Where.
+        conversation: ConversationId,
+        /// The messages read (those stored on this device).
+        messages: Vec<MessageId>,
+        /// Who read them.
+        reader: String,
+    },
+    /// A member started or stopped typing. Never stored; only online devices see it.
+    Typing {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        username: String,
+        /// True when they started, false when they stopped.
+        started: bool,
+    },
+    /// A member changed the conversation's disappearing-message timer.
+    DisappearingTimerChanged {
+        /// Where.
+        conversation: ConversationId,
+        /// Who changed it.
+        by: String,
+        /// The new timer; `None` = messages are kept.
+        ttl: Option<Duration>,
+    },
+    /// A message's disappearing timer ran out and it was deleted from this device.
+    MessageExpired {
+        /// Where.
+        conversation: ConversationId,
+        /// The message, now gone.
+        message: MessageId,
     },
     /// This device joined a conversation (by Welcome or by creating it).
     ConversationCreated {

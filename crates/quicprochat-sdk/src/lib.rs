@@ -19,17 +19,23 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod account;
+mod app_message;
 mod client;
 mod config;
 mod conversation;
 mod error;
 mod events;
+mod expiry;
 mod files;
+mod inbound;
+mod rich;
 mod store;
 mod sync;
 
 use std::fmt;
+use std::time::Duration;
 
+pub use app_message::MAX_DISAPPEARING;
 pub use client::QpcClient;
 pub use config::{ClientConfig, KdfStrength, Trust};
 pub use conversation::ConversationHandle;
@@ -70,8 +76,9 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// A stored message.
+/// A stored message, with what later messages did to it (edits, deletion, reactions, receipts).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Id.
     pub id: MessageId,
@@ -79,7 +86,7 @@ pub struct Message {
     pub conversation: ConversationId,
     /// Sender's username.
     pub sender: String,
-    /// Text.
+    /// Text (the latest edit; empty once deleted).
     pub text: String,
     /// Sender's clock, Unix ms.
     pub sent_at_ms: u64,
@@ -90,6 +97,44 @@ pub struct Message {
     /// The file this message shares, if any (download it with
     /// [`QpcClient::download_file`]).
     pub attachment: Option<Attachment>,
+    /// What kind of message it is.
+    pub kind: MessageKind,
+    /// When this device applied the sender's latest edit, Unix ms.
+    pub edited_at_ms: Option<u64>,
+    /// When this device applied the sender's delete, Unix ms. A deleted message is a tombstone:
+    /// its text is empty and its attachment and reactions are gone.
+    pub deleted_at_ms: Option<u64>,
+    /// Reactions, at most one per user.
+    pub reactions: Vec<Reaction>,
+    /// Users who sent a read receipt for it.
+    pub read_by: Vec<String>,
+    /// When it disappears from this device (the conversation's disappearing timer), Unix ms.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// What kind of message a [`Message`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// Text.
+    Text,
+    /// A shared file (see [`Message::attachment`]).
+    File,
+    /// A kind this version of quicprochat cannot show (sent by a newer version, or malformed).
+    /// It is kept, with its raw payload, rather than dropped; its text says so.
+    Unsupported {
+        /// The payload's unknown body field number, when one was found.
+        body_field: Option<u32>,
+    },
+}
+
+/// One user's reaction to a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction {
+    /// Who reacted.
+    pub user: String,
+    /// The emoji.
+    pub emoji: String,
 }
 
 /// A file shared in a message.
@@ -110,6 +155,8 @@ pub struct ConversationInfo {
     pub name: String,
     /// The peer's username, for a DM.
     pub peer: Option<String>,
+    /// The disappearing-message timer, if one is set.
+    pub disappearing: Option<Duration>,
 }
 
 /// Whether `state_dir` already holds an account for this device (so `login`, not `register`).

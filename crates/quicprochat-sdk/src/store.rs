@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 use crate::error::Result;
-use crate::{ConversationId, Message, MessageId};
+use crate::{ConversationId, Message, MessageId, MessageKind, Reaction, SdkError};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -46,6 +46,29 @@ ALTER TABLE messages ADD COLUMN delivery_proof BLOB;
     r#"
 ALTER TABLE messages ADD COLUMN attachment BLOB;
 "#,
+    // 4: rich messaging. Timestamps are this device's clock, Unix ms.
+    r#"
+ALTER TABLE conversations ADD COLUMN disappearing_secs INTEGER;
+ALTER TABLE messages ADD COLUMN edited_ms INTEGER;
+ALTER TABLE messages ADD COLUMN deleted_ms INTEGER;
+ALTER TABLE messages ADD COLUMN expires_ms INTEGER;
+ALTER TABLE messages ADD COLUMN unsupported INTEGER;
+ALTER TABLE messages ADD COLUMN raw BLOB;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS reactions (
+    message BLOB NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    user    TEXT NOT NULL,
+    emoji   BLOB NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (message, user)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    message BLOB NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    reader  TEXT NOT NULL,
+    read_ms INTEGER NOT NULL,
+    PRIMARY KEY (message, reader)
+);
+"#,
 ];
 
 const MLS_STATE: &str = "mls_state";
@@ -58,6 +81,8 @@ pub(crate) struct ConversationRow {
     pub kind: i64,
     pub name: String,
     pub peer: Option<String>,
+    /// The disappearing timer, seconds (written only by [`Effect::Disappearing`]).
+    pub disappearing_secs: Option<u32>,
 }
 
 /// A message to persist.
@@ -71,6 +96,43 @@ pub(crate) struct MessageRow<'a> {
     pub outgoing: bool,
     /// Encoded `FileBody` (holds the file key): sealed like the text.
     pub attachment: Option<&'a [u8]>,
+    /// When this device deletes it (disappearing messages).
+    pub expires_at_ms: Option<u64>,
+    /// Set for a message this version cannot interpret.
+    pub unsupported: Option<Unsupported<'a>>,
+}
+
+/// A message kept although this version cannot interpret it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unsupported<'a> {
+    /// The unknown body's field number, if one was found.
+    pub body_field: Option<u32>,
+    /// The whole decrypted payload, sealed, so a later version can still read it.
+    pub raw: &'a [u8],
+}
+
+/// What a reaction, receipt, edit, delete or timer change does to stored state. The caller has
+/// checked that it is allowed (the target exists in the conversation, the editor is its sender).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Effect<'a> {
+    /// Sets (`Some`) or withdraws (`None`) `user`'s reaction to `message`.
+    React { message: MessageId, user: &'a str, emoji: Option<&'a str> },
+    /// `reader` read these messages.
+    Read { messages: &'a [MessageId], reader: &'a str },
+    /// Replaces the text of `message`.
+    Edit { message: MessageId, text: &'a str },
+    /// Erases `message`'s body, attachment and reactions, keeping a tombstone.
+    Delete { message: MessageId },
+    /// Sets the conversation's disappearing timer.
+    Disappearing { conversation: ConversationId, secs: Option<u32> },
+}
+
+/// What an effect needs to know about the message it targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub conversation: ConversationId,
+    pub sender: String,
+    pub deleted: bool,
 }
 
 /// Everything one processed envelope changes, written atomically.
@@ -79,6 +141,7 @@ pub(crate) struct Change<'a> {
     pub mls_state: Option<&'a [u8]>,
     pub conversation: Option<ConversationRow>,
     pub message: Option<MessageRow<'a>>,
+    pub effect: Option<Effect<'a>>,
     pub cursor: Option<u64>,
 }
 
@@ -144,6 +207,11 @@ impl LocalStore {
             Some((id, a)) => Some(self.seal(&attachment_aad(&id), a)?),
             None => None,
         };
+        let sealed_raw = match change.message.as_ref().and_then(|m| m.unsupported.map(|u| (m.id, u.raw))) {
+            Some((id, raw)) => Some(self.seal(&raw_aad(&id), raw)?),
+            None => None,
+        };
+        let sealed_effect = change.effect.map(|e| self.seal_effect(e)).transpose()?;
         let now = now_ms();
         let tx = self.conn.transaction()?;
         if let Some(state) = sealed_state {
@@ -158,8 +226,8 @@ impl LocalStore {
         let mut fresh = true;
         if let (Some(m), Some(body)) = (&change.message, sealed_body) {
             fresh = tx.execute(
-                "INSERT OR IGNORE INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, attachment) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, \
+                 attachment, expires_ms, unsupported, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     m.id.0.as_slice(),
                     m.conversation.0.as_slice(),
@@ -168,15 +236,94 @@ impl LocalStore {
                     to_i64(m.sent_at_ms),
                     to_i64(now),
                     m.outgoing,
-                    sealed_attachment
+                    sealed_attachment,
+                    m.expires_at_ms.map(to_i64),
+                    m.unsupported.map(|u| u.body_field.unwrap_or(0)),
+                    sealed_raw,
                 ],
             )? == 1;
+        }
+        if let (Some(effect), Some(sealed)) = (change.effect, sealed_effect) {
+            write_effect(&tx, effect, sealed, now)?;
         }
         if let Some(cursor) = change.cursor {
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![CURSOR, to_i64(cursor)])?;
         }
         tx.commit()?;
         Ok(fresh)
+    }
+
+    /// Seals what an effect writes (the reaction or the new text); empty for the others.
+    fn seal_effect(&self, effect: Effect<'_>) -> Result<Vec<u8>> {
+        match effect {
+            Effect::React { message, user, emoji: Some(emoji) } => {
+                self.seal(&reaction_aad(&message, user), emoji.as_bytes())
+            }
+            Effect::Edit { message, text } => self.seal(&message.0, text.as_bytes()),
+            Effect::Delete { message } => self.seal(&message.0, b""),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The conversation, sender and state of a stored message.
+    pub fn target(&self, id: &MessageId) -> Result<Option<Target>> {
+        let row: Option<(Vec<u8>, String, Option<i64>)> = self
+            .conn
+            .query_row("SELECT conversation, sender, deleted_ms FROM messages WHERE id = ?1", [id.0.as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(conversation, sender, deleted)| {
+            let conversation = ConversationId(<[u8; 16]>::try_from(conversation.as_slice()).ok()?);
+            Some(Target { conversation, sender, deleted: deleted.is_some() })
+        }))
+    }
+
+    /// Renames a conversation on this device.
+    pub fn rename_conversation(&mut self, id: &ConversationId, name: &str) -> Result<bool> {
+        Ok(self.conn.execute("UPDATE conversations SET name = ?2 WHERE id = ?1", params![id.0.as_slice(), name])? == 1)
+    }
+
+    /// Deletes every message whose disappearing timer ran out by `now_ms` (with its reactions
+    /// and receipts); returns which.
+    pub fn purge_expired(&mut self, now_ms: u64) -> Result<Vec<(ConversationId, MessageId)>> {
+        let tx = self.conn.transaction()?;
+        let mut gone = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM messages WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 RETURNING conversation, id",
+            )?;
+            let rows = stmt.query_map([to_i64(now_ms)], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            for row in rows {
+                let (conversation, id) = row?;
+                if let (Ok(c), Ok(m)) =
+                    (<[u8; 16]>::try_from(conversation.as_slice()), <[u8; 16]>::try_from(id.as_slice()))
+                {
+                    gone.push((ConversationId(c), MessageId(m)));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// When the next stored message disappears, Unix ms.
+    pub fn next_expiry(&self) -> Result<Option<u64>> {
+        let next: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(expires_ms) FROM messages WHERE expires_ms IS NOT NULL", [], |r| r.get(0))?;
+        Ok(next.map(to_u64))
+    }
+
+    /// The sealed raw payload kept with an unsupported message.
+    #[cfg(test)]
+    pub fn raw_payload(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT raw FROM messages WHERE id = ?1", [id.0.as_slice()], |r| r.get(0))
+            .optional()?
+            .flatten();
+        sealed.map(|s| self.open_sealed(&raw_aad(id), &s)).transpose()
     }
 
     /// The encoded `FileBody` of a message, if it shares a file.
@@ -207,35 +354,53 @@ impl LocalStore {
     pub fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRow>> {
         Ok(self
             .conn
-            .query_row("SELECT kind, name, peer FROM conversations WHERE id = ?1", [id.0.as_slice()], |r| {
-                Ok(ConversationRow { id: *id, kind: r.get(0)?, name: r.get(1)?, peer: r.get(2)? })
-            })
+            .query_row(
+                "SELECT kind, name, peer, disappearing_secs FROM conversations WHERE id = ?1",
+                [id.0.as_slice()],
+                |r| {
+                    Ok(ConversationRow {
+                        id: *id,
+                        kind: r.get(0)?,
+                        name: r.get(1)?,
+                        peer: r.get(2)?,
+                        disappearing_secs: r.get(3)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
     pub fn conversation_by_peer(&self, peer: &str) -> Result<Option<ConversationRow>> {
-        let row: Option<(Vec<u8>, i64, String)> = self
+        let row: Option<(Vec<u8>, i64, String, Option<u32>)> = self
             .conn
-            .query_row("SELECT id, kind, name FROM conversations WHERE peer = ?1", [peer], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            .query_row("SELECT id, kind, name, disappearing_secs FROM conversations WHERE peer = ?1", [peer], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        Ok(row.and_then(|(id, kind, name)| {
+        Ok(row.and_then(|(id, kind, name, disappearing_secs)| {
             let id = <[u8; 16]>::try_from(id.as_slice()).ok()?;
-            Some(ConversationRow { id: ConversationId(id), kind, name, peer: Some(peer.to_owned()) })
+            Some(ConversationRow { id: ConversationId(id), kind, name, peer: Some(peer.to_owned()), disappearing_secs })
         }))
     }
 
     pub fn conversations(&self) -> Result<Vec<ConversationRow>> {
-        let mut stmt = self.conn.prepare("SELECT id, kind, name, peer FROM conversations ORDER BY created_ms")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, kind, name, peer, disappearing_secs FROM conversations ORDER BY created_ms")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, kind, name, peer) = row?;
+            let (id, kind, name, peer, disappearing_secs) = row?;
             if let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) {
-                out.push(ConversationRow { id: ConversationId(id), kind, name, peer });
+                out.push(ConversationRow { id: ConversationId(id), kind, name, peer, disappearing_secs });
             }
         }
         Ok(out)
@@ -243,45 +408,170 @@ impl LocalStore {
 
     /// The last `limit` messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &ConversationId, limit: u32) -> Result<Vec<Message>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, sender, body, sent_at_ms, stored_ms, outgoing, attachment FROM messages WHERE conversation = ?1 \
-             ORDER BY stored_ms DESC, rowid DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![conversation.0.as_slice(), limit], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, bool>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-            ))
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 ORDER BY stored_ms DESC, rowid DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![conversation.0.as_slice(), limit], StoredMessage::read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, sender, body, sent, stored, outgoing, attachment) = row?;
-            let id =
-                MessageId(<[u8; 16]>::try_from(id.as_slice()).map_err(|_| crate::SdkError::Protocol("message id"))?);
-            let text = self.open_sealed(&id.0, &body)?;
-            let attachment = match attachment {
-                Some(sealed) => crate::files::describe(&self.open_sealed(&attachment_aad(&id), &sealed)?),
-                None => None,
-            };
-            out.push(Message {
-                id,
-                conversation: *conversation,
-                sender,
-                text: String::from_utf8_lossy(&text).into_owned(),
-                sent_at_ms: to_u64(sent),
-                stored_at_ms: to_u64(stored),
-                outgoing,
-                attachment,
-            });
+            out.push(self.open_message(row?)?);
         }
         out.reverse();
         Ok(out)
     }
+
+    /// One stored message.
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"),
+                [id.0.as_slice()],
+                StoredMessage::read,
+            )
+            .optional()?;
+        row.map(|r| self.open_message(r)).transpose()
+    }
+
+    /// Unseals a row and gathers its reactions and receipts.
+    fn open_message(&self, row: StoredMessage) -> Result<Message> {
+        let id = MessageId(<[u8; 16]>::try_from(row.id.as_slice()).map_err(|_| SdkError::Protocol("message id"))?);
+        let conversation = ConversationId(
+            <[u8; 16]>::try_from(row.conversation.as_slice()).map_err(|_| SdkError::Protocol("conversation id"))?,
+        );
+        let text = self.open_sealed(&id.0, &row.body)?;
+        let attachment = match row.attachment {
+            Some(sealed) => crate::files::describe(&self.open_sealed(&attachment_aad(&id), &sealed)?),
+            None => None,
+        };
+        let kind = match (row.unsupported, &attachment) {
+            (Some(field), _) => MessageKind::Unsupported { body_field: u32::try_from(field).ok().filter(|f| *f > 0) },
+            (None, Some(_)) => MessageKind::File,
+            (None, None) => MessageKind::Text,
+        };
+        let mut reactions = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT user, emoji FROM reactions WHERE message = ?1 ORDER BY at_ms, user")?;
+            let rows = stmt.query_map([id.0.as_slice()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            for r in rows {
+                let (user, sealed) = r?;
+                let emoji = self.open_sealed(&reaction_aad(&id, &user), &sealed)?;
+                reactions.push(Reaction { user, emoji: String::from_utf8_lossy(&emoji).into_owned() });
+            }
+        }
+        let mut read_by = Vec::new();
+        {
+            let mut stmt =
+                self.conn.prepare_cached("SELECT reader FROM receipts WHERE message = ?1 ORDER BY read_ms, reader")?;
+            for r in stmt.query_map([id.0.as_slice()], |r| r.get::<_, String>(0))? {
+                read_by.push(r?);
+            }
+        }
+        Ok(Message {
+            id,
+            conversation,
+            sender: row.sender,
+            text: String::from_utf8_lossy(&text).into_owned(),
+            sent_at_ms: to_u64(row.sent_at_ms),
+            stored_at_ms: to_u64(row.stored_ms),
+            outgoing: row.outgoing,
+            attachment,
+            kind,
+            edited_at_ms: row.edited_ms.map(to_u64),
+            deleted_at_ms: row.deleted_ms.map(to_u64),
+            reactions,
+            read_by,
+            expires_at_ms: row.expires_ms.map(to_u64),
+        })
+    }
+}
+
+/// The columns [`StoredMessage::read`] expects, in order.
+const MESSAGE_COLUMNS: &str = "id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, attachment, edited_ms, \
+     deleted_ms, expires_ms, unsupported";
+
+/// A message row as stored (still sealed).
+struct StoredMessage {
+    id: Vec<u8>,
+    conversation: Vec<u8>,
+    sender: String,
+    body: Vec<u8>,
+    sent_at_ms: i64,
+    stored_ms: i64,
+    outgoing: bool,
+    attachment: Option<Vec<u8>>,
+    edited_ms: Option<i64>,
+    deleted_ms: Option<i64>,
+    expires_ms: Option<i64>,
+    unsupported: Option<i64>,
+}
+
+impl StoredMessage {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            conversation: r.get(1)?,
+            sender: r.get(2)?,
+            body: r.get(3)?,
+            sent_at_ms: r.get(4)?,
+            stored_ms: r.get(5)?,
+            outgoing: r.get(6)?,
+            attachment: r.get(7)?,
+            edited_ms: r.get(8)?,
+            deleted_ms: r.get(9)?,
+            expires_ms: r.get(10)?,
+            unsupported: r.get(11)?,
+        })
+    }
+}
+
+/// Writes an effect inside the caller's transaction; `sealed` is what [`LocalStore::seal_effect`]
+/// made of it.
+fn write_effect(tx: &rusqlite::Transaction<'_>, effect: Effect<'_>, sealed: Vec<u8>, now: u64) -> Result<()> {
+    match effect {
+        Effect::React { message, user, emoji: Some(_) } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO reactions (message, user, emoji, at_ms) \
+                 SELECT id, ?2, ?3, ?4 FROM messages WHERE id = ?1",
+                params![message.0.as_slice(), user, sealed, to_i64(now)],
+            )?;
+        }
+        Effect::React { message, user, emoji: None } => {
+            tx.execute("DELETE FROM reactions WHERE message = ?1 AND user = ?2", params![message.0.as_slice(), user])?;
+        }
+        Effect::Read { messages, reader } => {
+            for message in messages {
+                tx.execute(
+                    "INSERT OR IGNORE INTO receipts (message, reader, read_ms) \
+                     SELECT id, ?2, ?3 FROM messages WHERE id = ?1",
+                    params![message.0.as_slice(), reader, to_i64(now)],
+                )?;
+            }
+        }
+        Effect::Edit { message, text: _ } => {
+            tx.execute(
+                "UPDATE messages SET body = ?2, edited_ms = ?3 WHERE id = ?1 AND deleted_ms IS NULL",
+                params![message.0.as_slice(), sealed, to_i64(now)],
+            )?;
+        }
+        Effect::Delete { message } => {
+            tx.execute(
+                "UPDATE messages SET body = ?2, attachment = NULL, raw = NULL, edited_ms = NULL, deleted_ms = ?3 \
+                 WHERE id = ?1",
+                params![message.0.as_slice(), sealed, to_i64(now)],
+            )?;
+            tx.execute("DELETE FROM reactions WHERE message = ?1", [message.0.as_slice()])?;
+        }
+        Effect::Disappearing { conversation, secs } => {
+            tx.execute(
+                "UPDATE conversations SET disappearing_secs = ?2 WHERE id = ?1",
+                params![conversation.0.as_slice(), secs],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -298,6 +588,19 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+fn raw_aad(id: &MessageId) -> Vec<u8> {
+    let mut aad = b"raw:".to_vec();
+    aad.extend_from_slice(&id.0);
+    aad
+}
+
+fn reaction_aad(message: &MessageId, user: &str) -> Vec<u8> {
+    let mut aad = b"reaction:".to_vec();
+    aad.extend_from_slice(&message.0);
+    aad.extend_from_slice(user.as_bytes());
+    aad
+}
+
 fn attachment_aad(id: &MessageId) -> Vec<u8> {
     let mut aad = b"attachment:".to_vec();
     aad.extend_from_slice(&id.0);
@@ -307,3 +610,6 @@ fn attachment_aad(id: &MessageId) -> Vec<u8> {
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

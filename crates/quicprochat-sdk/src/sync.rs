@@ -1,14 +1,14 @@
 //! Inbound processing: read the device queue in order, apply each envelope to MLS and the local
 //! store in one transaction, then acknowledge it to the server.
 
-use prost::Message as _;
 use quicprochat_core::mls::{MemberInfo, Processed};
 use quicprochat_proto::{method, v1};
 
 use crate::client::{Account, QpcClient};
 use crate::error::Result;
-use crate::store::{Change, ConversationRow, MessageRow};
-use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
+use crate::inbound::Inbound;
+use crate::store::{Change, ConversationRow};
+use crate::{ClientEvent, ConversationId, SdkError};
 
 /// Envelopes per page.
 const PAGE: u32 = 100;
@@ -78,6 +78,10 @@ impl QpcClient {
                     proposed.push(group);
                 }
                 for event in events {
+                    if matches!(&event, ClientEvent::MessageReceived { message, .. } if message.expires_at_ms.is_some())
+                    {
+                        self.inner.expiry_wakeup.notify_one();
+                    }
                     let _ = self.inner.events.send(event);
                 }
             }
@@ -165,50 +169,13 @@ impl QpcClient {
                 };
                 let state = local.mls.export_state()?;
                 match processed {
-                    Processed::Application { sender, plaintext, .. } => {
-                        let Ok(app) = v1::AppMessage::decode(plaintext.as_slice()) else {
-                            return skip(&mut local, "undecodable application payload");
-                        };
-                        let Ok(id) = <[u8; 16]>::try_from(app.message_id.as_ref()) else {
-                            return skip(&mut local, "malformed message id");
-                        };
-                        let (text, attachment) = match app.body {
-                            Some(v1::app_message::Body::Text(t)) => (t.text, None),
-                            Some(v1::app_message::Body::File(f)) => {
-                                (crate::files::summary(&f.name, f.size), Some(prost::Message::encode_to_vec(&f)))
-                            }
-                            None => return skip(&mut local, "application message without a body"),
-                        };
-                        let id = MessageId(id);
-                        let fresh = local.store.apply(Change {
-                            mls_state: Some(&state),
-                            message: Some(MessageRow {
-                                id,
-                                conversation,
-                                sender: &sender.username,
-                                text: &text,
-                                sent_at_ms: app.sent_at_ms,
-                                outgoing: false,
-                                attachment: attachment.as_deref(),
-                            }),
-                            cursor: Some(seq),
-                            ..Default::default()
-                        })?;
-                        if !fresh {
-                            return Ok(Vec::new());
-                        }
-                        let message = Message {
-                            id,
-                            conversation,
-                            sender: sender.username,
-                            text,
-                            sent_at_ms: app.sent_at_ms,
-                            stored_at_ms: crate::store::now_ms(),
-                            outgoing: false,
-                            attachment: attachment.as_deref().and_then(crate::files::describe),
-                        };
-                        Ok(vec![ClientEvent::MessageReceived { conversation, message }])
-                    }
+                    Processed::Application { sender, plaintext, .. } => crate::inbound::apply_application(
+                        &mut local.store,
+                        Inbound { conversation, sender: &sender.username, plaintext: &plaintext },
+                        &state,
+                        seq,
+                        crate::store::now_ms(),
+                    ),
                     Processed::Commit { epoch, added, removed, .. } => {
                         let me_removed = removed.iter().any(|m| m.device_id == account.device_id);
                         let state = if me_removed {
@@ -258,8 +225,8 @@ pub(crate) fn conversation_row(id: ConversationId, me: &str, members: &[MemberIn
     others.dedup();
     if others.len() == 1 {
         let peer = others[0].to_owned();
-        ConversationRow { id, kind: KIND_DM, name: peer.clone(), peer: Some(peer) }
+        ConversationRow { id, kind: KIND_DM, name: peer.clone(), peer: Some(peer), disappearing_secs: None }
     } else {
-        ConversationRow { id, kind: KIND_GROUP, name: others.join(", "), peer: None }
+        ConversationRow { id, kind: KIND_GROUP, name: others.join(", "), peer: None, disappearing_secs: None }
     }
 }

@@ -1,0 +1,198 @@
+//! What a decrypted application message does on this device: a new message in the history, or
+//! a reaction, receipt, edit, delete or timer change applied to what is stored, and the events
+//! that tell subscribers. Typing indicators arrive here too, mostly as ephemeral pushes that
+//! never touch the queue.
+
+use quicprochat_core::mls::Processed;
+use quicprochat_proto::v1;
+
+use crate::app_message::{self, Body, UNSUPPORTED_TEXT};
+use crate::client::QpcClient;
+use crate::error::Result;
+use crate::store::{Change, Effect, LocalStore, MessageRow, Target, Unsupported};
+use crate::{ClientEvent, ConversationId, MessageId};
+
+/// A decrypted application message and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inbound<'a> {
+    /// The conversation it arrived in.
+    pub conversation: ConversationId,
+    /// The sender's username, as MLS authenticated it.
+    pub sender: &'a str,
+    /// The decrypted `AppMessage` bytes.
+    pub plaintext: &'a [u8],
+}
+
+/// Applies an application message from the queue: writes its effect together with the MLS
+/// state and the queue cursor, in one transaction, and returns the events to emit. A reaction,
+/// edit or delete whose target is not in this conversation, or an edit or delete by anyone but
+/// the target's sender, is ignored (the ratchet and cursor still advance).
+pub(crate) fn apply_application(
+    store: &mut LocalStore,
+    inbound: Inbound<'_>,
+    mls_state: &[u8],
+    cursor: u64,
+    now_ms: u64,
+) -> Result<Vec<ClientEvent>> {
+    let Inbound { conversation, sender, plaintext } = inbound;
+    let decoded = app_message::decode(plaintext);
+    let base = || Change { mls_state: Some(mls_state), cursor: Some(cursor), ..Default::default() };
+    // A target that exists in this conversation (`None` otherwise).
+    let target = |store: &LocalStore, id: &MessageId| -> Result<Option<Target>> {
+        Ok(store.target(id)?.filter(|t| t.conversation == conversation))
+    };
+    let ignore = |store: &mut LocalStore, why: &str| -> Result<Vec<ClientEvent>> {
+        tracing::debug!(reason = why, "ignoring an application message");
+        store.apply(base())?;
+        Ok(Vec::new())
+    };
+
+    let (text, attachment, unsupported) = match decoded.body {
+        Body::Text(text) => (text, None, None),
+        Body::File(f) => (crate::files::summary(&f.name, f.size), Some(prost::Message::encode_to_vec(&f)), None),
+        Body::Unsupported { body_field } => {
+            tracing::debug!(?body_field, "keeping an application message this version cannot interpret");
+            (UNSUPPORTED_TEXT.to_owned(), None, Some(Unsupported { body_field, raw: plaintext }))
+        }
+        Body::Reaction { target: id, emoji } => {
+            match target(store, &id)? {
+                Some(t) if !t.deleted => {}
+                Some(_) => return ignore(store, "reaction to a deleted message"),
+                None => return ignore(store, "reaction to a message not in this conversation"),
+            }
+            let effect = Effect::React { message: id, user: sender, emoji: emoji.as_deref() };
+            store.apply(Change { effect: Some(effect), ..base() })?;
+            let user = sender.to_owned();
+            return Ok(vec![match emoji {
+                Some(emoji) => ClientEvent::ReactionAdded { conversation, message: id, user, emoji },
+                None => ClientEvent::ReactionRemoved { conversation, message: id, user },
+            }]);
+        }
+        Body::Receipt(ids) => {
+            let mut read = Vec::with_capacity(ids.len());
+            for id in ids {
+                if target(store, &id)?.is_some() && !read.contains(&id) {
+                    read.push(id);
+                }
+            }
+            if read.is_empty() {
+                return ignore(store, "receipt for no message stored here");
+            }
+            store.apply(Change { effect: Some(Effect::Read { messages: &read, reader: sender }), ..base() })?;
+            return Ok(vec![ClientEvent::ReadReceipt { conversation, messages: read, reader: sender.to_owned() }]);
+        }
+        Body::Typing(started) => {
+            store.apply(base())?;
+            return Ok(vec![ClientEvent::Typing { conversation, username: sender.to_owned(), started }]);
+        }
+        Body::Edit { target: id, text } => {
+            match target(store, &id)? {
+                Some(t) if t.sender == sender && !t.deleted => {}
+                Some(t) if t.sender != sender => return ignore(store, "edit by someone other than the sender"),
+                Some(_) => return ignore(store, "edit of a deleted message"),
+                None => return ignore(store, "edit of a message not in this conversation"),
+            }
+            store.apply(Change { effect: Some(Effect::Edit { message: id, text: &text }), ..base() })?;
+            return Ok(vec![ClientEvent::MessageEdited { conversation, message: id, by: sender.to_owned(), text }]);
+        }
+        Body::Delete(id) => {
+            match target(store, &id)? {
+                Some(t) if t.sender == sender && !t.deleted => {}
+                Some(t) if t.sender != sender => return ignore(store, "delete by someone other than the sender"),
+                Some(_) => return ignore(store, "delete of a deleted message"),
+                None => return ignore(store, "delete of a message not in this conversation"),
+            }
+            store.apply(Change { effect: Some(Effect::Delete { message: id }), ..base() })?;
+            return Ok(vec![ClientEvent::MessageDeleted { conversation, message: id, by: sender.to_owned() }]);
+        }
+        Body::Disappearing(secs) => {
+            store.apply(Change { effect: Some(Effect::Disappearing { conversation, secs }), ..base() })?;
+            return Ok(vec![ClientEvent::DisappearingTimerChanged {
+                conversation,
+                by: sender.to_owned(),
+                ttl: secs.map(|s| std::time::Duration::from_secs(u64::from(s))),
+            }]);
+        }
+    };
+
+    // The sender's timer when it sent the message; the conversation's own as a fallback.
+    let local_timer = store.conversation(&conversation)?.and_then(|c| c.disappearing_secs).unwrap_or(0);
+    let timer = if decoded.expire_after_secs > 0 { decoded.expire_after_secs } else { local_timer };
+    let fresh = store.apply(Change {
+        message: Some(MessageRow {
+            id: decoded.id,
+            conversation,
+            sender,
+            text: &text,
+            sent_at_ms: decoded.sent_at_ms,
+            outgoing: false,
+            attachment: attachment.as_deref(),
+            expires_at_ms: (timer > 0).then(|| now_ms + u64::from(timer) * 1000),
+            unsupported,
+        }),
+        ..base()
+    })?;
+    if !fresh {
+        return Ok(Vec::new());
+    }
+    let Some(message) = store.message(&decoded.id)? else { return Ok(Vec::new()) };
+    Ok(vec![ClientEvent::MessageReceived { conversation, message }])
+}
+
+impl QpcClient {
+    /// Handles an envelope pushed without a queue entry (sequence 0: the sender marked it
+    /// ephemeral). Only typing indicators are accepted this way; nothing is stored but the
+    /// advanced MLS ratchet. One that does not decrypt (an epoch this device has not reached)
+    /// is dropped: it was only ever a hint.
+    pub(crate) async fn receive_ephemeral(&self, queued: &v1::QueuedEnvelope) -> Result<()> {
+        let Some(envelope) = &queued.envelope else { return Ok(()) };
+        // Only an MLS PrivateMessage: its content type is checked before decryption, and a
+        // handshake message (which would change the group outside the queue order) is refused.
+        if envelope.kind != v1::EnvelopeKind::Application as i32 || !is_private_message(&envelope.payload) {
+            return Ok(());
+        }
+        let Ok(group) = <[u8; 16]>::try_from(queued.channel_id.as_ref()) else { return Ok(()) };
+        // In queue order with everything else this device processes (and never while its own
+        // commit is in flight).
+        let _guard = self.inner.sync_lock.lock().await;
+        let account = self.account()?;
+        let event = {
+            let mut local = account.lock()?;
+            if !local.mls.has_group(&group)? {
+                return Ok(());
+            }
+            let processed = match local.mls.process(&group, &envelope.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dropping an ephemeral message that does not decrypt");
+                    return Ok(());
+                }
+            };
+            let state = local.mls.export_state()?;
+            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+            match processed {
+                Processed::Application { sender, plaintext, .. } => match app_message::decode(&plaintext).body {
+                    Body::Typing(started) => Some(ClientEvent::Typing {
+                        conversation: ConversationId(group),
+                        username: sender.username,
+                        started,
+                    }),
+                    _ => {
+                        tracing::debug!("ignoring an ephemeral message that is not a typing indicator");
+                        None
+                    }
+                },
+                _ => None,
+            }
+        };
+        if let Some(event) = event {
+            let _ = self.inner.events.send(event);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `payload` is a serialised MLS (version 1) `PrivateMessage` (RFC 9420 §6).
+fn is_private_message(payload: &[u8]) -> bool {
+    payload.starts_with(&[0x00, 0x01, 0x00, 0x02])
+}

@@ -1,0 +1,148 @@
+//! The local store: migrations and rich-message effects, on a temporary database.
+
+use super::*;
+
+const CONVERSATION: ConversationId = ConversationId([1; 16]);
+const OTHER: ConversationId = ConversationId([2; 16]);
+
+fn open(dir: &tempfile::TempDir) -> LocalStore {
+    LocalStore::open(&dir.path().join("state.db"), Zeroizing::new([7u8; 32])).unwrap()
+}
+
+fn conversation(store: &mut LocalStore, id: ConversationId) {
+    let row = ConversationRow { id, kind: 1, name: "bob".into(), peer: None, disappearing_secs: None };
+    store.apply(Change { conversation: Some(row), ..Default::default() }).unwrap();
+}
+
+fn row<'a>(id: u8, sender: &'a str, text: &'a str) -> MessageRow<'a> {
+    MessageRow {
+        id: MessageId([id; 16]),
+        conversation: CONVERSATION,
+        sender,
+        text,
+        sent_at_ms: 1,
+        outgoing: false,
+        attachment: None,
+        expires_at_ms: None,
+        unsupported: None,
+    }
+}
+
+fn effect(store: &mut LocalStore, effect: Effect<'_>) {
+    store.apply(Change { effect: Some(effect), ..Default::default() }).unwrap();
+}
+
+#[test]
+fn a_version_3_database_migrates_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let key = Zeroizing::new([7u8; 32]);
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        let body = seal_with_key(&mut rand_core::OsRng, &key, &[5; 16], b"old").unwrap();
+        conn.execute(
+            "INSERT INTO conversations (id, kind, name, peer, created_ms) VALUES (?1, 1, 'bob', 'bob', 0)",
+            [CONVERSATION.0.as_slice()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing) \
+             VALUES (?1, ?2, 'bob', ?3, 1, 2, 0)",
+            params![[5u8; 16].as_slice(), CONVERSATION.0.as_slice(), body],
+        )
+        .unwrap();
+    }
+    let store = LocalStore::open(&path, key).unwrap();
+    let version: i64 = store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    let messages = store.messages(&CONVERSATION, 10).unwrap();
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!((m.text.as_str(), m.kind), ("old", MessageKind::Text));
+    assert_eq!((m.edited_at_ms, m.deleted_at_ms, m.expires_at_ms), (None, None, None));
+    assert!(m.reactions.is_empty() && m.read_by.is_empty());
+    assert_eq!(store.conversation(&CONVERSATION).unwrap().unwrap().disappearing_secs, None);
+}
+
+#[test]
+fn reactions_receipts_edits_and_deletes_apply_to_the_stored_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    conversation(&mut store, CONVERSATION);
+    let id = MessageId([3; 16]);
+    store.apply(Change { message: Some(row(3, "alice", "helo")), ..Default::default() }).unwrap();
+
+    effect(&mut store, Effect::React { message: id, user: "bob", emoji: Some("👍") });
+    effect(&mut store, Effect::React { message: id, user: "bob", emoji: Some("🎉") });
+    effect(&mut store, Effect::React { message: id, user: "carol", emoji: Some("👍") });
+    effect(&mut store, Effect::React { message: id, user: "carol", emoji: None });
+    effect(&mut store, Effect::Read { messages: &[id, MessageId([99; 16])], reader: "bob" });
+    effect(&mut store, Effect::Edit { message: id, text: "hello" });
+    let m = store.message(&id).unwrap().unwrap();
+    assert_eq!(m.text, "hello");
+    assert!(m.edited_at_ms.is_some());
+    assert_eq!(m.reactions, vec![Reaction { user: "bob".into(), emoji: "🎉".into() }], "one reaction per user");
+    assert_eq!(m.read_by, vec!["bob".to_owned()], "receipts for unknown messages are dropped");
+    assert_eq!(
+        store.target(&id).unwrap(),
+        Some(Target { conversation: CONVERSATION, sender: "alice".into(), deleted: false })
+    );
+
+    effect(&mut store, Effect::Delete { message: id });
+    effect(&mut store, Effect::Edit { message: id, text: "resurrected" });
+    let m = store.message(&id).unwrap().unwrap();
+    assert_eq!(m.text, "", "a tombstone has no body, and edits do not bring it back");
+    assert!(m.deleted_at_ms.is_some() && m.edited_at_ms.is_none());
+    assert!(m.reactions.is_empty());
+    assert!(store.target(&id).unwrap().unwrap().deleted);
+}
+
+#[test]
+fn expired_messages_are_purged_with_their_reactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    conversation(&mut store, CONVERSATION);
+    let soon = MessageRow { expires_at_ms: Some(1_000), ..row(1, "alice", "soon") };
+    let later = MessageRow { expires_at_ms: Some(5_000), ..row(2, "alice", "later") };
+    let kept = row(3, "alice", "kept");
+    for m in [soon, later, kept] {
+        store.apply(Change { message: Some(m), ..Default::default() }).unwrap();
+    }
+    effect(&mut store, Effect::React { message: MessageId([1; 16]), user: "bob", emoji: Some("👀") });
+    assert_eq!(store.next_expiry().unwrap(), Some(1_000));
+    assert_eq!(store.purge_expired(999).unwrap(), vec![]);
+    assert_eq!(store.purge_expired(1_000).unwrap(), vec![(CONVERSATION, MessageId([1; 16]))]);
+    assert_eq!(store.next_expiry().unwrap(), Some(5_000));
+    let reactions: i64 = store.conn.query_row("SELECT COUNT(*) FROM reactions", [], |r| r.get(0)).unwrap();
+    assert_eq!(reactions, 0, "reactions go with their message");
+    store.purge_expired(u64::MAX / 2).unwrap();
+    let texts: Vec<String> = store.messages(&CONVERSATION, 10).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, vec!["kept"]);
+    assert_eq!(store.next_expiry().unwrap(), None);
+}
+
+#[test]
+fn unsupported_messages_keep_their_raw_payload_and_timers_and_names_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    conversation(&mut store, CONVERSATION);
+    conversation(&mut store, OTHER);
+    let raw = [1u8, 2, 3, 4];
+    let m = MessageRow { unsupported: Some(Unsupported { body_field: Some(42), raw: &raw }), ..row(8, "bob", "?") };
+    store.apply(Change { message: Some(m), ..Default::default() }).unwrap();
+    let id = MessageId([8; 16]);
+    assert_eq!(store.message(&id).unwrap().unwrap().kind, MessageKind::Unsupported { body_field: Some(42) });
+    assert_eq!(store.raw_payload(&id).unwrap().unwrap().as_slice(), &raw);
+
+    effect(&mut store, Effect::Disappearing { conversation: CONVERSATION, secs: Some(30) });
+    assert!(store.rename_conversation(&CONVERSATION, "Bobby").unwrap());
+    drop(store);
+    let store = open(&dir);
+    let c = store.conversation(&CONVERSATION).unwrap().unwrap();
+    assert_eq!((c.name.as_str(), c.disappearing_secs), ("Bobby", Some(30)));
+    assert_eq!(store.conversation(&OTHER).unwrap().unwrap().disappearing_secs, None);
+}
