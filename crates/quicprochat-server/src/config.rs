@@ -91,6 +91,14 @@ pub struct FileLimits {
     pub enqueue_per_minute: Option<u32>,
     /// Enqueue burst per device.
     pub enqueue_burst: Option<u32>,
+    /// `RegisterStart` / `LoginStart` / `Resume` per client IP address per minute.
+    pub auth_per_minute: Option<u32>,
+    /// Burst of the above.
+    pub auth_burst: Option<u32>,
+    /// Directory and key lookups per account per minute.
+    pub lookup_per_minute: Option<u32>,
+    /// Burst of the above.
+    pub lookup_burst: Option<u32>,
     /// Key package low-water mark.
     pub key_package_low_water: Option<u32>,
     /// Seconds between purges of expired envelopes.
@@ -216,11 +224,29 @@ fn apply_limits(config: &mut ServerConfig, l: &FileLimits) -> Result<(), ConfigE
     if let Some(v) = l.max_queue_depth {
         limits.max_queue_depth = positive("limits.max_queue_depth", u64::from(v))? as u32;
     }
-    let per_minute = l.enqueue_per_minute.unwrap_or(limits.enqueue_rate.per_minute);
-    let burst = l.enqueue_burst.unwrap_or(limits.enqueue_rate.burst);
-    positive("limits.enqueue_per_minute", u64::from(per_minute))?;
-    positive("limits.enqueue_burst", u64::from(burst))?;
-    limits.enqueue_rate = Rate { per_minute, burst };
+    let rate = |fields: (&'static str, &'static str), per_minute: Option<u32>, burst: Option<u32>, current: Rate| {
+        let per_minute = positive(fields.0, u64::from(per_minute.unwrap_or(current.per_minute)))?;
+        let burst = positive(fields.1, u64::from(burst.unwrap_or(current.burst)))?;
+        // Both came from `u32`s.
+        Ok::<_, ConfigError>(Rate {
+            per_minute: u32::try_from(per_minute).unwrap_or(u32::MAX),
+            burst: u32::try_from(burst).unwrap_or(u32::MAX),
+        })
+    };
+    limits.enqueue_rate = rate(
+        ("limits.enqueue_per_minute", "limits.enqueue_burst"),
+        l.enqueue_per_minute,
+        l.enqueue_burst,
+        limits.enqueue_rate,
+    )?;
+    limits.auth_rate =
+        rate(("limits.auth_per_minute", "limits.auth_burst"), l.auth_per_minute, l.auth_burst, limits.auth_rate)?;
+    limits.lookup_rate = rate(
+        ("limits.lookup_per_minute", "limits.lookup_burst"),
+        l.lookup_per_minute,
+        l.lookup_burst,
+        limits.lookup_rate,
+    )?;
     if let Some(v) = l.key_package_low_water {
         limits.key_package_low_water = v;
     }

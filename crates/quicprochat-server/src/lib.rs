@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod middleware;
 pub mod push;
 pub mod ratelimit;
 pub mod routes;
@@ -182,7 +183,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         hub: push::PushHub::default(),
         clock: config.clock.clone(),
         limits: config.limits.clone(),
-        enqueue_limiter: ratelimit::RateLimiter::new(config.limits.enqueue_rate),
         revoked: Default::default(),
         blobs: services::blobs::BlobFiles::new(dir.join(files::BLOBS)),
         pending_logins: Default::default(),

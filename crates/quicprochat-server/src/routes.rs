@@ -1,13 +1,17 @@
 //! The RPC adapter: one route per method, converting protobuf to domain calls and back.
-//! Authentication is applied at registration (`route_authed`), not inside handlers.
+//! Authentication is applied at registration (`route_authed`) and session checks, rate limits,
+//! metrics and audit by the middleware layers added here, not inside handlers.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quicprochat_proto::{event, method, v1};
+use quicprochat_proto::{method, v1};
+use quicprochat_rpc::middleware::{Metrics, Trace};
 use quicprochat_rpc::{Context, Router, RpcError};
+
+use crate::middleware::{Audit, RateLimit, SessionCheck};
 
 use crate::services::{self, delivery::Submission};
 use crate::session::Session;
@@ -28,41 +32,16 @@ where
     move |ctx, req| f(Arc::clone(&state), ctx, req)
 }
 
-/// Adapts `f(state, ctx, session, req)` into an authenticated route handler. A session that
-/// expired while the connection was bound is unbound here: the client gets `SessionExpired` on
-/// its push stream and `UNAUTHENTICATED` for the call.
-fn authed<Req, Resp, Fut, F>(
-    state: &Arc<AppState>,
-    f: F,
-) -> impl Fn(Ctx, Session, Req) -> BoxFuture<RpcResult<Resp>> + Send + Sync + 'static
+/// Adapts `f(state, ctx, session, req)` into an authenticated route handler. Session
+/// revocation and expiry are checked before, by [`SessionCheck`].
+fn authed<Req, Resp, Fut, F>(state: &Arc<AppState>, f: F) -> impl Fn(Ctx, Session, Req) -> Fut + Send + Sync + 'static
 where
-    Req: Send + 'static,
     F: Fn(Arc<AppState>, Ctx, Session, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = RpcResult<Resp>> + Send + 'static,
 {
     let state = Arc::clone(state);
-    let f = Arc::new(f);
-    move |ctx: Ctx, session: Session, req| {
-        let state = Arc::clone(&state);
-        let f = Arc::clone(&f);
-        Box::pin(async move {
-            if state.revoked.is_revoked(&session.token_hash) {
-                ctx.clear_session();
-                state.hub.connection_closed(ctx.connection_id());
-                return Err(RpcError::unauthenticated("session revoked"));
-            }
-            if session.expires_ms <= state.clock.now_ms() {
-                ctx.clear_session();
-                let _ = ctx.push().try_push(event::SESSION_EXPIRED, &v1::SessionExpired { reason: "expired".into() });
-                state.hub.connection_closed(ctx.connection_id());
-                return Err(RpcError::unauthenticated("session expired"));
-            }
-            f(state, ctx, session, req).await
-        })
-    }
+    move |ctx, session, req| f(Arc::clone(&state), ctx, session, req)
 }
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Builds the router of every method this server implements.
 pub fn router(state: &Arc<AppState>) -> Router<Session> {
@@ -108,6 +87,11 @@ pub fn router(state: &Arc<AppState>) -> Router<Session> {
         .route(method::HEALTH, open(state, health))
         .route(method::SERVER_INFO, open(state, server_info))
         .on_disconnect(move |connection_id, _session| hub_state.hub.connection_closed(connection_id))
+        .layer(Metrics)
+        .layer(Trace)
+        .layer(Audit::new(state))
+        .layer(SessionCheck::new(state))
+        .layer(RateLimit::new(state, state.limits.rates()))
 }
 
 fn b(v: impl Into<Vec<u8>>) -> Bytes {

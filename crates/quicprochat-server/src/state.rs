@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quicprochat_core::identity::IdentityKeyPair;
 use quicprochat_core::opaque::{OpaqueServerSetup, ServerLogin};
 
+use crate::middleware::RateLimits;
 use crate::push::PushHub;
-use crate::ratelimit::{Rate, RateLimiter};
+use crate::ratelimit::Rate;
 use crate::store::{DeviceId, Store, UserId};
 
 /// Wall clock, injectable for tests.
@@ -54,6 +55,10 @@ pub struct Limits {
     pub max_queue_depth: u32,
     /// Enqueues per device.
     pub enqueue_rate: Rate,
+    /// `RegisterStart` / `LoginStart` / `Resume` per client IP address.
+    pub auth_rate: Rate,
+    /// Directory and key lookups per account.
+    pub lookup_rate: Rate,
     /// A device whose key package pool falls below this gets `KeyPackagesLow`.
     pub key_package_low_water: u32,
     /// How often expired envelopes are purged.
@@ -62,6 +67,13 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// How long a blob is kept after its upload started.
     pub blob_retention: Duration,
+}
+
+impl Limits {
+    /// The request rates of the rate-limit middleware.
+    pub fn rates(&self) -> RateLimits {
+        RateLimits { enqueue: self.enqueue_rate, auth: self.auth_rate, lookup: self.lookup_rate }
+    }
 }
 
 impl Default for Limits {
@@ -73,7 +85,9 @@ impl Default for Limits {
             max_wait: Duration::from_secs(60),
             resolve_floor: Duration::from_millis(5),
             max_queue_depth: 10_000,
-            enqueue_rate: Rate { per_minute: 100, burst: 20 },
+            enqueue_rate: RateLimits::default().enqueue,
+            auth_rate: RateLimits::default().auth,
+            lookup_rate: RateLimits::default().lookup,
             key_package_low_water: 10,
             gc_interval: Duration::from_secs(30),
             max_blob_bytes: 50 * 1000 * 1000,
@@ -162,8 +176,6 @@ pub struct AppState {
     pub blobs: crate::services::blobs::BlobFiles,
     /// Sessions revoked while possibly still bound.
     pub revoked: RevokedSessions,
-    /// Enqueue rate per sending device.
-    pub enqueue_limiter: RateLimiter<DeviceId>,
     pub(crate) pending_logins: PendingLogins,
 }
 
@@ -171,9 +183,28 @@ impl AppState {
     /// Records an audit event. A failure to record is logged, not returned: the audited
     /// action already happened.
     pub async fn audit(&self, kind: crate::store::AuditKind, user: Option<UserId>, device: Option<DeviceId>) {
-        let event = crate::store::AuditEvent { at_ms: self.clock.now_ms(), kind, user, device };
+        let event =
+            crate::store::AuditEvent { at_ms: self.clock.now_ms(), kind, user, device, method: None, status: None };
+        self.record_audit(event).await;
+    }
+
+    /// Records an audit event of the middleware: `method` answered `status`.
+    pub async fn audit_refusal(
+        &self,
+        kind: crate::store::AuditKind,
+        user: Option<UserId>,
+        device: Option<DeviceId>,
+        method: &'static str,
+        status: &'static str,
+    ) {
+        let at_ms = self.clock.now_ms();
+        let event = crate::store::AuditEvent { at_ms, kind, user, device, method: Some(method), status: Some(status) };
+        self.record_audit(event).await;
+    }
+
+    async fn record_audit(&self, event: crate::store::AuditEvent) {
         if let Err(e) = self.store.record_audit(event).await {
-            tracing::error!(error = %e, event = kind.as_str(), "could not write the audit log");
+            tracing::error!(error = %e, event = event.kind.as_str(), "could not write the audit log");
         }
     }
 }

@@ -94,7 +94,6 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
     if let Some(outcome) = state.store.replayed(sender, s.idempotency_key.clone(), now).await? {
         return Ok(accepted(state, s.channel, &outcome));
     }
-    state.enqueue_limiter.check(sender, now).map_err(|retry_after_ms| ServiceError::RateLimited { retry_after_ms })?;
 
     if s.ephemeral {
         return ephemeral(state, sender, s, now).await;

@@ -123,6 +123,10 @@ CREATE TABLE blobs (
 ) WITHOUT ROWID;
 CREATE INDEX blobs_by_expiry ON blobs(expires_ms);
 "#,
+    r#"
+ALTER TABLE audit_log ADD COLUMN method TEXT;
+ALTER TABLE audit_log ADD COLUMN status TEXT;
+"#,
 ];
 
 /// Idempotency records are honoured for this long.
@@ -349,12 +353,15 @@ impl AccountStore for SqliteStore {
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
         self.run(move |conn| {
             conn.execute(
-                "INSERT INTO audit_log (at_ms, event, user_id, device_id) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     u64_to_i64(event.at_ms),
                     event.kind.as_str(),
                     event.user.map(|u| u.0.to_vec()),
-                    event.device.map(|d| d.0.to_vec())
+                    event.device.map(|d| d.0.to_vec()),
+                    event.method,
+                    event.status,
                 ],
             )?;
             Ok(())

@@ -294,6 +294,9 @@ pub enum AuditKind {
     DeviceRevoked,
     /// The account was deleted.
     AccountDeleted,
+    /// A call was refused for who made it (UNAUTHENTICATED, FORBIDDEN, RATE_LIMITED); the
+    /// entry names the method and the status.
+    Refused,
 }
 
 impl AuditKind {
@@ -307,6 +310,7 @@ impl AuditKind {
             AuditKind::DeviceRegistered => "device_registered",
             AuditKind::DeviceRevoked => "device_revoked",
             AuditKind::AccountDeleted => "account_deleted",
+            AuditKind::Refused => "refused",
         }
     }
 }
@@ -322,6 +326,10 @@ pub struct AuditEvent {
     pub user: Option<UserId>,
     /// Which device, when relevant.
     pub device: Option<DeviceId>,
+    /// The RPC method, for events recorded by the middleware.
+    pub method: Option<&'static str>,
+    /// The call's status name, for events recorded by the middleware.
+    pub status: Option<&'static str>,
 }
 
 /// A stored blob or an upload in progress.

@@ -138,20 +138,24 @@ async fn auth_events_reach_the_audit_log() {
     let _ = login(&alice, "alice", b"wrong").await.unwrap_err();
     let _ = login(&alice, "nobody", b"x").await.unwrap_err();
     let _: v1::LogoutResponse = alice.call(method::LOGOUT, &v1::LogoutRequest {}).await.unwrap();
+    // Refused by the middleware: an authenticated method after logout.
+    let err = alice.call::<_, v1::ListChannelsResponse>(method::LIST_CHANNELS, &v1::ListChannelsRequest {}).await;
+    assert_eq!(err.unwrap_err().rpc_status(), Some(Status::Unauthenticated));
     let db = server.db();
-    let mut stmt = db.prepare("SELECT event, user_id IS NOT NULL FROM audit_log ORDER BY id").unwrap();
-    let rows: Vec<(String, bool)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
-    let expected: Vec<(String, bool)> = [
-        ("registered", true),
-        ("login_succeeded", true),
-        ("device_registered", true),
-        ("login_failed", true),
-        ("login_failed", false),
-        ("logged_out", true),
+    let mut stmt = db.prepare("SELECT event, user_id IS NOT NULL, method, status FROM audit_log ORDER BY id").unwrap();
+    let rows: Vec<(String, bool, Option<String>, Option<String>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
+    let expected: Vec<(String, bool, Option<String>, Option<String>)> = [
+        ("registered", true, None, None),
+        ("login_succeeded", true, None, None),
+        ("device_registered", true, None, None),
+        ("login_failed", true, None, None),
+        ("login_failed", false, None, None),
+        ("logged_out", true, None, None),
+        ("refused", false, Some("ListChannels"), Some("UNAUTHENTICATED")),
     ]
     .into_iter()
-    .map(|(e, u)| (e.to_owned(), u))
+    .map(|(e, u, m, s)| (e.to_owned(), u, m.map(str::to_owned), s.map(str::to_owned)))
     .collect();
     assert_eq!(rows, expected);
 }

@@ -201,3 +201,56 @@ async fn logout_revokes_the_session() {
         alice.call::<_, v1::ResumeResponse>(method::RESUME, &v1::ResumeRequest { session_token: token.into() }).await;
     assert_eq!(resumed.unwrap_err().rpc_status(), Some(Status::Unauthenticated));
 }
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited_per_address_and_audited() {
+    // Four attempts, then one per minute: the fifth is refused within the test.
+    let server = TestServer::start_with(|c| c.limits.auth_rate = Rate { per_minute: 1, burst: 4 }).await;
+    let rpc = server.client().await;
+    let start = v1::LoginStartRequest { username: "alice".into(), credential_request: Bytes::from_static(b"junk") };
+    for _ in 0..4 {
+        let err = rpc.call::<_, v1::LoginStartResponse>(method::LOGIN_START, &start).await.unwrap_err();
+        assert_eq!(err.rpc_status(), Some(Status::BadRequest), "not limited yet: {err}");
+    }
+    let err = rpc.call::<_, v1::LoginStartResponse>(method::LOGIN_START, &start).await.unwrap_err();
+    let quicprochat_rpc::Error::Rpc(e) = err else { panic!("expected an RPC error") };
+    assert_eq!(e.status, Status::RateLimited);
+    assert!(e.retry_after_ms > 30_000, "one per minute: {}", e.retry_after_ms);
+    // Registration comes from the same budget; unauthenticated methods like Health do not.
+    let register = v1::RegisterStartRequest { username: "alice".into(), registration_request: Bytes::new() };
+    let err = rpc.call::<_, v1::RegisterStartResponse>(method::REGISTER_START, &register).await.unwrap_err();
+    assert_eq!(err.rpc_status(), Some(Status::RateLimited));
+    let _: v1::HealthResponse = rpc.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
+
+    let db = server.db();
+    let refused: Vec<(String, String)> = db
+        .prepare("SELECT method, status FROM audit_log WHERE event = 'refused' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        refused,
+        [("LoginStart".to_owned(), "RATE_LIMITED".to_owned()), ("RegisterStart".to_owned(), "RATE_LIMITED".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn directory_lookups_are_rate_limited_per_account() {
+    let server = TestServer::start_with(|c| c.limits.lookup_rate = Rate { per_minute: 1, burst: 3 }).await;
+    let (alice, _, _) = user(&server, "alice").await;
+    let (bob, _, _) = user(&server, "bob").await;
+    let resolve = |name: &str| v1::ResolveUserRequest { username: name.into() };
+    for name in ["bob", "nobody", "bob"] {
+        let _ = alice.call::<_, v1::ResolveUserResponse>(method::RESOLVE_USER, &resolve(name)).await;
+    }
+    let err = alice.call::<_, v1::ResolveUserResponse>(method::RESOLVE_USER, &resolve("bob")).await.unwrap_err();
+    assert_eq!(err.rpc_status(), Some(Status::RateLimited));
+    // Key package fetches share the budget; another account has its own.
+    let fetch = v1::FetchKeyPackagesRequest { username: "bob".into() };
+    let err = alice.call::<_, v1::FetchKeyPackagesResponse>(method::FETCH_KEY_PACKAGES, &fetch).await.unwrap_err();
+    assert_eq!(err.rpc_status(), Some(Status::RateLimited));
+    let found: v1::ResolveUserResponse = bob.call(method::RESOLVE_USER, &resolve("alice")).await.unwrap();
+    assert!(!found.user_id.is_empty());
+}
