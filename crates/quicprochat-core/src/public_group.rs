@@ -163,6 +163,11 @@ impl ChannelTracker {
         let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
             .map_err(CoreError::TrackerStorage)?
             .ok_or(CoreError::MalformedState { reason: "tracker snapshot holds no group" })?;
+        // The group's own context names its id; a snapshot filed under another id would not
+        // be found again after `to_bytes` (found by fuzzing).
+        if group.group_id().as_slice() != group_id {
+            return Err(CoreError::MalformedState { reason: "tracker snapshot's group has another id" });
+        }
         let crypto = CryptoProvider::new().map_err(CoreError::MlsCryptoProvider)?;
         Ok(Self { crypto, storage, group })
     }

@@ -353,3 +353,12 @@ fn a_snapshot_with_a_queued_proposal_round_trips_and_the_commit_clears_the_queue
     let after = restored.to_bytes().unwrap();
     assert!(!contains(&after, b"QueuedProposal") && !contains(&after, b"ProposalQueueRefs"));
 }
+
+#[test]
+fn a_snapshot_whose_group_has_another_id_is_refused() {
+    // Found by the `tracker_restore` fuzz target: the header names one group id, the stored
+    // context another, so `to_bytes` would file the snapshot where `restore` cannot find it.
+    let snapshot = include_bytes!("../../tests/vectors/tracker-snapshot-other-group-id.bin");
+    let result = ChannelTracker::restore(snapshot);
+    assert!(matches!(result, Err(CoreError::MalformedState { .. })), "{result:?}");
+}
