@@ -37,6 +37,15 @@ pub(crate) enum LocalEcho<'a> {
     Nothing,
 }
 
+/// How the server is to handle an application envelope.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    /// Seconds until the server deletes it, delivered or not (0 = until acked).
+    ttl_secs: u32,
+    /// Pushed to online devices only, never stored.
+    ephemeral: bool,
+}
+
 /// A commit built and left pending by `MlsClient`, with the Welcomes for the devices it adds.
 pub(crate) struct PendingCommit {
     pub commit: Vec<u8>,
@@ -142,16 +151,31 @@ impl ConversationHandle {
             LocalEcho::Nothing => (None, None),
         };
         let plaintext = Zeroizing::new(app.encode_to_vec());
-        let (ciphertext, epoch) = match self.encrypt_and_store(&plaintext, row, effect) {
+        self.deliver(id, &plaintext, Delivery { ttl_secs, ephemeral }, row, effect).await?;
+        Ok(id)
+    }
+
+    /// Encrypts an encoded `AppMessage`, stores `row` or `effect` with the advanced ratchet, and
+    /// enqueues it.
+    async fn deliver(
+        &self,
+        id: MessageId,
+        plaintext: &[u8],
+        delivery: Delivery,
+        row: Option<MessageRow<'_>>,
+        effect: Option<Effect<'_>>,
+    ) -> Result<()> {
+        let Delivery { ttl_secs, ephemeral } = delivery;
+        let (ciphertext, epoch) = match self.encrypt_and_store(plaintext, row, effect) {
             // A proposal waiting for its commit (a member leaving) blocks application messages
             // until the commit lands: take part in that, then send.
             Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
                 self.client.sync().await?;
-                self.encrypt_and_store(&plaintext, row, effect)?
+                self.encrypt_and_store(plaintext, row, effect)?
             }
             other => other?,
         };
-        if expires_at_ms.is_some() && row.is_some() {
+        if row.is_some_and(|r| r.expires_at_ms.is_some()) {
             self.client.inner.expiry_wakeup.notify_one();
         }
         let accepted: v1::EnqueueResponse = self
@@ -177,6 +201,20 @@ impl ConversationHandle {
         if !ephemeral {
             self.keep_delivery_proof(id, accepted.proof, row.is_some())?;
         }
+        Ok(())
+    }
+
+    /// Test support: sends an `AppMessage` whose body is field `body_field` (a kind this version
+    /// does not know) holding `bytes`, as a later version would. Nothing is stored locally.
+    #[cfg(feature = "test-util")]
+    pub async fn send_unknown_body_for_tests(&self, body_field: u32, bytes: &[u8]) -> Result<MessageId> {
+        let id = MessageId(random16());
+        let mut plaintext = Zeroizing::new(
+            v1::AppMessage { message_id: Bytes::copy_from_slice(&id.0), sent_at_ms: now_ms(), ..Default::default() }
+                .encode_to_vec(),
+        );
+        prost::encoding::bytes::encode(body_field, &Bytes::copy_from_slice(bytes), &mut *plaintext);
+        self.deliver(id, &plaintext, Delivery { ttl_secs: 0, ephemeral: false }, None, None).await?;
         Ok(id)
     }
 

@@ -196,3 +196,131 @@ impl QpcClient {
 fn is_private_message(payload: &[u8]) -> bool {
     payload.starts_with(&[0x00, 0x01, 0x00, 0x02])
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use prost::Message as _;
+    use quicprochat_proto::v1::app_message::Body as WireBody;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::store::ConversationRow;
+
+    const HERE: ConversationId = ConversationId([1; 16]);
+    const ELSEWHERE: ConversationId = ConversationId([2; 16]);
+    const ORIGINAL: MessageId = MessageId([3; 16]);
+
+    /// A store holding alice's message "original" in `HERE`, and an empty `ELSEWHERE`.
+    fn store(dir: &tempfile::TempDir) -> LocalStore {
+        let mut store = LocalStore::open(&dir.path().join("state.db"), Zeroizing::new([7u8; 32])).unwrap();
+        for id in [HERE, ELSEWHERE] {
+            let row = ConversationRow { id, kind: 2, name: "team".into(), peer: None, disappearing_secs: None };
+            store.apply(Change { conversation: Some(row), ..Default::default() }).unwrap();
+        }
+        let original = wire(ORIGINAL.0[0], WireBody::Text(v1::TextBody { text: "original".into() }));
+        apply(&mut store, HERE, "alice", &original);
+        store
+    }
+
+    fn wire(id: u8, body: WireBody) -> Vec<u8> {
+        v1::AppMessage {
+            message_id: Bytes::copy_from_slice(&[id; 16]),
+            sent_at_ms: 5,
+            body: Some(body),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn target() -> Bytes {
+        Bytes::copy_from_slice(&ORIGINAL.0)
+    }
+
+    fn apply(store: &mut LocalStore, conversation: ConversationId, sender: &str, plaintext: &[u8]) -> Vec<ClientEvent> {
+        let inbound = Inbound { conversation, sender, plaintext };
+        apply_application(store, inbound, b"mls state", 1, 1_000).unwrap()
+    }
+
+    fn text(store: &LocalStore) -> String {
+        store.message(&ORIGINAL).unwrap().unwrap().text
+    }
+
+    #[test]
+    fn only_the_original_sender_edits_or_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir);
+        assert_eq!(text(&store), "original");
+
+        let forged = wire(2, WireBody::Edit(v1::EditBody { target_message_id: target(), text: "forged".into() }));
+        assert!(apply(&mut store, HERE, "mallory", &forged).is_empty());
+        assert_eq!(text(&store), "original", "an edit by someone else is ignored");
+        let forged = wire(3, WireBody::Delete(v1::DeleteBody { target_message_id: target() }));
+        assert!(apply(&mut store, HERE, "mallory", &forged).is_empty());
+        assert!(store.message(&ORIGINAL).unwrap().unwrap().deleted_at_ms.is_none());
+
+        // The sender's own edit, but sent into another conversation: the target is not there.
+        let astray = wire(4, WireBody::Edit(v1::EditBody { target_message_id: target(), text: "astray".into() }));
+        assert!(apply(&mut store, ELSEWHERE, "alice", &astray).is_empty());
+        assert_eq!(text(&store), "original");
+
+        let edit = wire(5, WireBody::Edit(v1::EditBody { target_message_id: target(), text: "edited".into() }));
+        let events = apply(&mut store, HERE, "alice", &edit);
+        assert!(matches!(&events[..], [ClientEvent::MessageEdited { message, text, .. }]
+            if *message == ORIGINAL && text == "edited"));
+        assert_eq!(text(&store), "edited");
+        let delete = wire(6, WireBody::Delete(v1::DeleteBody { target_message_id: target() }));
+        assert!(matches!(&apply(&mut store, HERE, "alice", &delete)[..], [ClientEvent::MessageDeleted { .. }]));
+        assert_eq!(text(&store), "");
+    }
+
+    #[test]
+    fn reactions_and_receipts_need_a_target_in_the_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir);
+        let react = |remove| {
+            wire(7, WireBody::Reaction(v1::ReactionBody { target_message_id: target(), emoji: "🔥".into(), remove }))
+        };
+        assert!(apply(&mut store, ELSEWHERE, "bob", &react(false)).is_empty());
+        assert!(matches!(&apply(&mut store, HERE, "bob", &react(false))[..], [ClientEvent::ReactionAdded { .. }]));
+        assert_eq!(store.message(&ORIGINAL).unwrap().unwrap().reactions.len(), 1);
+        assert!(matches!(&apply(&mut store, HERE, "bob", &react(true))[..], [ClientEvent::ReactionRemoved { .. }]));
+        assert!(store.message(&ORIGINAL).unwrap().unwrap().reactions.is_empty());
+
+        let receipt = wire(8, WireBody::Receipt(v1::ReceiptBody { message_ids: vec![target(), target()] }));
+        assert!(apply(&mut store, ELSEWHERE, "bob", &receipt).is_empty());
+        let events = apply(&mut store, HERE, "bob", &receipt);
+        assert!(matches!(&events[..], [ClientEvent::ReadReceipt { messages, .. }] if messages == &vec![ORIGINAL]));
+        assert_eq!(store.message(&ORIGINAL).unwrap().unwrap().read_by, vec!["bob".to_owned()]);
+    }
+
+    #[test]
+    fn the_senders_timer_or_the_conversations_sets_the_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir);
+        let mut timed =
+            v1::AppMessage::decode(wire(9, WireBody::Text(v1::TextBody { text: "t".into() })).as_slice()).unwrap();
+        timed.expire_after_secs = 3;
+        apply(&mut store, HERE, "alice", &timed.encode_to_vec());
+        assert_eq!(store.message(&MessageId([9; 16])).unwrap().unwrap().expires_at_ms, Some(4_000));
+
+        let change = wire(10, WireBody::Disappearing(v1::DisappearingBody { ttl_secs: 60 }));
+        let events = apply(&mut store, HERE, "bob", &change);
+        assert!(matches!(&events[..], [ClientEvent::DisappearingTimerChanged { ttl: Some(t), .. }]
+            if t.as_secs() == 60));
+        apply(&mut store, HERE, "alice", &wire(11, WireBody::Text(v1::TextBody { text: "u".into() })));
+        assert_eq!(store.message(&MessageId([11; 16])).unwrap().unwrap().expires_at_ms, Some(61_000));
+    }
+
+    #[test]
+    fn typing_is_an_event_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir);
+        let typing = wire(12, WireBody::Typing(v1::TypingBody { started: true }));
+        let events = apply(&mut store, HERE, "bob", &typing);
+        assert!(matches!(&events[..], [ClientEvent::Typing { started: true, .. }]));
+        assert!(store.message(&MessageId([12; 16])).unwrap().is_none());
+        assert!(is_private_message(&[0, 1, 0, 2, 9]));
+        assert!(!is_private_message(&[0, 1, 0, 1, 9]));
+    }
+}

@@ -4,6 +4,7 @@
 
 mod dm;
 mod group;
+mod rich;
 
 use std::path::Path;
 use std::time::Duration;
