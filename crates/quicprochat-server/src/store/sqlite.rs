@@ -1,10 +1,11 @@
 //! The embedded default store: one SQLite file in the data dir, WAL mode, schema migrations.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
@@ -132,47 +133,117 @@ ALTER TABLE audit_log ADD COLUMN status TEXT;
 /// Idempotency records are honoured for this long.
 const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// SQLite-backed [`super::Store`].
+/// SQLite-backed [`super::Store`]: one writer connection and a pool of read-only
+/// connections. SQLite runs one write transaction at a time anyway; in WAL mode reads run
+/// beside it and see every committed write, so reads (peek, lookups, sessions) never wait
+/// for a write or for each other.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
 }
+
+/// The read-only connections; a read takes the first free one.
+struct Readers {
+    connections: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+/// Read-only connections opened by [`SqliteStore::open`].
+pub const DEFAULT_READ_CONNECTIONS: usize = 4;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("read_connections", &self.readers.connections.len()).finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    /// Opens (creating if needed) the database at `path`, runs pending migrations and opens
+    /// [`DEFAULT_READ_CONNECTIONS`] read-only connections beside the writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Self::open_with(path, DEFAULT_READ_CONNECTIONS)
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Like [`Self::open`], with `read_connections` read-only connections (at least one).
+    pub fn open_with(path: &Path, read_connections: usize) -> Result<Self, StoreError> {
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        migrate(&mut writer)?;
+        let connections = (0..read_connections.max(1))
+            .map(|_| {
+                let reader = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                configure(&reader)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Readers { connections, next: AtomicUsize::new(0) }),
+        })
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool: every method that changes
+    /// something.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
+        let writer = Arc::clone(&self.writer);
+        timed("write", move || {
+            let mut guard = writer.lock().map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?;
-        metrics::histogram!("qpc_store_operation_seconds").record(started.elapsed().as_secs_f64());
-        result
     }
+
+    /// Runs `f` with a free read-only connection on the blocking pool (or, when all are busy,
+    /// waits for the next one in turn).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        timed("read", move || {
+            let pool = &readers.connections;
+            let start = readers.next.fetch_add(1, Ordering::Relaxed);
+            let free = (0..pool.len()).find_map(|i| pool[(start + i) % pool.len()].try_lock().ok());
+            let guard = match free {
+                Some(guard) => guard,
+                None => pool[start % pool.len()]
+                    .lock()
+                    .map_err(|_| StoreError::Worker("connection lock poisoned".into()))?,
+            };
+            f(&guard)
+        })
+        .await
+    }
+}
+
+/// Runs `f` on the blocking pool and records its time (waiting for a connection included).
+async fn timed<T, F>(kind: &'static str, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Worker(e.to_string()))?;
+    metrics::histogram!("qpc_store_operation_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Settings every connection needs.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -243,7 +314,7 @@ impl AccountStore for SqliteStore {
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let username = username.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.query_row("SELECT id, username, opaque_record FROM users WHERE username = ?1", [username], read_user)
                 .optional()?
                 .map(user_from)
@@ -253,7 +324,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.query_row("SELECT id, username, opaque_record FROM users WHERE id = ?1", [id.0.as_slice()], read_user)
                 .optional()?
                 .map(user_from)
@@ -280,7 +351,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT user_id, device_id, created_ms, expires_ms FROM sessions WHERE token_hash = ?1",
@@ -411,7 +482,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, identity_key, name, created_ms FROM devices WHERE user_id = ?1 ORDER BY created_ms, id",
             )?;
@@ -511,7 +582,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn key_package_status(&self, device: DeviceId) -> Result<(u32, bool), StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let (pool, last): (i64, i64) = conn.query_row(
                 "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0) FROM key_packages WHERE device_id = ?1",
                 [device.0.as_slice()],
@@ -523,7 +594,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn device_by_key(&self, identity_key: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT id, user_id, identity_key, name, created_ms FROM devices WHERE identity_key = ?1",
@@ -583,7 +654,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn hybrid_key(&self, device: DeviceId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             Ok(conn
                 .query_row("SELECT public_key FROM hybrid_keys WHERE device_id = ?1", [device.0.as_slice()], |r| {
                     r.get(0)
@@ -594,7 +665,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn hybrid_keys_of(&self, user: UserId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT h.device_id, h.public_key FROM hybrid_keys h JOIN devices d ON d.id = h.device_id \
                  WHERE d.user_id = ?1 ORDER BY d.created_ms, d.id",
@@ -618,7 +689,7 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn endpoints_of(&self, user: UserId, now_ms: u64) -> Result<Vec<EndpointRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT e.device_id, e.endpoint, e.expires_ms FROM endpoints e JOIN devices d ON d.id = e.device_id \
                  WHERE d.user_id = ?1 AND e.expires_ms > ?2 ORDER BY d.created_ms, d.id",
@@ -935,7 +1006,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT id, kind, epoch, group_info, retention_secs, tracker FROM channels WHERE id = ?1",
@@ -949,7 +1020,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn members(&self, id: ChannelId) -> Result<Vec<DeviceId>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
             let rows: Vec<Vec<u8>> = stmt.query_map([id.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?;
             rows.into_iter().map(|d| blob16(d, "channel_members.device_id").map(DeviceId)).collect()
@@ -958,7 +1029,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn channels_of(&self, device: DeviceId) -> Result<Vec<ChannelRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT c.id, c.kind, c.epoch, c.group_info, c.retention_secs, c.tracker FROM channels c \
                  JOIN channel_members m ON m.channel_id = c.id WHERE m.device_id = ?1 ORDER BY c.created_ms, c.id",
@@ -991,11 +1062,11 @@ impl DeliveryStore for SqliteStore {
         key: Vec<u8>,
         now_ms: u64,
     ) -> Result<Option<EnqueueOutcome>, StoreError> {
-        self.run(move |conn| find_replay(conn, &sender, &key, now_ms)).await
+        self.read(move |conn| find_replay(conn, &sender, &key, now_ms)).await
     }
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
-        self.run(|conn| {
+        self.read(|conn| {
             let total: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
             let deepest: i64 = conn.query_row(
                 "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM queue GROUP BY device_id)",
@@ -1033,7 +1104,7 @@ impl DeliveryStore for SqliteStore {
         max_bytes: u64,
         now_ms: u64,
     ) -> Result<Vec<QueuedEntry>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
                  FROM queue q JOIN envelopes e ON e.seq = q.envelope \
@@ -1091,7 +1162,7 @@ fn read_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool, i64)> {
 #[async_trait]
 impl BlobStore for SqliteStore {
     async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = ?1",
@@ -1164,11 +1235,47 @@ impl BlobStore for SqliteStore {
     }
 
     async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        self.run(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT id FROM blobs")?;
             let ids: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             ids.into_iter().map(|id| blob32(id, "blobs.id")).collect()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::AccountStore as _;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("db"), 2).unwrap();
+        store.create_user("alice", b"record".to_vec(), 1).await.unwrap();
+
+        // A write in progress: another thread holds the writer connection until told to stop.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = Arc::clone(&store.writer);
+        let holder = std::thread::spawn(move || {
+            let _held = writer.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(10), store.user_by_name("alice")).await;
+        assert_eq!(found.expect("a read completes while the writer is busy").unwrap().unwrap().username, "alice");
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+
+        // Readers see every committed write and refuse to write themselves.
+        store.create_user("bob", b"record".to_vec(), 2).await.unwrap();
+        assert!(store.user_by_name("bob").await.unwrap().is_some());
+        let refused = store.read(|conn| Ok(conn.execute("DELETE FROM users", [])?)).await;
+        assert!(refused.is_err(), "read connections are read-only");
     }
 }
