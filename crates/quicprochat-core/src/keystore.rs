@@ -170,6 +170,18 @@ pub fn open_with_password(password: &[u8], sealed: &[u8]) -> Result<Zeroizing<Ve
     Ok(Zeroizing::new(plaintext))
 }
 
+/// Derives an independent 32-byte key for one `purpose` from a master key: HKDF-SHA256
+/// (RFC 5869) with no salt (the master key is already uniformly random) and `purpose` as the
+/// info string. Keys for different purposes are unrelated, so one operator secret can key
+/// several algorithms without reusing a key across them.
+pub fn derive_subkey(master: &[u8], purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, CoreError> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(None, master)
+        .expand(purpose, out.as_mut_slice())
+        .map_err(|_| CoreError::Internal("HKDF-SHA256 refused a 32-byte output"))?;
+    Ok(out)
+}
+
 /// Encrypts `plaintext` under a raw 32-byte key, binding `aad`.
 pub fn seal_with_key(
     rng: &mut impl CryptoRngCore,
@@ -234,6 +246,18 @@ fn read_u32(bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn derive_subkey_is_hkdf_sha256_and_separates_purposes() {
+        // RFC 5869 test case 3 (no salt, no info), first 32 bytes of the output.
+        let okm = derive_subkey(&[0x0b; 22], b"").unwrap();
+        assert_eq!(hex::encode(okm.as_slice()), "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d");
+        let master = [7u8; 32];
+        let a = derive_subkey(&master, b"qpc-server/v1/database").unwrap();
+        let b = derive_subkey(&master, b"qpc-server/v1/key-files").unwrap();
+        assert_ne!(a.as_slice(), b.as_slice());
+        assert_eq!(a.as_slice(), derive_subkey(&master, b"qpc-server/v1/database").unwrap().as_slice());
+    }
     use super::*;
     use rand::rngs::OsRng;
 

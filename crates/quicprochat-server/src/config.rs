@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::ServerConfig;
+use crate::at_rest::{self, DbKey};
 use crate::ratelimit::Rate;
 
 /// Default config file, read from the working directory when present.
@@ -72,6 +74,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// TCP address for the Prometheus endpoint (off when absent).
     pub metrics_listen: Option<String>,
+    /// File holding the `db_key` (64 hex characters). `QPC_DB_KEY` takes precedence.
+    pub db_key_file: Option<PathBuf>,
     /// Service limits.
     #[serde(default)]
     pub limits: FileLimits,
@@ -126,6 +130,20 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `--metrics-listen` / `QPC_METRICS_LISTEN`.
     pub metrics_listen: Option<String>,
+    /// `QPC_DB_KEY`: the key itself (never a flag: command lines are visible to other users).
+    pub db_key: Option<SecretText>,
+    /// `--db-key-file` / `QPC_DB_KEY_FILE`.
+    pub db_key_file: Option<PathBuf>,
+}
+
+/// Secret text from the environment, zeroized on drop; `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct SecretText(pub Zeroizing<String>);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The merged result: the server configuration plus process-level settings.
@@ -186,6 +204,22 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
         }
     };
     apply_limits(&mut config, &file.limits)?;
+    config.db_key = match (over.db_key, over.db_key_file.or(file.db_key_file)) {
+        (Some(text), _) => Some(parse_db_key(&text.0)?),
+        (None, Some(path)) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+            );
+            Some(parse_db_key(&text)?)
+        }
+        (None, None) => None,
+    };
+    if config.db_key.is_some() && !at_rest::DATABASE_ENCRYPTION {
+        return Err(ConfigError::Invalid {
+            field: "db_key",
+            problem: "this build cannot encrypt its database: rebuild qpc-server with `--features sqlcipher`".into(),
+        });
+    }
 
     if production {
         if config.tls.is_none() {
@@ -195,13 +229,21 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
                     .into(),
             ));
         }
-        // The embedded store is not yet encrypted at rest (no db_key support), which SPEC §4.5
-        // requires of production: refuse rather than pretend.
-        return Err(ConfigError::NotProductionReady(
-            "encryption at rest (db_key) is not available in this build; run without --production".into(),
-        ));
+        if config.db_key.is_none() {
+            return Err(ConfigError::NotProductionReady(if at_rest::DATABASE_ENCRYPTION {
+                "encryption at rest is required: set QPC_DB_KEY or db_key_file (64 hex characters)".into()
+            } else {
+                "encryption at rest is required and this build has none: rebuild with `--features sqlcipher` \
+                 and set QPC_DB_KEY or db_key_file"
+                    .into()
+            }));
+        }
     }
     Ok(Resolved { server: config, production, log_format, metrics_listen })
+}
+
+fn parse_db_key(text: &str) -> Result<DbKey, ConfigError> {
+    DbKey::from_hex(text).map_err(|e| ConfigError::Invalid { field: "db_key", problem: e.to_string() })
 }
 
 fn apply_limits(config: &mut ServerConfig, l: &FileLimits) -> Result<(), ConfigError> {
@@ -306,7 +348,40 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(resolve(with_tls, FileConfig::default()), Err(ConfigError::NotProductionReady(m)) if m.contains("db_key"))
+            matches!(resolve(with_tls.clone(), FileConfig::default()), Err(ConfigError::NotProductionReady(m)) if m.contains("QPC_DB_KEY"))
         );
+        let key = || Some(SecretText(Zeroizing::new("5a".repeat(32))));
+        let complete = resolve(Overrides { db_key: key(), ..with_tls }, FileConfig::default());
+        if at_rest::DATABASE_ENCRYPTION {
+            let resolved = complete.unwrap();
+            assert!(resolved.production && resolved.server.db_key.is_some());
+        } else {
+            assert!(
+                matches!(complete, Err(ConfigError::Invalid { field: "db_key", problem }) if problem.contains("sqlcipher"))
+            );
+        }
+    }
+
+    #[test]
+    fn db_keys_come_from_the_environment_or_a_file_and_are_never_printed() {
+        let malformed = Overrides { db_key: Some(SecretText(Zeroizing::new("secret".into()))), ..Default::default() };
+        assert!(!format!("{malformed:?}").contains("secret"));
+        assert!(matches!(resolve(malformed, FileConfig::default()), Err(ConfigError::Invalid { field: "db_key", .. })));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.key");
+        std::fs::write(&path, format!("{}\n", "5a".repeat(32))).unwrap();
+        let from_file =
+            resolve(Overrides::default(), file(&format!("db_key_file = {:?}\n", path.display().to_string())));
+        if at_rest::DATABASE_ENCRYPTION {
+            assert!(from_file.unwrap().server.db_key.is_some());
+        } else {
+            assert!(matches!(from_file, Err(ConfigError::Invalid { field: "db_key", .. })));
+        }
+        let missing = resolve(
+            Overrides { db_key_file: Some(dir.path().join("absent")), ..Default::default() },
+            FileConfig::default(),
+        );
+        assert!(matches!(missing, Err(ConfigError::Read { .. })));
     }
 }

@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod at_rest;
 pub mod config;
 pub mod error;
 pub mod middleware;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quicprochat_core::identity::IdentityKeyPair;
+use quicprochat_core::keystore;
 use quicprochat_core::opaque::OpaqueServerSetup;
 use quicprochat_rpc::{RpcServer, ServerOptions};
 use tokio::task::JoinHandle;
@@ -63,8 +65,11 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// A key file exists but does not parse.
-    #[error("key file {0} is corrupt")]
+    #[error("key file {0} is corrupt (or sealed with a db_key that was not given)")]
     CorruptKeyFile(PathBuf),
+    /// A key file is sealed with another db_key.
+    #[error("key file {0} is sealed with another db_key")]
+    KeyFileLocked(PathBuf),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
@@ -91,6 +96,8 @@ pub struct ServerConfig {
     pub rpc: ServerOptions,
     /// Wall clock (tests may substitute a manual one).
     pub clock: Clock,
+    /// Encryption at rest of the database and key files; `None` = stored in the clear.
+    pub db_key: Option<at_rest::DbKey>,
 }
 
 impl ServerConfig {
@@ -103,6 +110,7 @@ impl ServerConfig {
             limits: Limits::default(),
             rpc: ServerOptions::default(),
             clock: Clock::system(),
+            db_key: None,
         }
     }
 }
@@ -149,16 +157,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         path: dir.clone(),
         source,
     })?;
-    let store = SqliteStore::open(&dir.join(files::DATABASE))?;
+    let key = config.db_key.as_ref();
+    let store = SqliteStore::open_with(&dir.join(files::DATABASE), store::DEFAULT_READ_CONNECTIONS, key)?;
+    if key.is_some() {
+        tracing::info!("encryption at rest: database and key files sealed with db_key");
+    }
     let opaque = load_or_create(
         dir,
         files::OPAQUE_SETUP,
+        key,
         |b| OpaqueServerSetup::from_bytes(b).ok(),
         || OpaqueServerSetup::generate(&mut rand_core::OsRng).to_bytes().to_vec(),
     )?;
     let signing_key = load_or_create(
         dir,
         files::SIGNING_KEY,
+        key,
         |b| <[u8; 32]>::try_from(b).ok().map(|s| IdentityKeyPair::from_secret_bytes(&s)),
         || IdentityKeyPair::generate(&mut rand_core::OsRng).secret_bytes().to_vec(),
     )?;
@@ -232,23 +246,73 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
 }
 
 /// Loads a secret from `dir/name`, or generates it and writes it with mode 0600.
+/// Rotates the encryption-at-rest key of the data dir `dir` (stopped server) from `old` to
+/// `new`: the database is re-encrypted and the key files resealed. Files already under `new`
+/// are left alone, so a rotation that was interrupted can be run again with the same keys.
+pub fn rekey(dir: &Path, old: &at_rest::DbKey, new: &at_rest::DbKey) -> Result<(), ServerError> {
+    store::sqlite_rekey(&dir.join(files::DATABASE), old, new)?;
+    for name in [files::OPAQUE_SETUP, files::SIGNING_KEY] {
+        let path = dir.join(name);
+        let sealed = std::fs::read(&path).map_err(|source| ServerError::Io {
+            what: "reading a key file",
+            path: path.clone(),
+            source,
+        })?;
+        if keystore::open_with_key(new.key_files(), name.as_bytes(), &sealed).is_ok() {
+            continue;
+        }
+        let plain = keystore::open_with_key(old.key_files(), name.as_bytes(), &sealed)
+            .map_err(|_| ServerError::KeyFileLocked(path.clone()))?;
+        let resealed = keystore::seal_with_key(&mut rand_core::OsRng, new.key_files(), name.as_bytes(), &plain)
+            .map_err(|_| ServerError::CorruptKeyFile(path.clone()))?;
+        write_secret(&path, &resealed).map_err(|source| ServerError::Io {
+            what: "writing a key file",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads the secret in `dir/name`, or generates and writes it. With a `db_key` the file is
+/// sealed (ChaCha20-Poly1305 under the key-files subkey, bound to `name`); a file written in
+/// the clear before the key was set is sealed in place on first use.
 fn load_or_create<T>(
     dir: &Path,
     name: &str,
+    key: Option<&at_rest::DbKey>,
     parse: impl Fn(&[u8]) -> Option<T>,
     generate: impl Fn() -> Vec<u8>,
 ) -> Result<T, ServerError> {
     let path = dir.join(name);
+    let write = |plain: &[u8]| {
+        let bytes = match key {
+            Some(key) => keystore::seal_with_key(&mut rand_core::OsRng, key.key_files(), name.as_bytes(), plain)
+                .map_err(|_| ServerError::CorruptKeyFile(path.clone()))?,
+            None => plain.to_vec(),
+        };
+        write_secret(&path, &bytes).map_err(|source| ServerError::Io {
+            what: "writing a key file",
+            path: path.clone(),
+            source,
+        })
+    };
     match std::fs::read(&path) {
-        Ok(bytes) => parse(&bytes).ok_or(ServerError::CorruptKeyFile(path)),
+        Ok(bytes) => {
+            let Some(key) = key else { return parse(&bytes).ok_or(ServerError::CorruptKeyFile(path)) };
+            if let Ok(plain) = keystore::open_with_key(key.key_files(), name.as_bytes(), &bytes) {
+                return parse(&plain).ok_or(ServerError::CorruptKeyFile(path));
+            }
+            // Not sealed with this key: a clear file from before db_key was set, or another key.
+            let value = parse(&bytes).ok_or_else(|| ServerError::KeyFileLocked(path.clone()))?;
+            write(&bytes)?;
+            tracing::info!(file = name, "sealed a key file written before db_key was set");
+            Ok(value)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = zeroize::Zeroizing::new(generate());
-            write_secret(&path, &bytes).map_err(|source| ServerError::Io {
-                what: "writing a key file",
-                path: path.clone(),
-                source,
-            })?;
-            parse(&bytes).ok_or(ServerError::CorruptKeyFile(path))
+            let plain = zeroize::Zeroizing::new(generate());
+            write(&plain)?;
+            parse(&plain).ok_or(ServerError::CorruptKeyFile(path))
         }
         Err(source) => Err(ServerError::Io { what: "reading a key file", path, source }),
     }

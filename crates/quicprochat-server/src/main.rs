@@ -35,6 +35,24 @@ struct Args {
     /// Serve Prometheus metrics over HTTP on this TCP address (off by default).
     #[arg(long, env = "QPC_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// File holding the encryption-at-rest key (64 hex characters); the key itself may come
+    /// from QPC_DB_KEY instead. Needs a build with `--features sqlcipher`.
+    #[arg(long, env = "QPC_DB_KEY_FILE")]
+    db_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Rotate the encryption-at-rest key of a stopped server's data dir: re-encrypt the
+    /// database and reseal the key files from the current db_key (QPC_DB_KEY / --db-key-file)
+    /// to a new one (QPC_NEW_DB_KEY / --new-db-key-file). Safe to run again if interrupted.
+    Rekey {
+        /// File holding the new key (64 hex characters); or set QPC_NEW_DB_KEY.
+        #[arg(long, env = "QPC_NEW_DB_KEY_FILE")]
+        new_db_key_file: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -48,7 +66,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    let command = args.command.take();
     let file = match &args.config {
         Some(path) => config::read_file(path, true)?,
         None => config::read_file(std::path::Path::new(config::DEFAULT_CONFIG_FILE), false)?,
@@ -62,9 +81,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             production: args.production,
             log_format: args.log_format,
             metrics_listen: args.metrics_listen,
+            // Read from the environment only, never a flag: command lines are public.
+            db_key: std::env::var("QPC_DB_KEY").ok().map(|key| config::SecretText(zeroize::Zeroizing::new(key))),
+            db_key_file: args.db_key_file,
         },
         file,
     )?;
+
+    if let Some(Command::Rekey { new_db_key_file }) = command {
+        let old =
+            resolved.server.db_key.as_ref().context("rekey needs the current key: QPC_DB_KEY or --db-key-file")?;
+        let text = match (std::env::var("QPC_NEW_DB_KEY").ok(), new_db_key_file) {
+            (Some(text), _) => zeroize::Zeroizing::new(text),
+            (None, Some(path)) => zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+            ),
+            (None, None) => anyhow::bail!("rekey needs the new key: QPC_NEW_DB_KEY or --new-db-key-file"),
+        };
+        let new = quicprochat_server::at_rest::DbKey::from_hex(&text).context("the new db_key")?;
+        quicprochat_server::rekey(&resolved.server.data_dir, old, &new).context("rotating the db_key")?;
+        println!("data dir {} now encrypted with the new db_key", resolved.server.data_dir.display());
+        return Ok(());
+    }
 
     let filter = tracing_subscriber::EnvFilter::try_from_env("QPC_LOG").unwrap_or_else(|_| "info".into());
     if resolved.log_format == "json" {

@@ -7,7 +7,8 @@
 mod sqlite;
 mod types;
 
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::rekey as sqlite_rekey;
+pub use sqlite::{DEFAULT_READ_CONNECTIONS, SqliteStore};
 pub use types::*;
 
 use async_trait::async_trait;
@@ -53,6 +54,18 @@ pub enum StoreError {
     /// A stored value does not have the expected shape.
     #[error("corrupt row in {0}")]
     Corrupt(&'static str),
+    /// The database is encrypted with another `db_key` (or is not a database at all).
+    #[error("the database does not open with this db_key (another key, or not encrypted with one)")]
+    WrongDbKey,
+    /// The file is not a database this server can read: encrypted (set `db_key`) or corrupt.
+    #[error("the database file is encrypted (set db_key) or is not a database")]
+    NotADatabase,
+    /// A `db_key` was given to a build without database encryption.
+    #[error("this build cannot encrypt its database: rebuild qpc-server with `--features sqlcipher`")]
+    EncryptionUnavailable,
+    /// A database file could not be read or replaced.
+    #[error("database file: {0}")]
+    Io(#[source] std::io::Error),
     /// The blocking worker could not run the operation.
     #[error("store worker failed: {0}")]
     Worker(String),

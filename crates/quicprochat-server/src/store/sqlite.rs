@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::at_rest::DbKey;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -162,12 +163,25 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, runs pending migrations and opens
     /// [`DEFAULT_READ_CONNECTIONS`] read-only connections beside the writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, DEFAULT_READ_CONNECTIONS)
+        Self::open_with(path, DEFAULT_READ_CONNECTIONS, None)
     }
 
-    /// Like [`Self::open`], with `read_connections` read-only connections (at least one).
-    pub fn open_with(path: &Path, read_connections: usize) -> Result<Self, StoreError> {
+    /// Like [`Self::open`], with `read_connections` read-only connections (at least one), and
+    /// encrypted with `key` when given (builds with the `sqlcipher` feature; others refuse a
+    /// key with [`StoreError::EncryptionUnavailable`]). A database encrypted with another
+    /// key, or encrypted when no key is given, is refused with [`StoreError::WrongDbKey`] /
+    /// [`StoreError::NotADatabase`].
+    ///
+    /// A database written in the clear before a key was set is encrypted in place on the
+    /// first open with a key (see [`encrypt_in_place`]).
+    pub fn open_with(path: &Path, read_connections: usize, key: Option<&DbKey>) -> Result<Self, StoreError> {
+        if let Some(key) = key
+            && is_cleartext(path)?
+        {
+            encrypt_in_place(path, key)?;
+        }
         let mut writer = Connection::open(path)?;
+        unlock(&writer, key)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
         migrate(&mut writer)?;
@@ -177,6 +191,7 @@ impl SqliteStore {
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
                 )?;
+                unlock(&reader, key)?;
                 configure(&reader)?;
                 Ok(Mutex::new(reader))
             })
@@ -236,6 +251,101 @@ where
     let result = tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Worker(e.to_string()))?;
     metrics::histogram!("qpc_store_operation_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Gives a fresh connection its key (SQLCipher wants it before anything else) and checks that
+/// the file opens with it.
+fn unlock(conn: &Connection, key: Option<&DbKey>) -> Result<(), StoreError> {
+    if let Some(key) = key {
+        if !crate::at_rest::DATABASE_ENCRYPTION {
+            return Err(StoreError::EncryptionUnavailable);
+        }
+        // SQLCipher logs a failed page HMAC to stderr itself; the typed error below says it.
+        conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+        conn.pragma_update(None, "key", key.sqlcipher_pragma().as_str())?;
+    }
+    // The first read of the schema decrypts page 1: a wrong key, or a missing one for an
+    // encrypted file, fails here with SQLITE_NOTADB.
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::NotADatabase => {
+            Err(if key.is_some() { StoreError::WrongDbKey } else { StoreError::NotADatabase })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Re-encrypts the database at `path` from `old` to `new` (SQLCipher `PRAGMA rekey`). A
+/// database that already opens with `new` is left alone, so an interrupted rotation can be run
+/// again.
+pub(crate) fn rekey(path: &Path, old: &DbKey, new: &DbKey) -> Result<(), StoreError> {
+    if !crate::at_rest::DATABASE_ENCRYPTION {
+        return Err(StoreError::EncryptionUnavailable);
+    }
+    let conn = Connection::open(path)?;
+    match unlock(&conn, Some(old)) {
+        Ok(()) => {}
+        Err(StoreError::WrongDbKey) => {
+            drop(conn);
+            let done = Connection::open(path)?;
+            return unlock(&done, Some(new));
+        }
+        Err(e) => return Err(e),
+    }
+    // Rekey rewrites every page; do it on a plain rollback journal with the WAL folded in.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.pragma_update_and_check(None, "journal_mode", "DELETE", |_| Ok(()))?;
+    conn.pragma_update(None, "rekey", new.sqlcipher_pragma().as_str())?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    drop(conn);
+    let check = Connection::open(path)?;
+    unlock(&check, Some(new))
+}
+
+/// Whether `path` is an unencrypted SQLite database (its header is readable).
+fn is_cleartext(path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    match std::fs::File::open(path) {
+        Ok(mut file) => Ok(file.read_exact(&mut header).is_ok() && &header == b"SQLite format 3\0"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::Io(e)),
+    }
+}
+
+/// Encrypts a cleartext database with `key`: SQLCipher's `sqlcipher_export` copies schema and
+/// rows into a new encrypted file, which then replaces the old one (and its WAL). Pages of the
+/// old file may remain in the file system's free blocks: an operator who needs them gone must
+/// wipe the disk or start from an empty data dir.
+fn encrypt_in_place(path: &Path, key: &DbKey) -> Result<(), StoreError> {
+    if !crate::at_rest::DATABASE_ENCRYPTION {
+        return Err(StoreError::EncryptionUnavailable);
+    }
+    let encrypted = path.with_extension("db.encrypting");
+    let _ = std::fs::remove_file(&encrypted);
+    {
+        let clear = Connection::open(path)?;
+        // Fold the WAL into the main file so the export sees every committed row.
+        clear.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let version: i64 = clear.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let target = encrypted.to_str().ok_or(StoreError::Corrupt("database path is not UTF-8"))?;
+        clear.execute("ATTACH DATABASE ?1 AS encrypted KEY ?2", params![target, key.sqlcipher_pragma().as_str()])?;
+        clear.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
+        // `sqlcipher_export` copies schema and rows, not the schema version.
+        clear.pragma_update(Some("encrypted"), "user_version", version)?;
+        clear.execute("DETACH DATABASE encrypted", [])?;
+    }
+    std::fs::rename(&encrypted, path).map_err(StoreError::Io)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+    tracing::warn!(
+        "encrypted the existing cleartext database with db_key; old cleartext pages may remain in the file \
+         system's free blocks"
+    );
+    Ok(())
 }
 
 /// Settings every connection needs.
@@ -1249,12 +1359,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::AccountStore as _;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_wait_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_with(&dir.path().join("db"), 2).unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("db"), 2, None).unwrap();
         store.create_user("alice", b"record".to_vec(), 1).await.unwrap();
 
         // A write in progress: another thread holds the writer connection until told to stop.

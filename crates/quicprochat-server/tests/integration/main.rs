@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod at_rest;
 mod binary;
 mod blobs;
 mod delivery;
