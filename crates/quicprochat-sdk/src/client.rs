@@ -56,6 +56,10 @@ pub(crate) struct Inner {
     pub tasks: Mutex<JoinSet<()>>,
     /// Wakes the disappearing-message timer when a message with a timer is stored.
     pub expiry_wakeup: Arc<tokio::sync::Notify>,
+    /// One outbox flush at a time, so sends leave in the order they were made.
+    pub send_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background sender (a send is waiting, the connection is back).
+    pub outbox_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// The logged-in account: identity, MLS state and local store, behind one lock.
@@ -113,6 +117,8 @@ impl QpcClient {
                 sync_lock: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(JoinSet::new()),
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
+                send_lock: tokio::sync::Mutex::new(()),
+                outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -215,6 +221,8 @@ impl QpcClient {
         self.spawn_push_listener()?;
         self.spawn_expiry_timer()?;
         self.sync().await?;
+        // Sends queued in an earlier run (offline, or cut off by a crash) go out now.
+        self.spawn_outbox_sender()?;
         Ok(())
     }
 
@@ -475,6 +483,7 @@ async fn reconnect(weak: &Weak<Inner>) -> bool {
                 if let Err(e) = client.sync().await {
                     tracing::warn!(error = %e, "catching up after reconnect failed");
                 }
+                client.inner.outbox_wakeup.notify_one();
                 return true;
             }
             Err(SdkError::Server { status: "UNAUTHENTICATED", .. }) => {

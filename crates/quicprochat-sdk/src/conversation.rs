@@ -9,7 +9,7 @@ use crate::client::{QpcClient, fold_username};
 use crate::error::Result;
 use zeroize::Zeroizing;
 
-use crate::store::{Change, ConversationRow, Effect, MessageRow, now_ms};
+use crate::store::{Change, ConversationRow, Effect, MessageRow, OutboxRow, now_ms};
 use crate::sync::{KIND_DM, KIND_GROUP};
 use crate::{ClientEvent, ConversationId, Message, MessageId, SdkError};
 
@@ -35,15 +35,6 @@ pub(crate) enum LocalEcho<'a> {
     Effect(Effect<'a>),
     /// Nothing (a typing indicator).
     Nothing,
-}
-
-/// How the server is to handle an application envelope.
-#[derive(Debug, Clone, Copy)]
-struct Delivery {
-    /// Seconds until the server deletes it, delivered or not (0 = until acked).
-    ttl_secs: u32,
-    /// Pushed to online devices only, never stored.
-    ephemeral: bool,
 }
 
 /// A commit built and left pending by `MlsClient`, with the Welcomes for the devices it adds.
@@ -114,9 +105,12 @@ impl ConversationHandle {
         self.send_app(body, LocalEcho::Message { text: stored_text, attachment }).await
     }
 
-    /// Encrypts an application message with MLS, applies `echo` locally in the same transaction
-    /// as the advanced ratchet, and hands it to the server: typing indicators as ephemeral
-    /// envelopes, everything else stored, with the conversation's disappearing timer as the
+    /// Sends an application message. Typing indicators go out at once as ephemeral envelopes
+    /// (never stored, lost when offline, which is what they are for). Everything else is
+    /// queued in the outbox together with its local `echo`, then handed to the server (see
+    /// [`crate::outbox`]): the call returns once the server accepted it, or once it is safely
+    /// queued when the server cannot be reached. It fails only when the server refused this
+    /// message for good. Stored messages carry the conversation's disappearing timer as their
     /// server TTL (a timer change itself is kept until read, so nobody misses it).
     pub(crate) async fn send_app(&self, body: v1::app_message::Body, echo: LocalEcho<'_>) -> Result<MessageId> {
         let account = self.client.account()?;
@@ -131,6 +125,11 @@ impl ConversationHandle {
             expire_after_secs: ttl_secs,
             body: Some(body),
         };
+        let plaintext = Zeroizing::new(app.encode_to_vec());
+        if ephemeral {
+            self.send_ephemeral(id, &plaintext).await?;
+            return Ok(id);
+        }
         let expires_at_ms = (ttl_secs > 0).then(|| sent_at_ms + u64::from(ttl_secs) * 1000);
         let (row, effect) = match echo {
             LocalEcho::Message { text, attachment } => (
@@ -150,35 +149,47 @@ impl ConversationHandle {
             LocalEcho::Effect(effect) => (None, Some(effect)),
             LocalEcho::Nothing => (None, None),
         };
-        let plaintext = Zeroizing::new(app.encode_to_vec());
-        self.deliver(id, &plaintext, Delivery { ttl_secs, ephemeral }, row, effect).await?;
+        self.queue_and_flush(id, &plaintext, ttl_secs, row, effect).await?;
         Ok(id)
     }
 
-    /// Encrypts an encoded `AppMessage`, stores `row` or `effect` with the advanced ratchet, and
-    /// enqueues it.
-    async fn deliver(
+    /// Stores the send in the outbox with its local echo (one transaction), flushes the outbox,
+    /// and reports this send's fate: delivered or still queued is success.
+    async fn queue_and_flush(
         &self,
         id: MessageId,
         plaintext: &[u8],
-        delivery: Delivery,
+        ttl_secs: u32,
         row: Option<MessageRow<'_>>,
         effect: Option<Effect<'_>>,
     ) -> Result<()> {
-        let Delivery { ttl_secs, ephemeral } = delivery;
-        let (ciphertext, epoch) = match self.encrypt_and_store(plaintext, row, effect) {
-            // A proposal waiting for its commit (a member leaving) blocks application messages
-            // until the commit lands: take part in that, then send.
-            Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
-                self.client.sync().await?;
-                self.encrypt_and_store(plaintext, row, effect)?
-            }
-            other => other?,
-        };
+        let account = self.client.account()?;
+        let outbox = OutboxRow { message: id, conversation: self.id, payload: plaintext, ttl_secs };
+        account.lock()?.store.apply(Change { message: row, effect, outbox: Some(outbox), ..Default::default() })?;
         if row.is_some_and(|r| r.expires_at_ms.is_some()) {
             self.client.inner.expiry_wakeup.notify_one();
         }
-        let accepted: v1::EnqueueResponse = self
+        let flushed = self.client.flush_outbox().await?;
+        if let Some((_, error)) = flushed.failed.into_iter().find(|(failed, _)| *failed == id) {
+            return Err(error);
+        }
+        if flushed.retry_in.is_some() {
+            // Still queued: the background sender keeps trying.
+            self.client.inner.outbox_wakeup.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Encrypts and pushes an ephemeral envelope to the members online now.
+    async fn send_ephemeral(&self, id: MessageId, plaintext: &[u8]) -> Result<()> {
+        let (ciphertext, epoch) = match self.client.encrypt_for(self.id, plaintext) {
+            Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
+                self.client.sync().await?;
+                self.client.encrypt_for(self.id, plaintext)?
+            }
+            other => other?,
+        };
+        let _: v1::EnqueueResponse = self
             .client
             .rpc()
             .call(
@@ -191,16 +202,11 @@ impl ConversationHandle {
                         payload: ciphertext.into(),
                     }),
                     idempotency_key: Bytes::copy_from_slice(&id.0),
-                    ttl_secs,
-                    ephemeral,
+                    ephemeral: true,
                     ..Default::default()
                 },
             )
             .await?;
-        // An ephemeral envelope is never stored, so there is no delivery to prove.
-        if !ephemeral {
-            self.keep_delivery_proof(id, accepted.proof, row.is_some())?;
-        }
         Ok(())
     }
 
@@ -214,7 +220,7 @@ impl ConversationHandle {
                 .encode_to_vec(),
         );
         prost::encoding::bytes::encode(body_field, &Bytes::copy_from_slice(bytes), &mut *plaintext);
-        self.deliver(id, &plaintext, Delivery { ttl_secs: 0, ephemeral: false }, None, None).await?;
+        self.queue_and_flush(id, &plaintext, 0, None, None).await?;
         Ok(id)
     }
 
@@ -223,52 +229,6 @@ impl ConversationHandle {
         let account = self.client.account()?;
         let row = account.lock()?.store.conversation(&self.id)?;
         Ok(row.and_then(|r| r.disappearing_secs))
-    }
-
-    /// Encrypts with MLS and stores the outgoing message or effect with the advanced ratchet,
-    /// atomically.
-    fn encrypt_and_store(
-        &self,
-        plaintext: &[u8],
-        row: Option<MessageRow<'_>>,
-        effect: Option<Effect<'_>>,
-    ) -> Result<(Vec<u8>, u64)> {
-        let account = self.client.account()?;
-        let mut local = account.lock()?;
-        let ciphertext = local.mls.encrypt(&self.id.0, plaintext)?;
-        let epoch = local.mls.epoch(&self.id.0)?;
-        let state = local.mls.export_state()?;
-        local.store.apply(Change { mls_state: Some(&state), message: row, effect, ..Default::default() })?;
-        Ok((ciphertext, epoch))
-    }
-
-    /// Verifies the server's signed receipt; for a message in the history, keeps it and tells
-    /// subscribers.
-    fn keep_delivery_proof(&self, id: MessageId, proof: Option<v1::DeliveryProof>, in_history: bool) -> Result<()> {
-        let account = self.client.account()?;
-        let proof = proof.ok_or(SdkError::InvalidDeliveryProof)?;
-        let digest = quicprochat_core::ids::delivery_proof_digest(
-            &proof.envelope_id,
-            &proof.channel_id,
-            proof.seq,
-            proof.timestamp_ms,
-        );
-        let genuine = proof.channel_id.as_ref() == self.id.0.as_slice()
-            && quicprochat_core::identity::verify_signature(&account.server_signing_key, &digest, &proof.signature)
-                .is_ok();
-        if !genuine {
-            return Err(SdkError::InvalidDeliveryProof);
-        }
-        if !in_history {
-            return Ok(());
-        }
-        account.lock()?.store.set_delivery_proof(&id, &prost::Message::encode_to_vec(&proof))?;
-        let _ = self.client.inner.events.send(ClientEvent::DeliveryConfirmed {
-            conversation: self.id,
-            message: id,
-            seq: proof.seq,
-        });
-        Ok(())
     }
 
     /// Whether the server's verified delivery proof for `message` is stored.

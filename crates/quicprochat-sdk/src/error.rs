@@ -16,6 +16,8 @@ pub enum SdkError {
         status: &'static str,
         /// The server's explanation.
         message: String,
+        /// For RATE_LIMITED and QUEUE_FULL: how long to wait before trying again, ms.
+        retry_after_ms: u64,
     },
     /// Wrong username or password.
     #[error("wrong username or password")]
@@ -138,7 +140,9 @@ impl SdkError {
 impl From<quicprochat_rpc::Error> for SdkError {
     fn from(e: quicprochat_rpc::Error) -> Self {
         match e {
-            quicprochat_rpc::Error::Rpc(r) => SdkError::Server { status: r.status.name(), message: r.message },
+            quicprochat_rpc::Error::Rpc(r) => {
+                SdkError::Server { status: r.status.name(), message: r.message, retry_after_ms: r.retry_after_ms }
+            }
             other => SdkError::Transport(other),
         }
     }

@@ -126,6 +126,16 @@ pub enum ClientEvent {
         /// The server's sequence number for it.
         seq: u64,
     },
+    /// A queued send was refused by the server for good (e.g. this device is no longer a
+    /// member); it stays in the history marked [`crate::DeliveryState::Failed`].
+    SendFailed {
+        /// Where.
+        conversation: ConversationId,
+        /// Which message (or reaction, edit, …).
+        message: crate::MessageId,
+        /// Why.
+        reason: String,
+    },
     /// The server ended this session (expired or revoked); log in again.
     SessionExpired,
     /// The connection is back after `ConnectionLost`; waiting messages are being fetched.

@@ -28,6 +28,7 @@ mod events;
 mod expiry;
 mod files;
 mod inbound;
+mod outbox;
 mod rich;
 mod store;
 mod sync;
@@ -110,6 +111,28 @@ pub struct Message {
     pub read_by: Vec<String>,
     /// When it disappears from this device (the conversation's disappearing timer), Unix ms.
     pub expires_at_ms: Option<u64>,
+    /// Where an outgoing message is on its way; [`DeliveryState::Received`] for incoming ones.
+    pub delivery: DeliveryState,
+}
+
+/// Where a message is on its way to the other members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryState {
+    /// In the outbox: not yet accepted by the server (offline, or being retried). It is sent
+    /// with the same idempotency key when the connection allows, also after a restart.
+    Queued,
+    /// Accepted by the server.
+    Sent,
+    /// Accepted, with the server's signed delivery proof verified and kept.
+    Confirmed,
+    /// Given up: the server refused it for good (e.g. this device is no longer a member).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// A message from another member.
+    Received,
 }
 
 /// What kind of message a [`Message`] is.

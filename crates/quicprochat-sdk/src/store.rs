@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 use crate::error::Result;
-use crate::{ConversationId, Message, MessageId, MessageKind, Reaction, SdkError};
+use crate::{ConversationId, DeliveryState, Message, MessageId, MessageKind, Reaction, SdkError};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -67,6 +67,19 @@ CREATE TABLE IF NOT EXISTS receipts (
     reader  TEXT NOT NULL,
     read_ms INTEGER NOT NULL,
     PRIMARY KEY (message, reader)
+);
+"#,
+    // 5: the outbox. Sends are stored here with their local echo, then encrypted and handed to
+    // the server in rowid order; `failed` says why one was given up.
+    r#"
+CREATE TABLE IF NOT EXISTS outbox (
+    message      BLOB PRIMARY KEY,
+    conversation BLOB NOT NULL,
+    payload      BLOB NOT NULL,
+    ttl_secs     INTEGER NOT NULL,
+    queued_ms    INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    failed       TEXT
 );
 "#,
 ];
@@ -143,6 +156,18 @@ pub(crate) struct Change<'a> {
     pub message: Option<MessageRow<'a>>,
     pub effect: Option<Effect<'a>>,
     pub cursor: Option<u64>,
+    /// A send to queue (with its local echo in `message` or `effect`).
+    pub outbox: Option<OutboxRow<'a>>,
+}
+
+/// A send waiting in the outbox: the encoded `AppMessage`, encrypted only when it is handed to
+/// the server (so it is always sent in the group's current epoch).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxRow<'a> {
+    pub message: MessageId,
+    pub conversation: ConversationId,
+    pub payload: &'a [u8],
+    pub ttl_secs: u32,
 }
 
 pub(crate) struct LocalStore {
@@ -212,6 +237,7 @@ impl LocalStore {
             None => None,
         };
         let sealed_effect = change.effect.map(|e| self.seal_effect(e)).transpose()?;
+        let sealed_outbox = change.outbox.map(|o| self.seal(&outbox::aad(&o.message), o.payload)).transpose()?;
         let now = now_ms();
         let tx = self.conn.transaction()?;
         if let Some(state) = sealed_state {
@@ -245,6 +271,12 @@ impl LocalStore {
         }
         if let (Some(effect), Some(sealed)) = (change.effect, sealed_effect) {
             write_effect(&tx, effect, sealed, now)?;
+        }
+        if let (Some(o), Some(sealed)) = (change.outbox, sealed_outbox) {
+            tx.execute(
+                "INSERT INTO outbox (message, conversation, payload, ttl_secs, queued_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![o.message.0.as_slice(), o.conversation.0.as_slice(), sealed, o.ttl_secs, to_i64(now)],
+            )?;
         }
         if let Some(cursor) = change.cursor {
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![CURSOR, to_i64(cursor)])?;
@@ -469,6 +501,7 @@ impl LocalStore {
                 read_by.push(r?);
             }
         }
+        let delivery = if row.outgoing { self.delivery_state(&id)? } else { DeliveryState::Received };
         Ok(Message {
             id,
             conversation,
@@ -484,6 +517,7 @@ impl LocalStore {
             reactions,
             read_by,
             expires_at_ms: row.expires_ms.map(to_u64),
+            delivery,
         })
     }
 }
@@ -610,6 +644,9 @@ fn attachment_aad(id: &MessageId) -> Vec<u8> {
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+mod outbox;
+pub(crate) use outbox::OutboxEntry;
 
 #[cfg(test)]
 mod tests;
