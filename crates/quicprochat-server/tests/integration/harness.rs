@@ -187,3 +187,60 @@ pub async fn dm_with_package(
     mls.merge_pending_commit(&created.channel_id).unwrap();
     (created.channel_id, mls)
 }
+
+/// `creator` creates a group channel and adds `members` (device id and key package each) with
+/// one real MLS commit and a Welcome per device. Returns the channel id and the creator's MLS
+/// client (at epoch 1).
+pub async fn group_with(creator: &RpcClient, creator_name: &str, members: &[(Vec<u8>, Vec<u8>)]) -> (Bytes, MlsClient) {
+    let created: v1::CreateChannelResponse = creator
+        .call(
+            method::CREATE_CHANNEL,
+            &v1::CreateChannelRequest { kind: v1::ChannelKind::Group as i32, peer: "".into() },
+        )
+        .await
+        .unwrap();
+    assert!(created.was_new);
+    let mls = mls_client(creator_name);
+    mls.create_group(&created.channel_id).unwrap();
+    let packages: Vec<Vec<u8>> = members.iter().map(|(_, kp)| kp.clone()).collect();
+    let add = mls.add_members(&created.channel_id, &packages).unwrap();
+    let _: v1::BatchEnqueueResponse = creator
+        .call(
+            method::BATCH_ENQUEUE,
+            &v1::BatchEnqueueRequest {
+                channel_id: created.channel_id.clone(),
+                commit: Some(v1::Envelope {
+                    kind: v1::EnvelopeKind::Commit as i32,
+                    epoch: 0,
+                    payload: add.commit.into(),
+                }),
+                welcomes: members
+                    .iter()
+                    .map(|(device, _)| v1::WelcomeDelivery {
+                        device_id: device.clone().into(),
+                        payload: add.welcome.clone().into(),
+                    })
+                    .collect(),
+                group_info: add.group_info.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    mls.merge_pending_commit(&created.channel_id).unwrap();
+    (created.channel_id, mls)
+}
+
+/// The device id and a fresh key package of the device `user()` registered for `name`.
+pub fn member(name: &str) -> (Vec<u8>, Vec<u8>) {
+    (test_identity(name).device_id().0.to_vec(), mls_client(name).generate_key_package().unwrap())
+}
+
+/// The status and error body of a failed call; panics on success.
+pub fn rpc_error<T: std::fmt::Debug>(result: Result<T, quicprochat_rpc::Error>) -> quicprochat_rpc::RpcError {
+    match result {
+        Ok(ok) => panic!("expected an RPC error, got {ok:?}"),
+        Err(quicprochat_rpc::Error::Rpc(e)) => e,
+        Err(other) => panic!("expected an RPC error, got {other}"),
+    }
+}

@@ -6,6 +6,8 @@ mod accounts;
 mod at_rest;
 mod binary;
 mod blobs;
+mod coverage_auth;
+mod coverage_delivery;
 mod delivery;
 mod directory;
 mod harness;
