@@ -60,6 +60,10 @@ pub(crate) struct Inner {
     pub send_lock: tokio::sync::Mutex<()>,
     /// Wakes the background sender (a send is waiting, the connection is back).
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// Test support: the next send accepted by the server is left in the outbox, as if the
+    /// process died between the server's answer and the local update.
+    #[cfg(feature = "test-util")]
+    pub crash_after_enqueue: AtomicBool,
 }
 
 /// The logged-in account: identity, MLS state and local store, behind one lock.
@@ -119,6 +123,8 @@ impl QpcClient {
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 send_lock: tokio::sync::Mutex::new(()),
                 outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
+                #[cfg(feature = "test-util")]
+                crash_after_enqueue: AtomicBool::new(false),
             }),
         })
     }

@@ -45,6 +45,14 @@ pub(crate) struct Flushed {
 }
 
 impl QpcClient {
+    /// Test support: the next send the server accepts stays in the outbox and this client
+    /// stops sending, as if the process died right after the server answered. A new client on
+    /// the same state dir then sends it again, with the same idempotency key.
+    #[cfg(feature = "test-util")]
+    pub fn crash_after_next_enqueue_for_tests(&self) {
+        self.inner.crash_after_enqueue.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// How many sends wait in the outbox (offline, or being retried).
     pub fn pending_sends(&self) -> Result<u64> {
         self.account()?.lock()?.store.outbox_len()
@@ -83,6 +91,10 @@ impl QpcClient {
             Ok(accepted) => accepted,
             Err(error) => return disposition(error, entry.attempts),
         };
+        #[cfg(feature = "test-util")]
+        if self.inner.crash_after_enqueue.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Attempt::Later(MAX_RETRY);
+        }
         match self.keep_delivery_proof(entry.conversation, entry.message, accepted.proof) {
             Ok(()) => Attempt::Sent,
             // Accepted, so not to be sent again; the bad proof is the server's fault.

@@ -19,6 +19,9 @@ pub(crate) struct OutboxEntry {
     pub attempts: u32,
 }
 
+/// `message, conversation, payload, ttl_secs, attempts` as stored.
+type OutboxColumns = (Vec<u8>, Vec<u8>, Vec<u8>, i64, i64);
+
 /// Associated data of a sealed outbox payload.
 pub(super) fn aad(id: &MessageId) -> Vec<u8> {
     let mut aad = b"outbox:".to_vec();
@@ -29,7 +32,7 @@ pub(super) fn aad(id: &MessageId) -> Vec<u8> {
 impl LocalStore {
     /// The oldest send still waiting (not given up).
     pub fn next_outbox(&self) -> Result<Option<OutboxEntry>> {
-        let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>, i64, i64)> = self
+        let row: Option<OutboxColumns> = self
             .conn
             .query_row(
                 "SELECT message, conversation, payload, ttl_secs, attempts FROM outbox \

@@ -4,6 +4,7 @@
 
 mod dm;
 mod group;
+mod outbox;
 mod rich;
 
 use std::path::Path;
