@@ -25,6 +25,12 @@ pub struct Cli {
     /// Password (prefer QPC_PASSWORD or the prompt: command lines are visible to other users).
     #[arg(long, env = "QPC_PASSWORD", global = true, hide_env_values = true)]
     pub password: Option<String>,
+    /// Print machine-readable JSON (for `recv`, `whoami` and `list`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for the server to answer when connecting.
+    #[arg(long, env = "QPC_CONNECT_TIMEOUT", global = true, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
     /// What to do (default: the interactive REPL).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -54,10 +60,60 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
+    /// Open (or create) the direct conversation with USER.
+    Dm {
+        /// The other user.
+        user: String,
+    },
+    /// Create, grow, shrink or leave a group.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Who is logged in (username, user id, device id).
+    Whoami,
+    /// Print the safety number to compare with USER out of band.
+    Verify {
+        /// The other user.
+        user: String,
+    },
+    /// List this device's conversations.
+    List,
     /// Interactive session (the default).
     Repl,
     /// A self-contained tour on a private server in a temporary directory.
     Demo,
+}
+
+/// `qpc group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupAction {
+    /// Create group NAME with these members.
+    Create {
+        /// Local name of the group.
+        name: String,
+        /// Usernames to add.
+        users: Vec<String>,
+    },
+    /// Add USER to group NAME.
+    Invite {
+        /// The group.
+        name: String,
+        /// Who to add.
+        user: String,
+    },
+    /// Remove USER from group NAME.
+    Remove {
+        /// The group.
+        name: String,
+        /// Who to remove.
+        user: String,
+    },
+    /// Leave group NAME.
+    Leave {
+        /// The group.
+        name: String,
+    },
 }
 
 /// Parses `HOST:PORT`, resolving names.

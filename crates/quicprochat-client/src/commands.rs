@@ -1,176 +1,197 @@
-//! One `run` for every command: build the config, connect, log in, execute.
+//! One `run` for the command line: build the config, connect, log in, execute.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use quicprochat_sdk::{ClientConfig, ClientEvent, QpcClient, SdkError, Trust};
+use quicprochat_sdk::{ClientConfig, ClientEvent, Message, QpcClient, SdkError, Trust};
 
-use crate::cli::{Cli, Command, resolve_server};
+use crate::cli::{Cli, Command as CliCommand, GroupAction, resolve_server};
+use crate::command::{Command, Target};
+use crate::execute::{Reply, Session, execute};
+use crate::exit::{NetworkError, UsageError};
 use crate::local_server;
+use crate::style::Palette;
+use crate::view::{MessageView, reply_text};
+
+/// File in the account's state dir that keeps REPL command lines across runs.
+pub const HISTORY_FILE: &str = "repl_history";
 
 /// Runs the parsed command line.
 pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.take().unwrap_or(Command::Repl);
-    if let Command::Demo = command {
+    let command = cli.command.take().unwrap_or(CliCommand::Repl);
+    if let CliCommand::Demo = command {
         return crate::demo::run().await;
     }
     let username = match &cli.username {
         Some(u) => u.trim().to_lowercase(),
-        None => prompt("username: ")?,
+        None => prompt_username()?,
     };
     let password = match &cli.password {
         Some(p) => p.clone(),
-        None => rpassword::prompt_password(format!("password for {username}: ")).context("reading the password")?,
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password(format!("password for {username}: ")).context("reading the password")?
+        }
+        None => bail!(UsageError("a password is required: QPC_PASSWORD, --password or a terminal prompt".into())),
     };
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| local_server::data_root().join(&username));
 
-    let (client, _) = connect(&cli, state_dir.clone()).await?;
+    let client = connect(&cli, state_dir.clone()).await?;
     let mut events = client.subscribe();
-    match command {
-        Command::Register => {
-            client.register(&username, password.as_bytes()).await.map_err(explain)?;
+    let shared = match command {
+        CliCommand::Register => {
+            client.register(&username, password.as_bytes()).await.context("registering")?;
             println!("registered {username}");
+            None
         }
-        Command::Login => {
-            client.login(&username, password.as_bytes()).await.map_err(explain)?;
+        CliCommand::Login => {
+            client.login(&username, password.as_bytes()).await.context("logging in")?;
             println!("logged in as {username}");
+            None
         }
-        Command::Send { to, group, text } => {
+        CliCommand::Recv { wait } => {
             sign_in(&client, &username, &password, &state_dir).await?;
-            let conversation = match (to, group) {
-                (Some(to), _) => open_dm(&client, &to).await?,
-                (None, Some(group)) => client
-                    .find_conversation(&group)
-                    .map_err(explain)?
-                    .ok_or_else(|| anyhow::anyhow!("no group named {group} on this device"))?,
-                (None, None) => bail!("--to USER or --group NAME is required"),
+            recv(&client, &mut events, Duration::from_secs(wait), cli.json).await?;
+            None
+        }
+        CliCommand::Repl => {
+            sign_in(&client, &username, &password, &state_dir).await?;
+            crate::repl::run(client.clone(), events, Some(state_dir.join(HISTORY_FILE))).await?;
+            None
+        }
+        CliCommand::Demo => bail!("demo is handled before connecting"),
+        CliCommand::Send { to, group, text } => {
+            let to = match (to, group) {
+                (Some(user), _) => Target::Dm(user.to_lowercase()),
+                (None, Some(group)) => Target::Named(group),
+                (None, None) => bail!(UsageError("--to USER or --group NAME is required".into())),
             };
-            let id = conversation.send_text(&text).await.map_err(explain)?;
-            println!("sent {id} to {}", conversation.name());
+            Some(Command::Send { to, text })
         }
-        Command::Recv { wait } => {
-            sign_in(&client, &username, &password, &state_dir).await?;
-            recv(&client, &mut events, Duration::from_secs(wait)).await?;
-        }
-        Command::Repl => {
-            sign_in(&client, &username, &password, &state_dir).await?;
-            crate::repl::run(client.clone(), events).await?;
-        }
-        Command::Demo => unreachable_demo()?,
+        CliCommand::Dm { user } => Some(Command::Dm(user.to_lowercase())),
+        CliCommand::Group { action } => Some(match action {
+            GroupAction::Create { name, users } => {
+                Command::CreateGroup { name, members: users.iter().map(|u| u.to_lowercase()).collect() }
+            }
+            GroupAction::Invite { name, user } => {
+                Command::Invite { to: Target::Named(name), user: user.to_lowercase() }
+            }
+            GroupAction::Remove { name, user } => {
+                Command::Remove { from: Target::Named(name), user: user.to_lowercase() }
+            }
+            GroupAction::Leave { name } => Command::Leave(Target::Named(name)),
+        }),
+        CliCommand::Whoami => Some(Command::Whoami),
+        CliCommand::Verify { user } => Some(Command::Verify(user.to_lowercase())),
+        CliCommand::List => Some(Command::List),
+    };
+    if let Some(command) = shared {
+        sign_in(&client, &username, &password, &state_dir).await?;
+        let reply = execute(&client, &mut Session::new(), command).await?;
+        print_reply(&reply, cli.json)?;
     }
     client.close();
     Ok(())
 }
 
-fn unreachable_demo() -> anyhow::Result<()> {
-    bail!("demo is handled before connecting")
+/// Prints a one-shot reply: JSON for `whoami` and `list` with `--json`, text otherwise.
+fn print_reply(reply: &Reply, json: bool) -> anyhow::Result<()> {
+    let value = match reply {
+        Reply::Whoami(me) if json => serde_json::to_string(me)?,
+        Reply::Conversations(list) if json => serde_json::to_string(list)?,
+        _ => match reply_text(reply, Palette::detect()) {
+            Some(text) => text,
+            None => return Ok(()),
+        },
+    };
+    println!("{value}");
+    Ok(())
 }
 
-fn prompt(label: &str) -> anyhow::Result<String> {
+fn prompt_username() -> anyhow::Result<String> {
     use std::io::Write;
-    print!("{label}");
+    let missing = || UsageError("a username is required (--username or QPC_USERNAME)".into());
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!(missing());
+    }
+    print!("username: ");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let v = line.trim().to_lowercase();
     if v.is_empty() {
-        bail!("a username is required (--username or QPC_USERNAME)");
+        bail!(missing());
     }
     Ok(v)
 }
 
 /// Connects as the command line says; without `--server`, zero-config.
-async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<(QpcClient, bool)> {
+async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<QpcClient> {
     let pinned_local = || std::fs::read(local_server::server_dir().join(quicprochat_server::files::DEV_CERT)).ok();
-    match &cli.server {
-        Some(server) => {
-            let (addr, host) = resolve_server(server)?;
-            let trust = match &cli.ca_cert {
-                Some(path) => Trust::CaCertificates(read_certs(path)?),
-                None => match pinned_local() {
-                    Some(cert) => Trust::PinnedCertificate(cert),
-                    None => {
-                        bail!("--ca-cert is required to trust {server} (for a dev server: DATA_DIR/server-cert.der)")
-                    }
-                },
-            };
-            let mut config = ClientConfig::new(addr, trust, state_dir);
-            config.server_name = host;
-            let client = QpcClient::connect(config).await.map_err(|e| {
-                anyhow::anyhow!("cannot reach {server}: {e} (is qpc-server running, and is the certificate right?)")
-            })?;
-            Ok((client, false))
-        }
-        None => {
-            let (addr, _) = resolve_server(local_server::DEFAULT_ADDR)?;
-            let config = ClientConfig::new(addr, Trust::PinnedCertificate(Vec::new()), state_dir);
-            Ok((local_server::connect_or_start(config).await?, true))
-        }
+    let Some(server) = &cli.server else {
+        let (addr, _) = resolve_server(local_server::DEFAULT_ADDR)?;
+        let config = ClientConfig::new(addr, Trust::PinnedCertificate(Vec::new()), state_dir);
+        return local_server::connect_or_start(config).await;
+    };
+    let (addr, host) = resolve_server(server)?;
+    let trust = match &cli.ca_cert {
+        Some(path) => Trust::CaCertificates(read_certs(path)?),
+        None => match pinned_local() {
+            Some(cert) => Trust::PinnedCertificate(cert),
+            None => bail!(UsageError(format!(
+                "--ca-cert is required to trust {server} (for a dev server: DATA_DIR/server-cert.der)"
+            ))),
+        },
+    };
+    let mut config = ClientConfig::new(addr, trust, state_dir);
+    config.server_name = host;
+    let timeout = Duration::from_secs(cli.connect_timeout.max(1));
+    match tokio::time::timeout(timeout, QpcClient::connect(config)).await {
+        Ok(connected) => connected
+            .with_context(|| format!("cannot reach {server} (is qpc-server running, and is the certificate right?)")),
+        Err(_) => bail!(NetworkError(format!("cannot reach {server}: no answer within {} s", timeout.as_secs()))),
     }
 }
 
 /// Reads one or more certificates from a DER or PEM file.
-fn read_certs(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
+fn read_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let certs = quicprochat_sdk::parse_certificates(&bytes);
     if certs.is_empty() {
-        bail!("{} holds no certificate", path.display());
+        bail!(UsageError(format!("{} holds no certificate", path.display())));
     }
     Ok(certs)
 }
 
 /// Logs in, or registers first if this state dir has never held the account.
-async fn sign_in(
-    client: &QpcClient,
-    username: &str,
-    password: &str,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<()> {
+async fn sign_in(client: &QpcClient, username: &str, password: &str, state_dir: &Path) -> anyhow::Result<()> {
     if quicprochat_sdk::has_local_account(state_dir) {
-        return client.login(username, password.as_bytes()).await.map_err(explain);
+        return client.login(username, password.as_bytes()).await.context("logging in");
     }
     match client.register(username, password.as_bytes()).await {
         Ok(()) => {
             eprintln!("qpc: registered new account {username}");
             Ok(())
         }
-        Err(SdkError::UsernameTaken) => client.login(username, password.as_bytes()).await.map_err(explain),
-        Err(e) => Err(explain(e)),
+        Err(SdkError::UsernameTaken) => client.login(username, password.as_bytes()).await.context("logging in"),
+        Err(e) => Err(e).context("registering"),
     }
-}
-
-/// Opens the DM, waiting briefly for the peer's invitation if the peer created it first.
-pub async fn open_dm(client: &QpcClient, peer: &str) -> anyhow::Result<quicprochat_sdk::ConversationHandle> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.dm(peer).await {
-            Ok(dm) => return Ok(dm),
-            Err(SdkError::AwaitingInvitation(_)) if tokio::time::Instant::now() < deadline => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), client.sync()).await;
-            }
-            Err(e) => return Err(explain(e)),
-        }
-    }
-}
-
-fn explain(e: SdkError) -> anyhow::Error {
-    anyhow::Error::new(e)
 }
 
 /// Prints every message that arrives: waits up to `wait` for the first, then for stragglers
-/// already on their way.
+/// already on their way. With `json`, one JSON object per line.
 async fn recv(
     client: &QpcClient,
     events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
     wait: Duration,
+    json: bool,
 ) -> anyhow::Result<()> {
     let mut printed = 0usize;
     let mut deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Ok(ClientEvent::MessageReceived { message, .. })) => {
-                println!("[{}] {}", message.sender, message.text);
+                print_message(client, &message, json)?;
                 if printed == 0 {
                     // After the first message, only drain what is already arriving.
                     deadline = tokio::time::Instant::now() + Duration::from_millis(500);
@@ -185,11 +206,21 @@ async fn recv(
         }
     }
     // Anything that arrived in between is fetched once more before leaving.
-    client.sync().await.map_err(explain)?;
+    client.sync().await.context("fetching waiting messages")?;
     while let Ok(event) = events.try_recv() {
         if let ClientEvent::MessageReceived { message, .. } = event {
-            println!("[{}] {}", message.sender, message.text);
+            print_message(client, &message, json)?;
         }
+    }
+    Ok(())
+}
+
+fn print_message(client: &QpcClient, message: &Message, json: bool) -> anyhow::Result<()> {
+    if json {
+        let name = client.conversation(message.conversation)?.map(|c| c.name().to_owned()).unwrap_or_default();
+        println!("{}", serde_json::to_string(&MessageView::new(message, &name))?);
+    } else {
+        println!("[{}] {}", message.sender, message.text);
     }
     Ok(())
 }

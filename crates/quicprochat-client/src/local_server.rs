@@ -47,7 +47,11 @@ pub async fn connect_or_start(mut config: ClientConfig) -> anyhow::Result<QpcCli
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the local server did not come up on {} (see {})", config.server, dir.join("server.log").display());
+            bail!(crate::exit::NetworkError(format!(
+                "the local server did not come up on {} (see {})",
+                config.server,
+                dir.join("server.log").display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
