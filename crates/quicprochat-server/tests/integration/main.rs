@@ -8,6 +8,8 @@ mod binary;
 mod blobs;
 mod coverage_auth;
 mod coverage_delivery;
+mod coverage_directory;
+mod coverage_keys;
 mod delivery;
 mod directory;
 mod harness;
