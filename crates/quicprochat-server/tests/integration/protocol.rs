@@ -84,3 +84,38 @@ async fn calls_without_a_session_are_unauthenticated() {
     assert_eq!(err.rpc_status(), Some(Status::Unauthenticated));
     still_serving(&server).await;
 }
+
+#[tokio::test]
+async fn a_stalled_request_stream_is_cut_off_without_affecting_others() {
+    let server = TestServer::start_with(|c| c.rpc.read_timeout = Duration::from_millis(300)).await;
+    let rpc = server.client().await;
+    // Part of a header, and the stream is left open: the frame never completes.
+    let (mut send, mut recv) = rpc.connection().open_bi().await.unwrap();
+    send.write_all(&[0x03, 0x20, 0, 0]).await.unwrap();
+    // The connection keeps serving other calls meanwhile.
+    let health: v1::HealthResponse = rpc.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
+    assert_eq!(health.status, "serving");
+    let response = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("the stalled stream was never cut off")
+        .unwrap();
+    assert_eq!(status_of(&response), Status::DeadlineExceeded.as_u8());
+    drop(send);
+    // A stalled payload after a whole header, likewise.
+    let (mut send, mut recv) = rpc.connection().open_bi().await.unwrap();
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&method::HEALTH.to_be_bytes());
+    frame.extend_from_slice(&9u32.to_be_bytes());
+    frame.extend_from_slice(&100u32.to_be_bytes());
+    frame.extend_from_slice(&[0u8; 10]);
+    send.write_all(&frame).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("the stalled stream was never cut off")
+        .unwrap();
+    assert_eq!(status_of(&response), Status::DeadlineExceeded.as_u8());
+    assert_eq!(&response[1..5], &9u32.to_be_bytes());
+    drop(send);
+    let _: v1::HealthResponse = rpc.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
+    still_serving(&server).await;
+}
