@@ -568,3 +568,28 @@ async fn idempotency_keys_are_remembered_for_24_hours() {
     assert_ne!(later.envelope_id, first.envelope_id, "after 24 hours the key is forgotten");
     assert_eq!(peek(&bob).await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_rate_limited_retry_gets_the_original_answer_after_retry_after_ms() {
+    let now = Arc::new(AtomicU64::new(1_000_000_000));
+    let server = TestServer::start_with(|c| {
+        c.clock = Clock::manual(Arc::clone(&now));
+        c.limits.enqueue_rate = Rate { per_minute: 6, burst: 2 };
+    })
+    .await;
+    let (alice, _, _) = user(&server, "alice").await;
+    let (bob, _, _) = user(&server, "bob").await;
+    // The DM's BatchEnqueue takes the first token, this enqueue the second.
+    let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
+    let mut request = app(&channel, b"exactly once");
+    request.idempotency_key = Bytes::from_static(b"k");
+    let first = enqueue(&alice, &request).await.unwrap();
+    // The answer was lost; the retry is limited like any call.
+    let e = rpc_error(enqueue(&alice, &request).await);
+    assert_eq!(e.status, Status::RateLimited);
+    assert!(e.retry_after_ms > 0 && e.retry_after_ms <= 10_000, "six per minute: {}", e.retry_after_ms);
+    now.fetch_add(e.retry_after_ms, Ordering::SeqCst);
+    let retry = enqueue(&alice, &request).await.unwrap();
+    assert_eq!((retry.envelope_id, retry.seq), (first.envelope_id, first.seq));
+    assert_eq!(peek(&bob).await.len(), 2, "welcome and one copy");
+}
