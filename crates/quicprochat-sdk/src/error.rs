@@ -9,6 +9,9 @@ pub enum SdkError {
     /// Could not reach or talk to the server.
     #[error("connection: {0}")]
     Transport(#[source] quicprochat_rpc::Error),
+    /// Rejoining a conversation kept losing the race against other commits; try again later.
+    #[error("the conversation kept changing while rejoining it; try again")]
+    RejoinRaced,
     /// The server refused the request.
     #[error("server refused: {status}: {message}")]
     Server {
@@ -130,7 +133,7 @@ impl SdkError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SdkError::Transport(e) => e.is_retryable(),
-            SdkError::Timeout | SdkError::AwaitingInvitation(_) => true,
+            SdkError::Timeout | SdkError::AwaitingInvitation(_) | SdkError::RejoinRaced => true,
             SdkError::Server { status, .. } => matches!(*status, "RATE_LIMITED" | "UNAVAILABLE" | "QUEUE_FULL"),
             _ => false,
         }

@@ -126,6 +126,15 @@ pub enum ClientEvent {
         /// The server's sequence number for it.
         seq: u64,
     },
+    /// Messages of a conversation could not be read because this device's group state was lost,
+    /// corrupt or behind; the device rejoins the conversation by itself (an `EpochChanged`
+    /// follows) and reads everything sent after that.
+    MessagesLost {
+        /// Where.
+        conversation: ConversationId,
+        /// How many messages were skipped.
+        count: u32,
+    },
     /// A queued send was refused by the server for good (e.g. this device is no longer a
     /// member); it stays in the history marked [`crate::DeliveryState::Failed`].
     SendFailed {

@@ -27,6 +27,7 @@ mod error;
 mod events;
 mod expiry;
 mod files;
+mod heal;
 mod inbound;
 mod outbox;
 mod rich;

@@ -27,8 +27,11 @@ impl QpcClient {
     pub async fn sync(&self) -> Result<usize> {
         let mut processed = 0;
         for _ in 0..MAX_PROPOSAL_ROUNDS {
-            let (n, proposed) = self.sync_once().await?;
+            let Pass { processed: n, proposed, lost } = self.sync_once().await?;
             processed += n;
+            for (conversation, count) in lost {
+                self.heal(conversation, count).await;
+            }
             if proposed.is_empty() {
                 break;
             }
@@ -50,13 +53,13 @@ impl QpcClient {
         self.sync_once().await.map(|_| ())
     }
 
-    /// One pass over the queue; returns how many envelopes were applied and the groups that
-    /// received proposals.
-    async fn sync_once(&self) -> Result<(usize, Vec<ConversationId>)> {
+    /// One pass over the queue.
+    async fn sync_once(&self) -> Result<Pass> {
         let _guard = self.inner.sync_lock.lock().await;
         let account = self.account()?;
         let mut processed = 0;
         let mut proposed = Vec::new();
+        let mut lost: Vec<(ConversationId, u32)> = Vec::new();
         loop {
             let cursor = account.lock()?.store.cursor()?;
             let page: v1::PeekResponse = self
@@ -70,12 +73,18 @@ impl QpcClient {
                     Some(k) if k == v1::EnvelopeKind::Welcome as i32 => self.channel_kind(&queued.channel_id).await,
                     _ => None,
                 };
-                let (events, proposal_in) = self.apply(account, queued, kind)?;
+                let Applied { events, proposal_in, lost_in } = self.apply(account, queued, kind)?;
                 processed += 1;
                 if let Some(group) = proposal_in
                     && !proposed.contains(&group)
                 {
                     proposed.push(group);
+                }
+                if let Some(group) = lost_in {
+                    match lost.iter_mut().find(|(g, _)| *g == group) {
+                        Some((_, count)) => *count += 1,
+                        None => lost.push((group, 1)),
+                    }
                 }
                 for event in events {
                     if matches!(&event, ClientEvent::MessageReceived { message, .. } if message.expires_at_ms.is_some())
@@ -88,7 +97,7 @@ impl QpcClient {
             // Stored first, acknowledged second: a crash in between only re-reads, never loses.
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
         }
-        Ok((processed, proposed))
+        Ok(Pass { processed, proposed, lost })
     }
 
     /// The kind of a channel this device is a member of, as the server records it.
@@ -106,10 +115,10 @@ impl QpcClient {
         account: &Account,
         queued: &v1::QueuedEnvelope,
         channel_kind: Option<v1::ChannelKind>,
-    ) -> Result<(Vec<ClientEvent>, Option<ConversationId>)> {
-        let mut proposal_in = None;
-        let events = self.apply_inner(account, queued, channel_kind, &mut proposal_in)?;
-        Ok((events, proposal_in))
+    ) -> Result<Applied> {
+        let mut applied = Applied::default();
+        applied.events = self.apply_inner(account, queued, channel_kind, &mut applied)?;
+        Ok(applied)
     }
 
     fn apply_inner(
@@ -117,7 +126,7 @@ impl QpcClient {
         account: &Account,
         queued: &v1::QueuedEnvelope,
         channel_kind: Option<v1::ChannelKind>,
-        proposal_in: &mut Option<ConversationId>,
+        applied: &mut Applied,
     ) -> Result<Vec<ClientEvent>> {
         let mut local = account.lock()?;
         let seq = queued.seq;
@@ -161,10 +170,22 @@ impl QpcClient {
             }
             v1::EnvelopeKind::Commit | v1::EnvelopeKind::Proposal | v1::EnvelopeKind::Application => {
                 if !local.mls.has_group(&group)? {
+                    // A conversation this device was in, whose group state is gone: rejoin.
+                    if local.store.conversation(&conversation)?.is_some() {
+                        applied.lost_in = Some(conversation);
+                        return skip(&mut local, "message for a conversation whose group state is lost");
+                    }
                     return skip(&mut local, "message for a group this device is not in");
                 }
                 let processed = match local.mls.process(&group, &envelope.payload) {
                     Ok(p) => p,
+                    // From an epoch this device never reached (commits it missed): rejoin.
+                    Err(quicprochat_core::CoreError::WrongEpoch { message_epoch, group_epoch })
+                        if message_epoch > group_epoch =>
+                    {
+                        applied.lost_in = Some(conversation);
+                        return skip(&mut local, "message from an epoch this device missed");
+                    }
                     Err(e) => return skip(&mut local, &e.to_string()),
                 };
                 let state = local.mls.export_state()?;
@@ -206,7 +227,7 @@ impl QpcClient {
                             cursor: Some(seq),
                             ..Default::default()
                         })?;
-                        *proposal_in = Some(conversation);
+                        applied.proposal_in = Some(conversation);
                         Ok(Vec::new())
                     }
                     #[allow(unreachable_patterns)]
@@ -216,6 +237,25 @@ impl QpcClient {
             v1::EnvelopeKind::Unspecified => skip(&mut local, "envelope of unknown kind"),
         }
     }
+}
+
+/// What one pass over the queue did.
+struct Pass {
+    /// Envelopes applied (or skipped) and acknowledged.
+    processed: usize,
+    /// Groups that received proposals, to commit.
+    proposed: Vec<ConversationId>,
+    /// Conversations whose messages could not be read because this device's group state is
+    /// lost or behind, with how many were skipped.
+    lost: Vec<(ConversationId, u32)>,
+}
+
+/// What applying one envelope did.
+#[derive(Default)]
+struct Applied {
+    events: Vec<ClientEvent>,
+    proposal_in: Option<ConversationId>,
+    lost_in: Option<ConversationId>,
 }
 
 /// Names a conversation after its other members.

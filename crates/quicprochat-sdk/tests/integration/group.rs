@@ -155,3 +155,47 @@ async fn five_members_a_removal_and_a_leave() {
     assert!(carol.client.conversation(team.id()).unwrap().unwrap().send_text("let me in").await.is_err());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_member_that_lost_its_group_state_rejoins_by_itself_and_reports_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let team = alice.client.create_group("team", &["bob", "carol"]).await.unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    team.send_text("before").await.unwrap();
+    expect_text(&mut bob, "alice", "before").await;
+    expect_text(&mut carol, "alice", "before").await;
+
+    // Carol's state of the group is lost (as with a corrupt or restored-from-old-backup file).
+    carol.client.forget_group_state_for_tests(team.id()).unwrap();
+    team.send_text("unreadable for carol").await.unwrap();
+    expect_text(&mut bob, "alice", "unreadable for carol").await;
+    let lost = next_event(&mut carol.events, |e| matches!(e, ClientEvent::MessagesLost { .. })).await;
+    assert!(matches!(lost, ClientEvent::MessagesLost { conversation, count: 1 } if conversation == team.id()));
+    // She rejoins by external commit on her own; the others follow the commit.
+    let rejoined = match next_event(&mut carol.events, |e| matches!(e, ClientEvent::EpochChanged { .. })).await {
+        ClientEvent::EpochChanged { epoch, .. } => epoch,
+        _ => unreachable!(),
+    };
+    for other in [&mut alice, &mut bob] {
+        next_event(&mut other.events, |e| matches!(e, ClientEvent::EpochChanged { epoch, .. } if *epoch == rejoined))
+            .await;
+    }
+    assert_eq!(team.epoch().unwrap(), rejoined);
+
+    // Everyone reads everything from then on, both ways; the history before stays.
+    team.send_text("after the rejoin").await.unwrap();
+    expect_text(&mut carol, "alice", "after the rejoin").await;
+    expect_text(&mut bob, "alice", "after the rejoin").await;
+    let carol_team = carol.client.conversation(team.id()).unwrap().unwrap();
+    carol_team.send_text("carol is back").await.unwrap();
+    expect_text(&mut alice, "carol", "carol is back").await;
+    expect_text(&mut bob, "carol", "carol is back").await;
+    let members: Vec<String> = carol_team.members().unwrap().into_iter().collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(carol_team.messages(10).unwrap().iter().any(|m| m.text == "before"));
+}
