@@ -155,7 +155,7 @@ async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<QpcClient> {
 
 /// Reads one or more certificates from a DER or PEM file.
 fn read_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
     let certs = quicprochat_sdk::parse_certificates(&bytes);
     if certs.is_empty() {
         bail!(UsageError(format!("{} holds no certificate", path.display())));
