@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dm;
+mod echo_bot;
 mod group;
 mod outbox;
 mod rich;
