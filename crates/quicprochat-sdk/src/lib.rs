@@ -17,6 +17,7 @@
 //! front ends (`qpc`, bots) are thin shells.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
 
 mod account;
 mod app_message;
