@@ -389,7 +389,7 @@ async fn batch_enqueue_refuses_what_breaks_its_rules() {
     // A Welcome for a device the commit does not add.
     let (bob_dev, bob_kp) = member("bob");
     assert_eq!(bob_dev, bob_device);
-    let add = alice_mls.add_members(&channel, &[bob_kp.clone()]).unwrap();
+    let add = alice_mls.add_members(&channel, std::slice::from_ref(&bob_kp)).unwrap();
     let mallory_device = test_identity("mallory").device_id().0.to_vec();
     let wrong =
         batch(&channel, add.commit.clone(), vec![(mallory_device, add.welcome.clone())], add.group_info.clone());
