@@ -199,3 +199,50 @@ async fn a_member_that_lost_its_group_state_rejoins_by_itself_and_reports_the_ga
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(carol_team.messages(10).unwrap().iter().any(|m| m.text == "before"));
 }
+
+#[tokio::test]
+async fn concurrent_sends_from_all_members_arrive_once_in_order_per_sender() {
+    const EACH: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let mut members = Vec::new();
+    for name in names {
+        members.push(member(&server, name).await);
+    }
+    let team = members[0].client.create_group("team", &names[1..]).await.unwrap();
+    for m in &mut members[1..] {
+        assert_eq!(joined(m).await, team.id());
+    }
+
+    // Everyone sends at once, each its own numbered sequence.
+    let mut senders = tokio::task::JoinSet::new();
+    for (i, m) in members.iter().enumerate() {
+        let chat = m.client.conversation(team.id()).unwrap().unwrap();
+        senders.spawn(async move {
+            for n in 0..EACH {
+                chat.send_text(&format!("{i}:{n}")).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done.unwrap();
+    }
+
+    for (i, m) in members.iter_mut().enumerate() {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        while seen.len() < (names.len() - 1) * EACH {
+            let e = next_event(&mut m.events, |e| matches!(e, ClientEvent::MessageReceived { .. })).await;
+            let (from, text) = received_text(&e).unwrap();
+            seen.push((from.to_owned(), text.to_owned()));
+        }
+        for (j, sender) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+            let from_sender: Vec<&str> =
+                seen.iter().filter(|(from, _)| from == sender).map(|(_, text)| text.as_str()).collect();
+            let expected: Vec<String> = (0..EACH).map(|n| format!("{j}:{n}")).collect();
+            assert_eq!(from_sender, expected, "{} got {sender}'s messages once and in order", names[i]);
+        }
+        assert_eq!(m.client.sync().await.unwrap(), 0, "nothing more for {}", names[i]);
+    }
+    server.shutdown().await.unwrap();
+}
