@@ -135,8 +135,11 @@ pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceEr
 
 /// Deletes the session's account and everything that belongs to it.
 pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), ServiceError> {
-    let sessions = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
-    state.revoked.revoke_all(sessions, session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS);
+    let deleted = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
+    state.revoked.revoke_all(deleted.sessions, session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS);
+    for blob in &deleted.blobs {
+        state.blobs.remove(blob).await;
+    }
     tracing::info!(user = ?session.user_id, "account deleted");
     state.audit(AuditKind::AccountDeleted, Some(session.user_id), None).await;
     Ok(())

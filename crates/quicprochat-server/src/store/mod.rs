@@ -92,9 +92,9 @@ pub trait AccountStore: Send + Sync {
     /// Revokes a session; returns whether it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
     /// Deletes an account and, in the same transaction, its sessions, devices, key packages,
-    /// queues and memberships, plus envelopes and channels nothing references any more.
-    /// Returns the hashes of the sessions it deleted (empty if the account did not exist).
-    async fn delete_account(&self, user: UserId) -> Result<Option<Vec<[u8; 32]>>, StoreError>;
+    /// queues, memberships and the blobs its devices uploaded, plus envelopes and channels
+    /// nothing references any more. `None` if the account did not exist.
+    async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError>;
 }
 
 /// Devices and their key packages.

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::{
     AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
-    DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind,
-    NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    DeletedAccount, DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome,
+    EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `user_version` records how many ran.
@@ -501,7 +501,7 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn delete_account(&self, user: UserId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+    async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -512,6 +512,16 @@ impl AccountStore for SqliteStore {
                 let mut stmt = tx.prepare_cached("SELECT token_hash FROM sessions WHERE user_id = ?1")?;
                 stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
+            let blobs: Vec<Vec<u8>> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id FROM blobs WHERE uploader IN (SELECT id FROM devices WHERE user_id = ?1)",
+                )?;
+                stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
+            tx.execute(
+                "DELETE FROM blobs WHERE uploader IN (SELECT id FROM devices WHERE user_id = ?1)",
+                [user.0.as_slice()],
+            )?;
             // Sessions, devices, key packages, queue entries and memberships cascade.
             let existed = tx.execute("DELETE FROM users WHERE id = ?1", [user.0.as_slice()])? == 1;
             tx.execute(
@@ -526,7 +536,10 @@ impl AccountStore for SqliteStore {
             if !existed {
                 return Ok(None);
             }
-            sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>().map(Some)
+            Ok(Some(DeletedAccount {
+                sessions: sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>()?,
+                blobs: blobs.into_iter().map(|b| blob32(b, "blobs.id")).collect::<Result<_, _>>()?,
+            }))
         })
         .await
     }

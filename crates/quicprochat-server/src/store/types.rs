@@ -346,3 +346,12 @@ pub struct BlobRecord {
     /// When it is deleted, Unix ms.
     pub expires_ms: u64,
 }
+
+/// What `DeleteAccount` removed that lives outside the database or in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletedAccount {
+    /// Hashes of the account's sessions, to revoke on connections still bound to them.
+    pub sessions: Vec<[u8; 32]>,
+    /// Blobs the account's devices uploaded, whose files are to be deleted.
+    pub blobs: Vec<[u8; 32]>,
+}

@@ -363,7 +363,6 @@ async fn logout_and_account_deletion_end_the_session_on_every_connection() {
 }
 
 #[tokio::test]
-#[ignore = "server bug: DeleteAccount keeps the blobs the account uploaded (blobs.uploader is only set NULL; record and file stay until retention)"]
 async fn delete_account_deletes_the_blobs_the_account_uploaded() {
     let server = TestServer::start_with(|c| c.limits.gc_interval = std::time::Duration::from_millis(20)).await;
     let (alice, _, _) = user(&server, "alice").await;
