@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::ServerConfig;
 use crate::at_rest::{self, DbKey};
 use crate::ratelimit::Rate;
+use crate::store::{PostgresOptions, StoreBackend};
 
 /// Default config file, read from the working directory when present.
 pub const DEFAULT_CONFIG_FILE: &str = "qpc-server.toml";
@@ -76,6 +77,12 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// File holding the `db_key` (64 hex characters). `QPC_DB_KEY` takes precedence.
     pub db_key_file: Option<PathBuf>,
+    /// `sqlite` (default) or `postgres`.
+    pub store: Option<String>,
+    /// PostgreSQL connection URL, for `store = "postgres"`.
+    pub db_url: Option<String>,
+    /// Most PostgreSQL connections this node opens.
+    pub db_max_connections: Option<usize>,
     /// Service limits.
     #[serde(default)]
     pub limits: FileLimits,
@@ -134,6 +141,10 @@ pub struct Overrides {
     pub db_key: Option<SecretText>,
     /// `--db-key-file` / `QPC_DB_KEY_FILE`.
     pub db_key_file: Option<PathBuf>,
+    /// `--store` / `QPC_STORE`.
+    pub store: Option<String>,
+    /// `--db-url` / `QPC_DB_URL` (may hold a password: prefer the environment or the file).
+    pub db_url: Option<SecretText>,
 }
 
 /// Secret text from the environment, zeroized on drop; `Debug` never shows it.
@@ -221,6 +232,12 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
         });
     }
 
+    config.store = resolve_store(
+        over.store.or(file.store),
+        over.db_url.map(|u| u.0.to_string()).or(file.db_url),
+        file.db_max_connections,
+    )?;
+
     if production {
         if config.tls.is_none() {
             return Err(ConfigError::NotProductionReady(
@@ -240,6 +257,44 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
         }
     }
     Ok(Resolved { server: config, production, log_format, metrics_listen })
+}
+
+/// The storage backend: `sqlite` needs nothing, `postgres` needs a `db_url`.
+fn resolve_store(
+    store: Option<String>,
+    db_url: Option<String>,
+    max_connections: Option<usize>,
+) -> Result<StoreBackend, ConfigError> {
+    match store.as_deref().unwrap_or("sqlite") {
+        "sqlite" => match db_url {
+            Some(_) => {
+                Err(ConfigError::Invalid { field: "db_url", problem: "only used with store = \"postgres\"".into() })
+            }
+            None => Ok(StoreBackend::Sqlite),
+        },
+        "postgres" => {
+            let url = db_url.ok_or_else(|| ConfigError::Invalid {
+                field: "db_url",
+                problem: "store = \"postgres\" needs db_url (--db-url, QPC_DB_URL): postgres://user@host:5432/database"
+                    .into(),
+            })?;
+            let mut options = PostgresOptions::new(url);
+            if let Some(n) = max_connections {
+                if n == 0 {
+                    return Err(ConfigError::Invalid {
+                        field: "db_max_connections",
+                        problem: "must be greater than 0".into(),
+                    });
+                }
+                options.max_connections = n;
+            }
+            Ok(StoreBackend::Postgres(options))
+        }
+        other => Err(ConfigError::Invalid {
+            field: "store",
+            problem: format!("{other:?} is neither \"sqlite\" nor \"postgres\""),
+        }),
+    }
 }
 
 fn parse_db_key(text: &str) -> Result<DbKey, ConfigError> {
@@ -324,6 +379,40 @@ mod tests {
         let d = resolve(Overrides::default(), FileConfig::default()).unwrap();
         assert_eq!(d.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(d.log_format, "text");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_postgres_is_chosen_with_a_url() {
+        assert!(matches!(
+            resolve(Overrides::default(), FileConfig::default()).unwrap().server.store,
+            StoreBackend::Sqlite
+        ));
+        let url = "postgres://qpc:secret@db.internal:5432/qpc";
+        let from_file = resolve(
+            Overrides::default(),
+            file(&format!("store = \"postgres\"\ndb_url = \"{url}\"\ndb_max_connections = 4\n")),
+        )
+        .unwrap();
+        let StoreBackend::Postgres(options) = &from_file.server.store else { panic!("postgres expected") };
+        assert_eq!((options.url.as_str(), options.max_connections), (url, 4));
+        assert!(!format!("{from_file:?}").contains("secret"), "the URL's password is never printed");
+        let over = Overrides {
+            store: Some("postgres".into()),
+            db_url: Some(SecretText(Zeroizing::new("postgres://flag@127.0.0.1/test".into()))),
+            ..Default::default()
+        };
+        let StoreBackend::Postgres(options) =
+            resolve(over, file(&format!("db_url = \"{url}\"\n"))).unwrap().server.store
+        else {
+            panic!("postgres expected")
+        };
+        assert_eq!(options.url, "postgres://flag@127.0.0.1/test");
+        let no_url = resolve(Overrides { store: Some("postgres".into()), ..Default::default() }, FileConfig::default());
+        assert!(matches!(no_url, Err(ConfigError::Invalid { field: "db_url", .. })));
+        let stray_url = resolve(Overrides::default(), file(&format!("db_url = \"{url}\"\n")));
+        assert!(matches!(stray_url, Err(ConfigError::Invalid { field: "db_url", .. })));
+        let unknown = resolve(Overrides { store: Some("mysql".into()), ..Default::default() }, FileConfig::default());
+        assert!(matches!(unknown, Err(ConfigError::Invalid { field: "store", .. })));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use ratelimit::Rate;
 pub use state::{Clock, Limits};
 
 use crate::state::AppState;
-use crate::store::SqliteStore;
+use crate::store::{PostgresStore, SqliteStore, Store, StoreBackend};
 
 /// File names inside the data dir.
 pub mod files {
@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// Encryption at rest of the database and key files; `None` = stored in the clear.
     pub db_key: Option<at_rest::DbKey>,
+    /// Where state is stored: the embedded SQLite database (default) or PostgreSQL.
+    pub store: StoreBackend,
 }
 
 impl ServerConfig {
@@ -111,6 +113,7 @@ impl ServerConfig {
             rpc: ServerOptions::default(),
             clock: Clock::system(),
             db_key: None,
+            store: StoreBackend::default(),
         }
     }
 }
@@ -158,10 +161,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         source,
     })?;
     let key = config.db_key.as_ref();
-    let store = SqliteStore::open_with(&dir.join(files::DATABASE), store::DEFAULT_READ_CONNECTIONS, key)?;
-    if key.is_some() {
-        tracing::info!("encryption at rest: database and key files sealed with db_key");
-    }
+    let store: Arc<dyn Store> = match &config.store {
+        StoreBackend::Sqlite => {
+            let store = SqliteStore::open_with(&dir.join(files::DATABASE), store::DEFAULT_READ_CONNECTIONS, key)?;
+            if key.is_some() {
+                tracing::info!("encryption at rest: database and key files sealed with db_key");
+            }
+            Arc::new(store)
+        }
+        StoreBackend::Postgres(options) => {
+            let store = PostgresStore::connect(options).await?;
+            tracing::info!(schema = ?options.schema, "storing state in PostgreSQL");
+            if key.is_some() {
+                tracing::info!(
+                    "encryption at rest: key files sealed with db_key (the database is PostgreSQL's to encrypt)"
+                );
+            }
+            Arc::new(store)
+        }
+    };
     let opaque = load_or_create(
         dir,
         files::OPAQUE_SETUP,
@@ -191,7 +209,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
 
     let state = Arc::new(AppState {
-        store: Arc::new(store),
+        store,
         opaque,
         signing_key,
         hub: push::PushHub::default(),

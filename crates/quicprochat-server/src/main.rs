@@ -39,6 +39,13 @@ struct Args {
     /// from QPC_DB_KEY instead. Needs a build with `--features sqlcipher`.
     #[arg(long, env = "QPC_DB_KEY_FILE")]
     db_key_file: Option<PathBuf>,
+    /// Storage backend: sqlite (embedded, default) or postgres (clusters; needs --db-url).
+    #[arg(long, env = "QPC_STORE")]
+    store: Option<String>,
+    /// PostgreSQL connection URL (postgres://user:password@host:5432/database). Prefer
+    /// QPC_DB_URL or the config file when it holds a password: command lines are public.
+    #[arg(long, env = "QPC_DB_URL", hide_env_values = true)]
+    db_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -84,6 +91,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             // Read from the environment only, never a flag: command lines are public.
             db_key: std::env::var("QPC_DB_KEY").ok().map(|key| config::SecretText(zeroize::Zeroizing::new(key))),
             db_key_file: args.db_key_file,
+            store: args.store,
+            db_url: args.db_url.map(|url| config::SecretText(zeroize::Zeroizing::new(url))),
         },
         file,
     )?;

@@ -2,11 +2,14 @@
 //!
 //! Reads return `Result<Option<T>, StoreError>`; every multi-row effect (store an envelope, fan it
 //! out, advance the epoch, record the idempotency key) happens in **one** transaction inside the
-//! backend. `SqliteStore` is the embedded default.
+//! backend. `SqliteStore` is the embedded default; `PostgresStore` serves clusters of nodes on one
+//! PostgreSQL database. Both pass the same conformance suite (`tests/integration/store_conformance.rs`).
 
+mod postgres;
 mod sqlite;
 mod types;
 
+pub use postgres::{DEFAULT_MAX_CONNECTIONS, PostgresOptions, PostgresStore};
 pub(crate) use sqlite::rekey as sqlite_rekey;
 pub use sqlite::{DEFAULT_READ_CONNECTIONS, SqliteStore};
 pub use types::*;
@@ -69,6 +72,41 @@ pub enum StoreError {
     /// The blocking worker could not run the operation.
     #[error("store worker failed: {0}")]
     Worker(String),
+    /// PostgreSQL refused or failed a statement, or the connection broke.
+    #[error("postgresql: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool (database down, pool exhausted).
+    #[error("postgresql connection pool: {0}")]
+    ConnectionPool(#[source] deadpool_postgres::PoolError),
+    /// The connection pool could not be built.
+    #[error("postgresql connection pool setup: {0}")]
+    PoolSetup(#[source] deadpool_postgres::BuildError),
+    /// `db_url` is not a PostgreSQL connection URL or key/value string.
+    #[error("db_url is not a valid PostgreSQL connection string: {0}")]
+    InvalidDatabaseUrl(#[source] tokio_postgres::Error),
+    /// The configured schema name is not a plain lower-case SQL identifier.
+    #[error("schema name {0:?} must be 1 to 63 characters of [a-z0-9_], not starting with a digit")]
+    InvalidSchemaName(String),
+    /// A transaction kept deadlocking or failing serialization against concurrent ones.
+    #[error("transaction still conflicting with concurrent ones after {attempts} attempts: {source}")]
+    Contended {
+        /// How many times it ran.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Which backend the server stores its state in.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum StoreBackend {
+    /// The embedded SQLite database in the data dir (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by every node of a cluster.
+    Postgres(PostgresOptions),
 }
 
 /// Account and session persistence.

@@ -14,4 +14,6 @@ mod delivery;
 mod directory;
 mod harness;
 mod limits;
+mod pg;
 mod protocol;
+mod store_conformance;

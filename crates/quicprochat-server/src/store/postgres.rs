@@ -1,0 +1,1365 @@
+//! The cluster store: one PostgreSQL database shared by every `qpc-server` node, reached through a
+//! connection pool.
+//!
+//! The semantics are [`super::SqliteStore`]'s, transaction for transaction. SQLite gets its
+//! isolation from a single writer; here transactions run at READ COMMITTED (each statement sees
+//! everything committed before it) and take explicit row locks wherever an outcome depends on
+//! rows another transaction may be writing:
+//!
+//! - every enqueue locks its **channel row** (`FOR NO KEY UPDATE`) before it reads the epoch or
+//!   the members: commits are sequenced (the first for epoch E wins, the next sees E+1), the
+//!   envelopes of one channel are ordered, and a retried enqueue re-checks its idempotency key
+//!   under the lock;
+//! - **device rows** are locked, always in id order, to allocate per-device sequence numbers and
+//!   check queue depth (enqueue), to claim and upload key packages, and to delete devices and
+//!   accounts;
+//! - **envelope rows** are locked in seq order before deciding whether the last queue entry
+//!   naming one went (ack, device and account deletion), so a payload is never left behind by
+//!   two concurrent acks.
+//!
+//! A transaction that deadlocks or fails serialization anyway (PostgreSQL aborts one of the
+//! pair) is rolled back and run again, a bounded number of times.
+//!
+//! Migrations are versioned in `schema_version` and applied under an advisory lock, so nodes
+//! starting together migrate once.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+
+use super::{
+    AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
+    DeletedAccount, DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome,
+    EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+};
+
+/// Migrations, applied in order; `schema_version` records each one that ran. The first is the
+/// whole schema `SqliteStore` reached in its six steps.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            BYTEA PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    opaque_record BYTEA NOT NULL,
+    created_ms    BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+    token_hash BYTEA PRIMARY KEY,
+    user_id    BYTEA NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    device_id  BYTEA,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX sessions_by_user ON sessions(user_id);
+CREATE INDEX sessions_by_device ON sessions(device_id);
+CREATE TABLE devices (
+    id           BYTEA PRIMARY KEY,
+    user_id      BYTEA NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    identity_key BYTEA NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    next_seq     BIGINT NOT NULL DEFAULT 1
+);
+CREATE INDEX devices_by_user ON devices(user_id);
+CREATE TABLE key_packages (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id   BYTEA NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    key_package BYTEA NOT NULL,
+    last_resort BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE channels (
+    id             BYTEA PRIMARY KEY,
+    kind           BIGINT NOT NULL,
+    epoch          BIGINT NOT NULL DEFAULT 0,
+    group_info     BYTEA,
+    created_ms     BIGINT NOT NULL,
+    retention_secs BIGINT NOT NULL DEFAULT 0,
+    tracker        BYTEA
+);
+CREATE TABLE channel_members (
+    channel_id BYTEA NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    device_id  BYTEA NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    PRIMARY KEY (channel_id, device_id)
+);
+CREATE INDEX channel_members_by_device ON channel_members(device_id);
+CREATE TABLE envelopes (
+    seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id         BYTEA NOT NULL UNIQUE,
+    channel_id BYTEA NOT NULL,
+    kind       BIGINT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    payload    BYTEA NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT
+);
+CREATE INDEX envelopes_by_expiry ON envelopes(expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE queue (
+    device_id BYTEA NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    seq       BIGINT NOT NULL,
+    envelope  BIGINT NOT NULL REFERENCES envelopes(seq) ON DELETE CASCADE,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE INDEX queue_by_envelope ON queue(envelope);
+CREATE TABLE idempotency (
+    device_id   BYTEA NOT NULL,
+    key         BYTEA NOT NULL,
+    envelope    BIGINT NOT NULL,
+    envelope_id BYTEA NOT NULL,
+    epoch_after BIGINT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    PRIMARY KEY (device_id, key)
+);
+CREATE INDEX idempotency_by_age ON idempotency(created_ms);
+CREATE TABLE hybrid_keys (
+    device_id  BYTEA PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    public_key BYTEA NOT NULL
+);
+CREATE TABLE endpoints (
+    device_id  BYTEA PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    endpoint   BYTEA NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_ms     BIGINT NOT NULL,
+    event     TEXT NOT NULL,
+    user_id   BYTEA,
+    device_id BYTEA,
+    method    TEXT,
+    status    TEXT
+);
+CREATE INDEX audit_log_by_user ON audit_log(user_id, id);
+CREATE TABLE blobs (
+    id         BYTEA PRIMARY KEY,
+    total_size BIGINT NOT NULL,
+    received   BIGINT NOT NULL DEFAULT 0,
+    complete   BOOLEAN NOT NULL DEFAULT FALSE,
+    uploader   BYTEA REFERENCES devices(id) ON DELETE SET NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX blobs_by_expiry ON blobs(expires_ms);
+CREATE INDEX blobs_by_uploader ON blobs(uploader);
+"#];
+
+/// Idempotency records are honoured for this long (as in `SqliteStore`; the conformance suite
+/// checks both).
+const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Pool size when none is configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// How often a transaction runs before a deadlock or serialization failure is returned.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// First argument of the migration advisory lock (the second is the schema's hash).
+const MIGRATION_LOCK: i32 = 0x5150_4301;
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database` or a key/value connection string. May hold a
+    /// password: never logged.
+    pub url: String,
+    /// Most connections the pool opens.
+    pub max_connections: usize,
+    /// Schema for every table (created if missing); `None` = the connection's `search_path`.
+    pub schema: Option<String>,
+}
+
+impl PostgresOptions {
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), max_connections: DEFAULT_MAX_CONNECTIONS, schema: None }
+    }
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &"<redacted>")
+            .field("max_connections", &self.max_connections)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// PostgreSQL-backed [`super::Store`] (see the module docs for its locking).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if one is configured and missing, and runs pending
+    /// migrations.
+    pub async fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(StoreError::InvalidDatabaseUrl)?;
+        if let Some(schema) = &options.schema {
+            check_schema_name(schema)?;
+            // Every pooled connection starts with the schema first on its search path.
+            let mut startup = config.get_options().map(str::to_owned).unwrap_or_default();
+            if !startup.is_empty() {
+                startup.push(' ');
+            }
+            startup.push_str(&format!("-c search_path={schema}"));
+            config.options(&startup);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("qpc-server");
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(StoreError::PoolSetup)?;
+        let store = Self { pool };
+        let mut client = store.client().await?;
+        migrate(&mut client, options.schema.as_deref()).await?;
+        Ok(store)
+    }
+
+    /// A connection from the pool.
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(StoreError::ConnectionPool)
+    }
+
+    /// Closes the pool: connections are dropped as they come back.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Runs a transaction function `op(&mut client, …)` with a pooled connection, again on a fresh
+/// connection after a deadlock or serialization failure (up to [`MAX_ATTEMPTS`] runs), and records
+/// its time as a write.
+macro_rules! retrying {
+    ($store:expr, $client:ident => $op:expr) => {{
+        let started = std::time::Instant::now();
+        let mut attempt: u32 = 1;
+        let result = loop {
+            #[allow(unused_mut)]
+            let mut $client = $store.client().await?;
+            match $op.await {
+                Err(StoreError::Postgres(e)) if is_transient(&e) => {
+                    if attempt >= MAX_ATTEMPTS {
+                        break Err(StoreError::Contended { attempts: attempt, source: e });
+                    }
+                    drop($client);
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        record("write", started);
+        result
+    }};
+}
+
+/// Runs a read on a pooled connection and records its time.
+macro_rules! reading {
+    ($store:expr, $client:ident => $op:expr) => {{
+        let started = std::time::Instant::now();
+        let result = async {
+            let $client = $store.client().await?;
+            $op.await
+        }
+        .await;
+        record("read", started);
+        result
+    }};
+}
+
+fn record(kind: &'static str, started: std::time::Instant) {
+    metrics::histogram!("qpc_store_operation_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
+}
+
+/// Deadlock or serialization failure: PostgreSQL rolled the transaction back, running it again
+/// is safe.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Waits 2^attempt ms plus jitter, so two conflicting transactions do not meet again.
+async fn backoff(attempt: u32) {
+    let base = 1u64 << attempt.min(8);
+    let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+fn check_schema_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(()) } else { Err(StoreError::InvalidSchemaName(name.to_owned())) }
+}
+
+/// Applies pending migrations in one transaction, under an advisory lock per schema so that
+/// nodes starting at once do not race.
+async fn migrate(client: &mut Object, schema: Option<&str>) -> Result<(), StoreError> {
+    let tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE($2::text, current_schema()::text, '')))",
+        &[&MIGRATION_LOCK, &schema],
+    )
+    .await?;
+    if let Some(schema) = schema {
+        // Checked by `check_schema_name`: a plain identifier.
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
+    }
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+    )
+    .await?;
+    let found: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await?.try_get(0)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_ms) \
+             VALUES ($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)",
+            &[&(i as i64 + 1)],
+        )
+        .await?;
+        tracing::info!(version = i + 1, "applied a PostgreSQL schema migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn begin(client: &mut Object) -> Result<Transaction<'_>, StoreError> {
+    Ok(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?)
+}
+
+async fn rows<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query(&stmt, params).await?)
+}
+
+async fn row<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&stmt, params).await?)
+}
+
+async fn exec<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.execute(&stmt, params).await?)
+}
+
+async fn count<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<i64, StoreError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&stmt, params).await?.try_get(0)?)
+}
+
+fn u64_to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn i64_to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn bytes16(v: &[u8], what: &'static str) -> Result<[u8; 16], StoreError> {
+    <[u8; 16]>::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn bytes32(v: &[u8], what: &'static str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn get16(r: &Row, i: usize, what: &'static str) -> Result<[u8; 16], StoreError> {
+    bytes16(r.try_get::<_, &[u8]>(i)?, what)
+}
+
+fn get32(r: &Row, i: usize, what: &'static str) -> Result<[u8; 32], StoreError> {
+    bytes32(r.try_get::<_, &[u8]>(i)?, what)
+}
+
+fn user_from(r: &Row) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord { id: UserId(get16(r, 0, "users.id")?), username: r.try_get(1)?, opaque_record: r.try_get(2)? })
+}
+
+fn device_from(r: &Row) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        id: DeviceId(get16(r, 0, "devices.id")?),
+        user_id: UserId(get16(r, 1, "devices.user_id")?),
+        identity_key: get32(r, 2, "devices.identity_key")?,
+        name: r.try_get(3)?,
+        created_ms: i64_to_u64(r.try_get(4)?),
+    })
+}
+
+const CHANNEL_COLUMNS: &str = "c.id, c.kind, c.epoch, c.group_info, c.retention_secs, c.tracker";
+
+fn channel_from(r: &Row) -> Result<ChannelRecord, StoreError> {
+    Ok(ChannelRecord {
+        id: ChannelId(get16(r, 0, "channels.id")?),
+        kind: ChannelKind::from_i64(r.try_get(1)?).ok_or(StoreError::Corrupt("channels.kind"))?,
+        epoch: i64_to_u64(r.try_get(2)?),
+        group_info: r.try_get(3)?,
+        retention_secs: u32::try_from(r.try_get::<_, i64>(4)?).unwrap_or(0),
+        tracker: r.try_get(5)?,
+    })
+}
+
+fn entry_from(r: &Row) -> Result<QueuedEntry, StoreError> {
+    Ok(QueuedEntry {
+        seq: i64_to_u64(r.try_get(0)?),
+        channel: ChannelId(get16(r, 1, "envelopes.channel_id")?),
+        envelope_id: get16(r, 2, "envelopes.id")?,
+        kind: EnvelopeKind::from_i64(r.try_get(3)?).ok_or(StoreError::Corrupt("envelopes.kind"))?,
+        epoch: i64_to_u64(r.try_get(4)?),
+        payload: r.try_get(5)?,
+        created_ms: i64_to_u64(r.try_get(6)?),
+    })
+}
+
+fn device_ids(rows: &[Row], what: &'static str) -> Result<Vec<DeviceId>, StoreError> {
+    rows.iter().map(|r| get16(r, 0, what).map(DeviceId)).collect()
+}
+
+/// Locks the rows of `seqs` (sorted, so concurrent lockers never wait on each other in a circle)
+/// before the caller decides whether an envelope lost its last queue entry.
+async fn lock_envelopes(tx: &Transaction<'_>, seqs: &[i64]) -> Result<(), StoreError> {
+    if !seqs.is_empty() {
+        rows(tx, "SELECT seq FROM envelopes WHERE seq = ANY($1) ORDER BY seq FOR UPDATE", &[&seqs]).await?;
+    }
+    Ok(())
+}
+
+/// Deletes those of `seqs` that no queue entry names any more (the payload is stored once and
+/// goes with its last recipient's entry).
+async fn drop_unqueued(tx: &Transaction<'_>, seqs: &[i64]) -> Result<(), StoreError> {
+    if !seqs.is_empty() {
+        exec(
+            tx,
+            "DELETE FROM envelopes e WHERE e.seq = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.envelope = e.seq)",
+            &[&seqs],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Envelopes queued for any of `devices` (whose queues are about to go), locked.
+async fn lock_queued_envelopes(tx: &Transaction<'_>, devices: &[&[u8]]) -> Result<Vec<i64>, StoreError> {
+    let seqs: Vec<i64> = rows(tx, "SELECT DISTINCT envelope FROM queue WHERE device_id = ANY($1)", &[&devices])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut seqs = seqs;
+    seqs.sort_unstable();
+    lock_envelopes(tx, &seqs).await?;
+    Ok(seqs)
+}
+
+#[async_trait]
+impl AccountStore for PostgresStore {
+    async fn create_user(&self, username: &str, opaque_record: Vec<u8>, now_ms: u64) -> Result<UserRecord, StoreError> {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let inserted = retrying!(self, client => exec(
+            &client,
+            "INSERT INTO users (id, username, opaque_record, created_ms) VALUES ($1, $2, $3, $4)",
+            &[&id.as_slice(), &username, &opaque_record, &u64_to_i64(now_ms)],
+        ));
+        match inserted {
+            Ok(_) => Ok(UserRecord { id: UserId(id), username: username.to_owned(), opaque_record }),
+            Err(StoreError::Postgres(e)) if is_unique_violation(&e) => Err(StoreError::AlreadyExists("user")),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT id, username, opaque_record FROM users WHERE username = $1",
+            &[&username],
+        ))?;
+        found.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT id, username, opaque_record FROM users WHERE id = $1",
+            &[&id.0.as_slice()],
+        ))?;
+        found.as_ref().map(user_from).transpose()
+    }
+
+    async fn create_session(&self, s: SessionRecord) -> Result<(), StoreError> {
+        let device = s.device_id.map(|d| d.0.to_vec());
+        retrying!(self, client => exec(
+            &client,
+            "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &s.token_hash.as_slice(),
+                &s.user_id.0.as_slice(),
+                &device,
+                &u64_to_i64(s.created_ms),
+                &u64_to_i64(s.expires_ms),
+            ],
+        ))?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT user_id, device_id, created_ms, expires_ms FROM sessions WHERE token_hash = $1",
+            &[&token_hash.as_slice()],
+        ))?;
+        found
+            .map(|r| {
+                let device: Option<&[u8]> = r.try_get(1)?;
+                Ok(SessionRecord {
+                    token_hash,
+                    user_id: UserId(get16(&r, 0, "sessions.user_id")?),
+                    device_id: device.map(|d| bytes16(d, "sessions.device_id").map(DeviceId)).transpose()?,
+                    created_ms: i64_to_u64(r.try_get(2)?),
+                    expires_ms: i64_to_u64(r.try_get(3)?),
+                })
+            })
+            .transpose()
+    }
+
+    async fn set_session_device(&self, token_hash: [u8; 32], device: DeviceId) -> Result<(), StoreError> {
+        let n = retrying!(self, client => exec(
+            &client,
+            "UPDATE sessions SET device_id = $2 WHERE token_hash = $1",
+            &[&token_hash.as_slice(), &device.0.as_slice()],
+        ))?;
+        if n == 0 { Err(StoreError::NotFound("session")) } else { Ok(()) }
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let user = event.user.map(|u| u.0.to_vec());
+        let device = event.device.map(|d| d.0.to_vec());
+        retrying!(self, client => exec(
+            &client,
+            "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&u64_to_i64(event.at_ms), &event.kind.as_str(), &user, &device, &event.method, &event.status],
+        ))?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
+        let n = retrying!(self, client => exec(
+            &client,
+            "DELETE FROM sessions WHERE token_hash = $1",
+            &[&token_hash.as_slice()],
+        ))?;
+        Ok(n > 0)
+    }
+
+    async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
+        retrying!(self, client => delete_account_tx(&mut client, user))
+    }
+}
+
+async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
+    let tx = begin(client).await?;
+    let uid = user.0.as_slice();
+    let devices: Vec<Vec<u8>> = rows(&tx, "SELECT id FROM devices WHERE user_id = $1 ORDER BY id FOR UPDATE", &[&uid])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let devices: Vec<&[u8]> = devices.iter().map(Vec::as_slice).collect();
+    let queued = lock_queued_envelopes(&tx, &devices).await?;
+    exec(&tx, "DELETE FROM idempotency WHERE device_id = ANY($1)", &[&devices]).await?;
+    let mut sessions = rows(&tx, "SELECT token_hash FROM sessions WHERE user_id = $1", &[&uid])
+        .await?
+        .iter()
+        .map(|r| get32(r, 0, "sessions.token_hash"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut blobs = rows(&tx, "DELETE FROM blobs WHERE uploader = ANY($1) RETURNING id", &[&devices])
+        .await?
+        .iter()
+        .map(|r| get32(r, 0, "blobs.id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Sessions, devices, key packages, queue entries and memberships cascade.
+    let existed = exec(&tx, "DELETE FROM users WHERE id = $1", &[&uid]).await? == 1;
+    drop_unqueued(&tx, &queued).await?;
+    exec(
+        &tx,
+        "DELETE FROM channels WHERE NOT EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = channels.id)",
+        &[],
+    )
+    .await?;
+    tx.commit().await?;
+    if !existed {
+        return Ok(None);
+    }
+    sessions.sort_unstable();
+    blobs.sort_unstable();
+    Ok(Some(DeletedAccount { sessions, blobs }))
+}
+
+#[async_trait]
+impl DeviceStore for PostgresStore {
+    async fn upsert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
+        // A concurrent insert of the same device waits here and then sees the row.
+        let inserted = retrying!(self, client => exec(
+            &client,
+            "INSERT INTO devices (id, user_id, identity_key, name, created_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+            &[&d.id.0.as_slice(), &d.user_id.0.as_slice(), &d.identity_key.as_slice(), &d.name, &u64_to_i64(d.created_ms)],
+        ))?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        let owner =
+            reading!(self, client => row(&client, "SELECT user_id FROM devices WHERE id = $1", &[&d.id.0.as_slice()]))?;
+        match owner {
+            Some(r) if r.try_get::<_, &[u8]>(0)? == d.user_id.0.as_slice() => Ok(()),
+            // Bound to another account, or this identity key is (under another id).
+            _ => Err(StoreError::AlreadyExists("device")),
+        }
+    }
+
+    async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT id, user_id, identity_key, name, created_ms FROM devices WHERE user_id = $1 ORDER BY created_ms, id",
+            &[&user.0.as_slice()],
+        ))?;
+        found.iter().map(device_from).collect()
+    }
+
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<u32, StoreError> {
+        retrying!(self, client => add_key_packages_tx(&mut client, device, &packages, last_resort.as_deref()))
+    }
+
+    async fn claim_key_packages(&self, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        retrying!(self, client => claim_key_packages_tx(&mut client, user))
+    }
+
+    async fn key_package_status(&self, device: DeviceId) -> Result<(u32, bool), StoreError> {
+        let r = reading!(self, client => async {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT COUNT(*) FILTER (WHERE NOT last_resort), COUNT(*) FILTER (WHERE last_resort) \
+                     FROM key_packages WHERE device_id = $1",
+                )
+                .await?;
+            Ok::<_, StoreError>(client.query_one(&stmt, &[&device.0.as_slice()]).await?)
+        })?;
+        let (pool, last): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        Ok((to_u32(pool), last > 0))
+    }
+
+    async fn device_by_key(&self, identity_key: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT id, user_id, identity_key, name, created_ms FROM devices WHERE identity_key = $1",
+            &[&identity_key.as_slice()],
+        ))?;
+        found.as_ref().map(device_from).transpose()
+    }
+
+    async fn delete_device(&self, user: UserId, device: DeviceId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+        retrying!(self, client => delete_device_tx(&mut client, user, device))
+    }
+
+    async fn set_hybrid_key(&self, device: DeviceId, public_key: Vec<u8>) -> Result<(), StoreError> {
+        retrying!(self, client => exec(
+            &client,
+            "INSERT INTO hybrid_keys (device_id, public_key) VALUES ($1, $2) \
+             ON CONFLICT (device_id) DO UPDATE SET public_key = EXCLUDED.public_key",
+            &[&device.0.as_slice(), &public_key],
+        ))?;
+        Ok(())
+    }
+
+    async fn hybrid_key(&self, device: DeviceId) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT public_key FROM hybrid_keys WHERE device_id = $1",
+            &[&device.0.as_slice()],
+        ))?;
+        Ok(found.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn hybrid_keys_of(&self, user: UserId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT h.device_id, h.public_key FROM hybrid_keys h JOIN devices d ON d.id = h.device_id \
+             WHERE d.user_id = $1 ORDER BY d.created_ms, d.id",
+            &[&user.0.as_slice()],
+        ))?;
+        found.iter().map(|r| Ok((DeviceId(get16(r, 0, "hybrid_keys.device_id")?), r.try_get(1)?))).collect()
+    }
+
+    async fn set_endpoint(&self, e: EndpointRecord) -> Result<(), StoreError> {
+        retrying!(self, client => exec(
+            &client,
+            "INSERT INTO endpoints (device_id, endpoint, expires_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id) DO UPDATE SET endpoint = EXCLUDED.endpoint, expires_ms = EXCLUDED.expires_ms",
+            &[&e.device_id.0.as_slice(), &e.endpoint, &u64_to_i64(e.expires_ms)],
+        ))?;
+        Ok(())
+    }
+
+    async fn endpoints_of(&self, user: UserId, now_ms: u64) -> Result<Vec<EndpointRecord>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT e.device_id, e.endpoint, e.expires_ms FROM endpoints e JOIN devices d ON d.id = e.device_id \
+             WHERE d.user_id = $1 AND e.expires_ms > $2 ORDER BY d.created_ms, d.id",
+            &[&user.0.as_slice(), &u64_to_i64(now_ms)],
+        ))?;
+        found
+            .iter()
+            .map(|r| {
+                Ok(EndpointRecord {
+                    device_id: DeviceId(get16(r, 0, "endpoints.device_id")?),
+                    endpoint: r.try_get(1)?,
+                    expires_ms: i64_to_u64(r.try_get(2)?),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn add_key_packages_tx(
+    client: &mut Object,
+    device: DeviceId,
+    packages: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+) -> Result<u32, StoreError> {
+    let tx = begin(client).await?;
+    let dev = device.0.as_slice();
+    // One upload or claim per device at a time: two last-resort uploads must not both stay.
+    rows(&tx, "SELECT 1 FROM devices WHERE id = $1 FOR NO KEY UPDATE", &[&dev]).await?;
+    if !packages.is_empty() {
+        // Ids follow the upload order: claims hand out the oldest first.
+        exec(
+            &tx,
+            "INSERT INTO key_packages (device_id, key_package, last_resort) \
+             SELECT $1, kp, FALSE FROM UNNEST($2::BYTEA[]) WITH ORDINALITY AS t(kp, n) ORDER BY n",
+            &[&dev, &packages],
+        )
+        .await?;
+    }
+    if let Some(lr) = last_resort {
+        exec(&tx, "DELETE FROM key_packages WHERE device_id = $1 AND last_resort", &[&dev]).await?;
+        exec(&tx, "INSERT INTO key_packages (device_id, key_package, last_resort) VALUES ($1, $2, TRUE)", &[&dev, &lr])
+            .await?;
+    }
+    let pool =
+        count(&tx, "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort", &[&dev]).await?;
+    tx.commit().await?;
+    Ok(to_u32(pool))
+}
+
+async fn claim_key_packages_tx(client: &mut Object, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+    let tx = begin(client).await?;
+    // Locked in id order like everywhere else; handed out oldest device first.
+    let mut devices: Vec<([u8; 16], i64)> = rows(
+        &tx,
+        "SELECT id, created_ms FROM devices WHERE user_id = $1 ORDER BY id FOR NO KEY UPDATE",
+        &[&user.0.as_slice()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((get16(r, 0, "devices.id")?, r.try_get(1)?)))
+    .collect::<Result<_, StoreError>>()?;
+    devices.sort_by_key(|(id, created)| (*created, *id));
+    let mut out = Vec::new();
+    for (dev, _) in devices {
+        let d = dev.as_slice();
+        // Regular packages first (oldest first); the last-resort one only when none is left.
+        let pick = row(
+            &tx,
+            "SELECT id, key_package, last_resort FROM key_packages WHERE device_id = $1 \
+             ORDER BY last_resort ASC, id ASC LIMIT 1",
+            &[&d],
+        )
+        .await?;
+        let Some(pick) = pick else { continue };
+        let (id, key_package, last_resort): (i64, Vec<u8>, bool) =
+            (pick.try_get(0)?, pick.try_get(1)?, pick.try_get(2)?);
+        if !last_resort {
+            exec(&tx, "DELETE FROM key_packages WHERE id = $1", &[&id]).await?;
+        }
+        let remaining =
+            count(&tx, "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort", &[&d]).await?;
+        out.push(ClaimedKeyPackage {
+            device_id: DeviceId(dev),
+            key_package,
+            last_resort,
+            remaining: to_u32(remaining),
+        });
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn delete_device_tx(
+    client: &mut Object,
+    user: UserId,
+    device: DeviceId,
+) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+    let tx = begin(client).await?;
+    let dev = device.0.as_slice();
+    let owned =
+        rows(&tx, "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR UPDATE", &[&dev, &user.0.as_slice()])
+            .await?;
+    if owned.is_empty() {
+        return Ok(None);
+    }
+    let queued = lock_queued_envelopes(&tx, &[dev]).await?;
+    let sessions = rows(&tx, "DELETE FROM sessions WHERE device_id = $1 RETURNING token_hash", &[&dev])
+        .await?
+        .iter()
+        .map(|r| get32(r, 0, "sessions.token_hash"))
+        .collect::<Result<Vec<_>, _>>()?;
+    exec(&tx, "DELETE FROM idempotency WHERE device_id = $1", &[&dev]).await?;
+    // Queue, key packages, memberships, hybrid key and endpoint cascade.
+    exec(&tx, "DELETE FROM devices WHERE id = $1 AND user_id = $2", &[&dev, &user.0.as_slice()]).await?;
+    drop_unqueued(&tx, &queued).await?;
+    tx.commit().await?;
+    Ok(Some(sessions))
+}
+
+/// The recorded outcome of an earlier enqueue with this idempotency key, if within the window.
+async fn find_replay<C: GenericClient>(
+    c: &C,
+    sender: &DeviceId,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Option<EnqueueOutcome>, StoreError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let earlier = row(
+        c,
+        "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
+         WHERE device_id = $1 AND key = $2 AND created_ms >= $3",
+        &[&sender.0.as_slice(), &key, &u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+    )
+    .await?;
+    earlier
+        .map(|r| {
+            Ok(EnqueueOutcome {
+                seq: i64_to_u64(r.try_get(0)?),
+                envelope_id: get16(&r, 2, "envelopes.id")?,
+                timestamp_ms: i64_to_u64(r.try_get(3)?),
+                epoch: i64_to_u64(r.try_get(1)?),
+                replayed: true,
+                deliveries: Vec::new(),
+            })
+        })
+        .transpose()
+}
+
+fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &[u8]) -> QueuedEntry {
+    QueuedEntry {
+        seq,
+        channel: b.channel,
+        envelope_id: id,
+        kind,
+        epoch: b.epoch,
+        payload: payload.to_vec(),
+        created_ms: b.now_ms,
+    }
+}
+
+async fn insert_envelope(
+    tx: &Transaction<'_>,
+    id: &[u8; 16],
+    b: &EnqueueBatch,
+    kind: EnvelopeKind,
+    payload: &[u8],
+    expires_ms: Option<u64>,
+) -> Result<i64, StoreError> {
+    let r = rows(
+        tx,
+        "INSERT INTO envelopes (id, channel_id, kind, epoch, payload, created_ms, expires_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+        &[
+            &id.as_slice(),
+            &b.channel.0.as_slice(),
+            &kind.as_i64(),
+            &u64_to_i64(b.epoch),
+            &payload,
+            &u64_to_i64(b.now_ms),
+            &expires_ms.map(u64_to_i64),
+        ],
+    )
+    .await?;
+    let seq = r.first().ok_or(StoreError::Corrupt("envelopes.seq"))?.try_get(0)?;
+    Ok(seq)
+}
+
+async fn enqueue_tx(client: &mut Object, b: &EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+    let tx = begin(client).await?;
+    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await? {
+        return Ok(outcome);
+    }
+    let ch = b.channel.0.as_slice();
+    let channel = row(&tx, "SELECT epoch, retention_secs FROM channels WHERE id = $1 FOR NO KEY UPDATE", &[&ch])
+        .await?
+        .ok_or(StoreError::NotFound("channel"))?;
+    // The original of a retry for this channel may have committed while this one waited for the
+    // channel: answer as if it had run first.
+    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await? {
+        return Ok(outcome);
+    }
+    let (current_epoch, retention): (i64, i64) = (channel.try_get(0)?, channel.try_get(1)?);
+    let mut expires_ms = b.expires_ms;
+    if expires_ms.is_none() && retention > 0 && b.kind != EnvelopeKind::Commit {
+        // The channel's disappearing-messages setting applies when the sender set no TTL.
+        expires_ms = Some(b.now_ms.saturating_add(i64_to_u64(retention).saturating_mul(1000)));
+    }
+    let sender = b.sender.0.as_slice();
+    let is_member = row(&tx, "SELECT 1 FROM channel_members WHERE channel_id = $1 AND device_id = $2", &[&ch, &sender])
+        .await?
+        .is_some();
+    if !is_member {
+        return Err(StoreError::NotMember);
+    }
+
+    let mut epoch = i64_to_u64(current_epoch);
+    if b.kind == EnvelopeKind::Commit {
+        if b.epoch != epoch {
+            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
+        }
+        epoch += 1;
+        exec(
+            &tx,
+            "UPDATE channels SET epoch = $2, group_info = COALESCE($3, group_info) WHERE id = $1",
+            &[&ch, &u64_to_i64(epoch), &b.group_info],
+        )
+        .await?;
+    }
+    if b.kind == EnvelopeKind::Proposal && b.epoch != i64_to_u64(current_epoch) {
+        return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
+    }
+
+    let members =
+        rows(&tx, "SELECT device_id FROM channel_members WHERE channel_id = $1 ORDER BY device_id", &[&ch]).await?;
+    let recipients: Vec<DeviceId> =
+        device_ids(&members, "channel_members.device_id")?.into_iter().filter(|d| *d != b.sender).collect();
+
+    // Lock every device this enqueue appends to, in id order: sequence numbers and queue
+    // depths are then this transaction's alone until it commits.
+    let mut targets: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
+    targets.extend(b.welcomes.iter().map(|w| w.device.0.as_slice()));
+    targets.sort_unstable();
+    targets.dedup();
+    if !targets.is_empty() {
+        rows(&tx, "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE", &[&targets]).await?;
+    }
+
+    let envelope_seq = insert_envelope(&tx, &b.envelope_id, b, b.kind, &b.payload, expires_ms).await?;
+    let mut deliveries = Vec::new();
+    if !recipients.is_empty() {
+        let ids: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
+        // Handshake messages are never refused for depth: a group must always be able to
+        // remove a device that stopped reading.
+        if b.kind == EnvelopeKind::Application {
+            let deepest = count(
+                &tx,
+                "SELECT COALESCE(MAX(n), 0) FROM \
+                 (SELECT COUNT(*) AS n FROM queue WHERE device_id = ANY($1) GROUP BY device_id) AS depths",
+                &[&ids],
+            )
+            .await?;
+            if deepest >= i64::from(b.max_queue_depth) {
+                return Err(StoreError::QueueFull);
+            }
+        }
+        let allocated = rows(
+            &tx,
+            "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ANY($1) RETURNING id, next_seq - 1",
+            &[&ids],
+        )
+        .await?;
+        let mut seqs = std::collections::HashMap::with_capacity(allocated.len());
+        for r in &allocated {
+            seqs.insert(get16(r, 0, "devices.id")?, r.try_get::<_, i64>(1)?);
+        }
+        let (mut queue_devices, mut queue_seqs) = (Vec::new(), Vec::new());
+        for device in &recipients {
+            // A device deleted since the members were read is no longer one.
+            let Some(&seq) = seqs.get(&device.0) else { continue };
+            queue_devices.push(device.0.as_slice());
+            queue_seqs.push(seq);
+            deliveries.push((*device, entry(b, i64_to_u64(seq), b.envelope_id, b.kind, &b.payload)));
+        }
+        exec(
+            &tx,
+            "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
+            &[&queue_devices, &queue_seqs, &envelope_seq],
+        )
+        .await?;
+    }
+
+    if deliveries.is_empty() {
+        // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
+        // sequence number, which an identity column never reuses.
+        exec(&tx, "DELETE FROM envelopes WHERE seq = $1", &[&envelope_seq]).await?;
+    }
+
+    if let Some(tracking) = &b.tracking {
+        // Membership follows the MLS tree: the commit went to the members before it (so a
+        // removed device learns of its removal); from now on only the tree's devices receive.
+        // Compare-and-swap: two proposals validated against the same state must not both land.
+        let swapped = exec(
+            &tx,
+            "UPDATE channels SET tracker = $2 WHERE id = $1 AND tracker IS NOT DISTINCT FROM $3",
+            &[&ch, &tracking.tracker, &tracking.tracker_before],
+        )
+        .await?;
+        if swapped == 0 {
+            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
+        }
+        exec(&tx, "DELETE FROM channel_members WHERE channel_id = $1", &[&ch]).await?;
+        let members: Vec<&[u8]> = tracking.members.iter().map(|d| d.0.as_slice()).collect();
+        exec(
+            &tx,
+            "INSERT INTO channel_members (channel_id, device_id) SELECT $1, id FROM devices WHERE id = ANY($2) \
+             ON CONFLICT DO NOTHING",
+            &[&ch, &members],
+        )
+        .await?;
+    }
+
+    for w in &b.welcomes {
+        let device = w.device.0.as_slice();
+        if row(&tx, "SELECT 1 FROM devices WHERE id = $1", &[&device]).await?.is_none() {
+            return Err(StoreError::UnknownDevice);
+        }
+        exec(
+            &tx,
+            "INSERT INTO channel_members (channel_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&ch, &device],
+        )
+        .await?;
+        let mut wid = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
+        let welcome_seq = insert_envelope(&tx, &wid, b, EnvelopeKind::Welcome, &w.payload, expires_ms).await?;
+        let seq: i64 =
+            row(&tx, "UPDATE devices SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1", &[&device])
+                .await?
+                .ok_or(StoreError::UnknownDevice)?
+                .try_get(0)?;
+        exec(&tx, "INSERT INTO queue (device_id, seq, envelope) VALUES ($1, $2, $3)", &[&device, &seq, &welcome_seq])
+            .await?;
+        deliveries.push((w.device, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+    }
+
+    if !b.idempotency_key.is_empty() {
+        let window_start = u64_to_i64(b.now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS));
+        // An expired record is replaced; a live one means the original (for another channel)
+        // committed after this transaction looked: it wins, and this one is undone.
+        let recorded = exec(
+            &tx,
+            "INSERT INTO idempotency (device_id, key, envelope, envelope_id, epoch_after, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (device_id, key) DO UPDATE SET envelope = EXCLUDED.envelope, \
+             envelope_id = EXCLUDED.envelope_id, epoch_after = EXCLUDED.epoch_after, created_ms = EXCLUDED.created_ms \
+             WHERE idempotency.created_ms < $7",
+            &[
+                &sender,
+                &b.idempotency_key,
+                &envelope_seq,
+                &b.envelope_id.as_slice(),
+                &u64_to_i64(epoch),
+                &u64_to_i64(b.now_ms),
+                &window_start,
+            ],
+        )
+        .await?;
+        if recorded == 0 {
+            let original = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await?;
+            return original.ok_or(StoreError::Corrupt("idempotency"));
+        }
+    }
+    tx.commit().await?;
+    Ok(EnqueueOutcome {
+        seq: i64_to_u64(envelope_seq),
+        envelope_id: b.envelope_id,
+        timestamp_ms: b.now_ms,
+        epoch,
+        replayed: false,
+        deliveries,
+    })
+}
+
+async fn create_channel_tx(client: &mut Object, c: &NewChannel) -> Result<bool, StoreError> {
+    let tx = begin(client).await?;
+    let id = c.id.0.as_slice();
+    // A racing creator waits for this insert and then does nothing: exactly one gets `true`.
+    let created = exec(
+        &tx,
+        "INSERT INTO channels (id, kind, epoch, created_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (id) DO NOTHING",
+        &[&id, &c.kind.as_i64(), &u64_to_i64(c.now_ms)],
+    )
+    .await?
+        == 1;
+    if created {
+        exec(
+            &tx,
+            "INSERT INTO channel_members (channel_id, device_id) VALUES ($1, $2)",
+            &[&id, &c.first_member.0.as_slice()],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+async fn purge_expired_tx(client: &mut Object, now_ms: u64) -> Result<u64, StoreError> {
+    let tx = begin(client).await?;
+    let now = u64_to_i64(now_ms);
+    // Queue entries first, then envelopes: the order `ack` locks them in, so a purge and an ack
+    // of the same envelope do not deadlock. Every node may purge; a row goes once.
+    exec(
+        &tx,
+        "DELETE FROM queue WHERE envelope IN \
+         (SELECT seq FROM envelopes WHERE expires_ms IS NOT NULL AND expires_ms <= $1)",
+        &[&now],
+    )
+    .await?;
+    let purged = exec(&tx, "DELETE FROM envelopes WHERE expires_ms IS NOT NULL AND expires_ms <= $1", &[&now]).await?;
+    exec(
+        &tx,
+        "DELETE FROM idempotency WHERE created_ms < $1",
+        &[&u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(purged)
+}
+
+async fn ack_tx(client: &mut Object, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+    let tx = begin(client).await?;
+    let released = rows(
+        &tx,
+        "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING envelope",
+        &[&device.0.as_slice(), &u64_to_i64(up_to_seq)],
+    )
+    .await?;
+    let removed = released.len() as u64;
+    let mut seqs: Vec<i64> = released.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    // The payload is stored once; it goes when the last queue entry naming it is acked. The
+    // envelope lock orders concurrent acks of the same envelope, so the later one sees the
+    // earlier one's deletion and the payload cannot be left behind.
+    lock_envelopes(&tx, &seqs).await?;
+    drop_unqueued(&tx, &seqs).await?;
+    tx.commit().await?;
+    Ok(removed)
+}
+
+#[async_trait]
+impl DeliveryStore for PostgresStore {
+    async fn create_channel(&self, channel: NewChannel) -> Result<bool, StoreError> {
+        retrying!(self, client => create_channel_tx(&mut client, &channel))
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            &format!("SELECT {CHANNEL_COLUMNS} FROM channels c WHERE c.id = $1"),
+            &[&id.0.as_slice()],
+        ))?;
+        found.as_ref().map(channel_from).transpose()
+    }
+
+    async fn members(&self, id: ChannelId) -> Result<Vec<DeviceId>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT device_id FROM channel_members WHERE channel_id = $1 ORDER BY device_id",
+            &[&id.0.as_slice()],
+        ))?;
+        device_ids(&found, "channel_members.device_id")
+    }
+
+    async fn channels_of(&self, device: DeviceId) -> Result<Vec<ChannelRecord>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            &format!(
+                "SELECT {CHANNEL_COLUMNS} FROM channels c JOIN channel_members m ON m.channel_id = c.id \
+                 WHERE m.device_id = $1 ORDER BY c.created_ms, c.id"
+            ),
+            &[&device.0.as_slice()],
+        ))?;
+        found.iter().map(channel_from).collect()
+    }
+
+    async fn set_retention(&self, id: ChannelId, retention_secs: u32) -> Result<(), StoreError> {
+        let n = retrying!(self, client => exec(
+            &client,
+            "UPDATE channels SET retention_secs = $2 WHERE id = $1",
+            &[&id.0.as_slice(), &i64::from(retention_secs)],
+        ))?;
+        if n == 0 { Err(StoreError::NotFound("channel")) } else { Ok(()) }
+    }
+
+    async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+        retrying!(self, client => enqueue_tx(&mut client, &batch))
+    }
+
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        let r = reading!(self, client => row(
+            &client,
+            "SELECT (SELECT COUNT(*) FROM queue), \
+             (SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM queue GROUP BY device_id) AS depths)",
+            &[],
+        ))?
+        .ok_or(StoreError::Corrupt("queue"))?;
+        Ok((i64_to_u64(r.try_get(0)?), i64_to_u64(r.try_get(1)?)))
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
+        retrying!(self, client => purge_expired_tx(&mut client, now_ms))
+    }
+
+    async fn replayed(
+        &self,
+        sender: DeviceId,
+        key: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Option<EnqueueOutcome>, StoreError> {
+        reading!(self, client => find_replay(&client, &sender, &key, now_ms))
+    }
+
+    async fn peek(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: u64,
+        now_ms: u64,
+    ) -> Result<Vec<QueuedEntry>, StoreError> {
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
+             FROM queue q JOIN envelopes e ON e.seq = q.envelope \
+             WHERE q.device_id = $1 AND q.seq > $2 AND (e.expires_ms IS NULL OR e.expires_ms > $4) \
+             ORDER BY q.seq LIMIT $3",
+            &[&device.0.as_slice(), &u64_to_i64(after_seq), &i64::from(limit), &u64_to_i64(now_ms)],
+        ))?;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for r in &found {
+            let e = entry_from(r)?;
+            bytes += e.payload.len() as u64;
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+        retrying!(self, client => ack_tx(&mut client, device, up_to_seq))
+    }
+}
+
+#[async_trait]
+impl BlobStore for PostgresStore {
+    async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
+        let found = reading!(self, client => row(
+            &client,
+            "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = $1",
+            &[&id.as_slice()],
+        ))?;
+        found
+            .map(|r| {
+                Ok(BlobRecord {
+                    id,
+                    total_size: i64_to_u64(r.try_get(0)?),
+                    received: i64_to_u64(r.try_get(1)?),
+                    complete: r.try_get(2)?,
+                    expires_ms: i64_to_u64(r.try_get(3)?),
+                })
+            })
+            .transpose()
+    }
+
+    async fn create_blob(
+        &self,
+        id: [u8; 32],
+        total_size: u64,
+        uploader: DeviceId,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        retrying!(self, client => exec(
+            &client,
+            "INSERT INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
+             VALUES ($1, $2, 0, FALSE, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            &[&id.as_slice(), &u64_to_i64(total_size), &uploader.0.as_slice(), &u64_to_i64(now_ms), &u64_to_i64(expires_ms)],
+        ))?;
+        Ok(())
+    }
+
+    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError> {
+        retrying!(self, client => exec(
+            &client,
+            "UPDATE blobs SET received = $2, complete = $3 WHERE id = $1",
+            &[&id.as_slice(), &u64_to_i64(received), &complete],
+        ))?;
+        Ok(())
+    }
+
+    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError> {
+        retrying!(self, client => exec(&client, "DELETE FROM blobs WHERE id = $1", &[&id.as_slice()]))?;
+        Ok(())
+    }
+
+    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let gone = retrying!(self, client => rows(
+            &client,
+            "DELETE FROM blobs WHERE expires_ms <= $1 RETURNING id",
+            &[&u64_to_i64(now_ms)],
+        ))?;
+        gone.iter().map(|r| get32(r, 0, "blobs.id")).collect()
+    }
+
+    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let found = reading!(self, client => rows(&client, "SELECT id FROM blobs ORDER BY id", &[]))?;
+        found.iter().map(|r| get32(r, 0, "blobs.id")).collect()
+    }
+}
