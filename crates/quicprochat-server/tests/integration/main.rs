@@ -15,5 +15,6 @@ mod directory;
 mod harness;
 mod limits;
 mod pg;
+mod postgres_server;
 mod protocol;
 mod store_conformance;
