@@ -70,6 +70,10 @@ pub enum ServerError {
     /// A key file is sealed with another db_key.
     #[error("key file {0} is sealed with another db_key")]
     KeyFileLocked(PathBuf),
+    /// A cluster-wide secret in the database does not parse, or is sealed with another db_key
+    /// (every node of a cluster needs the same one).
+    #[error("cluster secret {0} in the database is corrupt or sealed with another db_key")]
+    CorruptClusterSecret(&'static str),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
@@ -161,39 +165,34 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         source,
     })?;
     let key = config.db_key.as_ref();
-    let store: Arc<dyn Store> = match &config.store {
+    let opaque_parse = |b: &[u8]| OpaqueServerSetup::from_bytes(b).ok();
+    let opaque_new = || OpaqueServerSetup::generate(&mut rand_core::OsRng).to_bytes().to_vec();
+    let signing_parse = |b: &[u8]| <[u8; 32]>::try_from(b).ok().map(|s| IdentityKeyPair::from_secret_bytes(&s));
+    let signing_new = || IdentityKeyPair::generate(&mut rand_core::OsRng).secret_bytes().to_vec();
+    let (store, cluster, opaque, signing_key): (Arc<dyn Store>, Option<PostgresStore>, _, _) = match &config.store {
         StoreBackend::Sqlite => {
             let store = SqliteStore::open_with(&dir.join(files::DATABASE), store::DEFAULT_READ_CONNECTIONS, key)?;
             if key.is_some() {
                 tracing::info!("encryption at rest: database and key files sealed with db_key");
             }
-            Arc::new(store)
+            let opaque = load_or_create(dir, files::OPAQUE_SETUP, key, opaque_parse, opaque_new)?;
+            let signing_key = load_or_create(dir, files::SIGNING_KEY, key, signing_parse, signing_new)?;
+            (Arc::new(store), None, opaque, signing_key)
         }
         StoreBackend::Postgres(options) => {
             let store = PostgresStore::connect(options).await?;
             tracing::info!(schema = ?options.schema, "storing state in PostgreSQL");
             if key.is_some() {
                 tracing::info!(
-                    "encryption at rest: key files sealed with db_key (the database is PostgreSQL's to encrypt)"
+                    "encryption at rest: cluster secrets sealed with db_key (the database is PostgreSQL's to encrypt)"
                 );
             }
-            Arc::new(store)
+            // Every node on the database logs in every user and signs with the same key.
+            let opaque = shared_secret(&store, files::OPAQUE_SETUP, key, opaque_parse, opaque_new).await?;
+            let signing_key = shared_secret(&store, files::SIGNING_KEY, key, signing_parse, signing_new).await?;
+            (Arc::new(store.clone()), Some(store), opaque, signing_key)
         }
     };
-    let opaque = load_or_create(
-        dir,
-        files::OPAQUE_SETUP,
-        key,
-        |b| OpaqueServerSetup::from_bytes(b).ok(),
-        || OpaqueServerSetup::generate(&mut rand_core::OsRng).to_bytes().to_vec(),
-    )?;
-    let signing_key = load_or_create(
-        dir,
-        files::SIGNING_KEY,
-        key,
-        |b| <[u8; 32]>::try_from(b).ok().map(|s| IdentityKeyPair::from_secret_bytes(&s)),
-        || IdentityKeyPair::generate(&mut rand_core::OsRng).secret_bytes().to_vec(),
-    )?;
 
     let cert = match &config.tls {
         Some((cert, key)) => quicprochat_rpc::tls::load_pem_or_der_certificate(cert, key)?,
@@ -226,15 +225,68 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let addr = server.local_addr()?;
     let shutdown = CancellationToken::new();
     let gc = tokio::spawn(gc_loop(Arc::clone(&state), shutdown.clone()));
+    let relay = cluster.map(|store| {
+        let (deliveries, listener) = store.listen_deliveries(shutdown.clone());
+        (tokio::spawn(relay_remote_deliveries(Arc::clone(&state), deliveries)), listener)
+    });
     let serve = server.serve(shutdown.clone());
     let task = tokio::spawn(async move {
         let served = serve.await;
-        // The GC loop ends with the same token; wait for it so no task outlives the server.
+        // The GC loop and the cluster listener end with the same token; wait for them so no
+        // task outlives the server.
         let _ = gc.await;
+        if let Some((relay, listener)) = relay {
+            let _ = listener.await;
+            let _ = relay.await;
+        }
         served
     });
     tracing::info!(%addr, data_dir = %dir.display(), "qpc-server listening");
     Ok(RunningServer { addr, cert_der: cert.cert_der.clone(), shutdown, task })
+}
+
+/// Pushes the queue entries other nodes of the cluster created to this node's subscribers and
+/// wakes its long-polls, until the listener stops.
+async fn relay_remote_deliveries(
+    state: Arc<AppState>,
+    mut deliveries: tokio::sync::mpsc::Receiver<store::RemoteDelivery>,
+) {
+    while let Some((device, seq)) = deliveries.recv().await {
+        let Some(after) = seq.checked_sub(1) else { continue };
+        match state.store.peek(device, after, 1, u64::MAX, state.clock.now_ms()).await {
+            Ok(entries) => {
+                if let Some(entry) = entries.first().filter(|e| e.seq == seq) {
+                    state.hub.deliver(device, entry);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading a delivery announced by another node failed"),
+        }
+    }
+}
+
+/// Loads the cluster-wide secret `name` from the database, or stores a new one if no node has
+/// yet. With a `db_key` it is stored sealed (as the key files are), so every node needs the same
+/// key.
+async fn shared_secret<T>(
+    store: &PostgresStore,
+    name: &'static str,
+    key: Option<&at_rest::DbKey>,
+    parse: impl Fn(&[u8]) -> Option<T>,
+    generate: impl Fn() -> Vec<u8>,
+) -> Result<T, ServerError> {
+    let plain = zeroize::Zeroizing::new(generate());
+    let candidate = match key {
+        Some(key) => keystore::seal_with_key(&mut rand_core::OsRng, key.key_files(), name.as_bytes(), &plain)
+            .map_err(|_| ServerError::CorruptClusterSecret(name))?,
+        None => plain.to_vec(),
+    };
+    let stored = zeroize::Zeroizing::new(store.cluster_secret(name, &candidate).await?);
+    let plain = match key {
+        Some(key) => keystore::open_with_key(key.key_files(), name.as_bytes(), &stored)
+            .map_err(|_| ServerError::CorruptClusterSecret(name))?,
+        None => stored,
+    };
+    parse(&plain).ok_or(ServerError::CorruptClusterSecret(name))
 }
 
 /// Purges expired envelopes every `gc_interval` until shutdown.

@@ -9,7 +9,7 @@ mod postgres;
 mod sqlite;
 mod types;
 
-pub use postgres::{DEFAULT_MAX_CONNECTIONS, PostgresOptions, PostgresStore};
+pub use postgres::{DEFAULT_MAX_CONNECTIONS, PostgresOptions, PostgresStore, RemoteDelivery};
 pub(crate) use sqlite::rekey as sqlite_rekey;
 pub use sqlite::{DEFAULT_READ_CONNECTIONS, SqliteStore};
 pub use types::*;

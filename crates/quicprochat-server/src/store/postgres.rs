@@ -28,9 +28,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
@@ -40,7 +43,8 @@ use super::{
 
 /// Migrations, applied in order; `schema_version` records each one that ran. The first is the
 /// whole schema `SqliteStore` reached in its six steps.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            BYTEA PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
@@ -145,7 +149,15 @@ CREATE TABLE blobs (
 );
 CREATE INDEX blobs_by_expiry ON blobs(expires_ms);
 CREATE INDEX blobs_by_uploader ON blobs(uploader);
-"#];
+"#,
+    r#"
+CREATE TABLE cluster_secrets (
+    name       TEXT PRIMARY KEY,
+    value      BYTEA NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+"#,
+];
 
 /// Idempotency records are honoured for this long (as in `SqliteStore`; the conformance suite
 /// checks both).
@@ -193,7 +205,19 @@ impl fmt::Debug for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// For the dedicated `LISTEN` connection.
+    config: tokio_postgres::Config,
+    /// Tells this store's deliveries apart from other nodes' in notifications.
+    node: [u8; 8],
+    /// The notification channel of this schema.
+    channel: String,
 }
+
+/// Most deliveries announced in one notification (PostgreSQL caps a payload at 8000 bytes).
+const DELIVERIES_PER_NOTIFY: usize = 150;
+
+/// Deliveries announced by other nodes, buffered for the listener's consumer.
+const DELIVERY_BUFFER: usize = 4096;
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,21 +229,9 @@ impl PostgresStore {
     /// Connects, creates the schema if one is configured and missing, and runs pending
     /// migrations.
     pub async fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = options.url.parse().map_err(StoreError::InvalidDatabaseUrl)?;
-        if let Some(schema) = &options.schema {
-            check_schema_name(schema)?;
-            // Every pooled connection starts with the schema first on its search path.
-            let mut startup = config.get_options().map(str::to_owned).unwrap_or_default();
-            if !startup.is_empty() {
-                startup.push(' ');
-            }
-            startup.push_str(&format!("-c search_path={schema}"));
-            config.options(&startup);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("qpc-server");
-        }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config = connection_config(options)?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -227,10 +239,14 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(StoreError::PoolSetup)?;
-        let store = Self { pool };
-        let mut client = store.client().await?;
+        let mut client = pool.get().await.map_err(StoreError::ConnectionPool)?;
         migrate(&mut client, options.schema.as_deref()).await?;
-        Ok(store)
+        let schema: Option<String> = client.query_one("SELECT current_schema()::text", &[]).await?.try_get(0)?;
+        drop(client);
+        let mut node = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut node);
+        let channel = format!("qpc_deliveries_{}", schema.unwrap_or_default());
+        Ok(Self { pool, config, node, channel })
     }
 
     /// A connection from the pool.
@@ -242,6 +258,133 @@ impl PostgresStore {
     pub fn close(&self) {
         self.pool.close();
     }
+
+    /// The cluster-wide secret `name`: the value stored by whichever node asked first, or
+    /// `candidate` if this is the first ask. Every node on the database gets the same bytes.
+    pub async fn cluster_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO cluster_secrets (name, value, created_ms) \
+                 VALUES ($1, $2, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT) ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate],
+            )
+            .await?;
+        Ok(client.query_one("SELECT value FROM cluster_secrets WHERE name = $1", &[&name]).await?.try_get(0)?)
+    }
+
+    /// Listens, on a dedicated connection, for the deliveries other nodes on this database make
+    /// (every enqueue announces its queue entries with `NOTIFY` when it commits), until
+    /// `shutdown`. A lost connection is re-established; what was announced meanwhile is not
+    /// replayed (clients catch up with `Peek`, long-polls time out). When the consumer lags by
+    /// more than the buffer, announcements are dropped the same way.
+    pub fn listen_deliveries(&self, shutdown: CancellationToken) -> (mpsc::Receiver<RemoteDelivery>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(DELIVERY_BUFFER);
+        let (config, own, channel) = (self.config.clone(), hex::encode(self.node), self.channel.clone());
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match listen(&config, &own, &channel, &tx, &shutdown).await {
+                    Ok(Listening::Stop) => return,
+                    Ok(Listening::Lost) => tracing::warn!("delivery notifications: connection closed; reconnecting"),
+                    Err(e) => tracing::warn!(error = %e, "delivery notifications: connection failed; reconnecting"),
+                }
+                failures = (failures + 1).min(6);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100 << failures)) => {}
+                }
+            }
+        });
+        (rx, task)
+    }
+}
+
+/// A queue entry another node created: the device and the entry's sequence number.
+pub type RemoteDelivery = (DeviceId, u64);
+
+enum Listening {
+    /// Shut down, or nobody consumes any more.
+    Stop,
+    /// The connection ended.
+    Lost,
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    own: &str,
+    channel: &str,
+    out: &mpsc::Sender<RemoteDelivery>,
+    shutdown: &CancellationToken,
+) -> Result<Listening, tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let statement = format!("LISTEN \"{}\"", channel.replace('"', "\"\""));
+    let subscribe = client.batch_execute(&statement);
+    tokio::pin!(subscribe);
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(Listening::Stop),
+            done = &mut subscribe, if !subscribed => {
+                done?;
+                subscribed = true;
+                tracing::debug!("listening for other nodes' deliveries");
+            }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(AsyncMessage::Notification(note))) => {
+                    for delivery in parse_announcement(note.payload(), own) {
+                        match out.try_send(delivery) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics::counter!("qpc_remote_deliveries_dropped_total").increment(1);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Listening::Stop),
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(Listening::Lost),
+            },
+        }
+    }
+}
+
+/// `NODE DEVICE:SEQ DEVICE:SEQ …` (hex node and device ids) of another node; nothing for this
+/// node's own announcements or anything malformed.
+fn parse_announcement(payload: &str, own: &str) -> Vec<RemoteDelivery> {
+    let mut parts = payload.split(' ');
+    if parts.next().is_none_or(|node| node == own) {
+        return Vec::new();
+    }
+    parts
+        .filter_map(|item| {
+            let (device, seq) = item.split_once(':')?;
+            let device = <[u8; 16]>::try_from(hex::decode(device).ok()?.as_slice()).ok()?;
+            Some((DeviceId(device), seq.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Announces new queue entries to the other nodes; PostgreSQL sends it when (and only if) the
+/// transaction commits.
+async fn announce(
+    tx: &Transaction<'_>,
+    node: &[u8; 8],
+    channel: &str,
+    deliveries: &[(DeviceId, QueuedEntry)],
+) -> Result<(), StoreError> {
+    for chunk in deliveries.chunks(DELIVERIES_PER_NOTIFY) {
+        let mut text = hex::encode(node);
+        for (device, entry) in chunk {
+            text.push(' ');
+            text.push_str(&hex::encode(device.0));
+            text.push(':');
+            text.push_str(&entry.seq.to_string());
+        }
+        exec(tx, "SELECT pg_notify($1, $2)", &[&channel, &text]).await?;
+    }
+    Ok(())
 }
 
 /// Runs a transaction function `op(&mut client, …)` with a pooled connection, again on a fresh
@@ -304,6 +447,25 @@ async fn backoff(attempt: u32) {
     let base = 1u64 << attempt.min(8);
     let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) % base.max(1);
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// The connection settings of `options`: the URL, the schema first on the search path, and an
+/// application name for `pg_stat_activity`.
+fn connection_config(options: &PostgresOptions) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = options.url.parse().map_err(StoreError::InvalidDatabaseUrl)?;
+    if let Some(schema) = &options.schema {
+        check_schema_name(schema)?;
+        let mut startup = config.get_options().map(str::to_owned).unwrap_or_default();
+        if !startup.is_empty() {
+            startup.push(' ');
+        }
+        startup.push_str(&format!("-c search_path={schema}"));
+        config.options(&startup);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("qpc-server");
+    }
+    Ok(config)
 }
 
 fn check_schema_name(name: &str) -> Result<(), StoreError> {
@@ -927,7 +1089,12 @@ async fn insert_envelope(
     Ok(seq)
 }
 
-async fn enqueue_tx(client: &mut Object, b: &EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+async fn enqueue_tx(
+    client: &mut Object,
+    b: &EnqueueBatch,
+    node: &[u8; 8],
+    notify_channel: &str,
+) -> Result<EnqueueOutcome, StoreError> {
     let tx = begin(client).await?;
     if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await? {
         return Ok(outcome);
@@ -1112,6 +1279,7 @@ async fn enqueue_tx(client: &mut Object, b: &EnqueueBatch) -> Result<EnqueueOutc
             return original.ok_or(StoreError::Corrupt("idempotency"));
         }
     }
+    announce(&tx, node, notify_channel, &deliveries).await?;
     tx.commit().await?;
     Ok(EnqueueOutcome {
         seq: i64_to_u64(envelope_seq),
@@ -1236,7 +1404,7 @@ impl DeliveryStore for PostgresStore {
     }
 
     async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
-        retrying!(self, client => enqueue_tx(&mut client, &batch))
+        retrying!(self, client => enqueue_tx(&mut client, &batch, &self.node, &self.channel))
     }
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
@@ -1361,5 +1529,22 @@ impl BlobStore for PostgresStore {
     async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let found = reading!(self, client => rows(&client, "SELECT id FROM blobs ORDER BY id", &[]))?;
         found.iter().map(|r| get32(r, 0, "blobs.id")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_of_other_nodes_parse_and_own_ones_are_ignored() {
+        let device = hex::encode([7u8; 16]);
+        let text = format!("0102030405060708 {device}:42 {device}:43 junk {device}:x");
+        assert_eq!(
+            parse_announcement(&text, "ffffffffffffffff"),
+            vec![(DeviceId([7; 16]), 42), (DeviceId([7; 16]), 43)]
+        );
+        assert!(parse_announcement(&text, "0102030405060708").is_empty());
+        assert!(parse_announcement("", "0102030405060708").is_empty());
     }
 }

@@ -6,6 +6,7 @@ mod accounts;
 mod at_rest;
 mod binary;
 mod blobs;
+mod cluster;
 mod coverage_auth;
 mod coverage_delivery;
 mod coverage_directory;
