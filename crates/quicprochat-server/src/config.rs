@@ -225,18 +225,21 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
         }
         (None, None) => None,
     };
-    if config.db_key.is_some() && !at_rest::DATABASE_ENCRYPTION {
-        return Err(ConfigError::Invalid {
-            field: "db_key",
-            problem: "this build cannot encrypt its database: rebuild qpc-server with `--features sqlcipher`".into(),
-        });
-    }
-
     config.store = resolve_store(
         over.store.or(file.store),
         over.db_url.map(|u| u.0.to_string()).or(file.db_url),
         file.db_max_connections,
     )?;
+    // With the embedded store the db_key encrypts the database file, which needs SQLCipher;
+    // with PostgreSQL it seals the cluster secrets kept in the database, and the database's
+    // own storage is the operator's to encrypt.
+    let embedded = matches!(config.store, crate::store::StoreBackend::Sqlite);
+    if embedded && config.db_key.is_some() && !at_rest::DATABASE_ENCRYPTION {
+        return Err(ConfigError::Invalid {
+            field: "db_key",
+            problem: "this build cannot encrypt its database: rebuild qpc-server with `--features sqlcipher`".into(),
+        });
+    }
 
     if production {
         if config.tls.is_none() {
@@ -247,7 +250,7 @@ pub fn resolve(over: Overrides, file: FileConfig) -> Result<Resolved, ConfigErro
             ));
         }
         if config.db_key.is_none() {
-            return Err(ConfigError::NotProductionReady(if at_rest::DATABASE_ENCRYPTION {
+            return Err(ConfigError::NotProductionReady(if at_rest::DATABASE_ENCRYPTION || !embedded {
                 "encryption at rest is required: set QPC_DB_KEY or db_key_file (64 hex characters)".into()
             } else {
                 "encryption at rest is required and this build has none: rebuild with `--features sqlcipher` \

@@ -71,6 +71,9 @@ pub enum ServiceError {
     Crypto(#[from] CoreError),
 }
 
+/// How long a client should wait before retrying a call refused as UNAVAILABLE.
+const UNAVAILABLE_RETRY_MS: u64 = 500;
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -80,6 +83,12 @@ impl From<StoreError> for ServiceError {
             StoreError::StaleEpoch { current, .. } => ServiceError::StaleEpoch { current },
             StoreError::QueueFull => ServiceError::QueueFull,
             StoreError::UnknownDevice => ServiceError::BadRequest("welcome for an unknown device".into()),
+            // Passing trouble of a shared database: the client may simply retry.
+            StoreError::Contended { .. } => ServiceError::Unavailable("the database (busy)"),
+            StoreError::ConnectionPool(err) => {
+                tracing::warn!(error = %err, "no database connection");
+                ServiceError::Unavailable("the database")
+            }
             other => ServiceError::Store(other),
         }
     }
@@ -105,7 +114,9 @@ impl From<ServiceError> for RpcError {
                 RpcError::conflict(format!("upload has {received} bytes; resume at that offset"))
                     .with_detail("received", received.to_string())
             }
-            ServiceError::Unavailable(what) => RpcError::unavailable(format!("{what} unavailable")),
+            ServiceError::Unavailable(what) => {
+                RpcError::unavailable(format!("{what} unavailable")).with_retry_after_ms(UNAVAILABLE_RETRY_MS)
+            }
             ServiceError::RateLimited { retry_after_ms } => RpcError::rate_limited("too many requests", retry_after_ms),
             ServiceError::QueueFull => {
                 RpcError::queue_full("a recipient has too many undelivered envelopes", QUEUE_FULL_RETRY_MS)

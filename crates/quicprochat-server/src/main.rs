@@ -98,6 +98,11 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     )?;
 
     if let Some(Command::Rekey { new_db_key_file }) = command {
+        anyhow::ensure!(
+            matches!(resolved.server.store, quicprochat_server::store::StoreBackend::Sqlite),
+            "rekey rotates the key of the embedded SQLite store; rotating the db_key of a PostgreSQL \
+             cluster (which seals its shared secrets) is not supported yet"
+        );
         let old =
             resolved.server.db_key.as_ref().context("rekey needs the current key: QPC_DB_KEY or --db-key-file")?;
         let text = match (std::env::var("QPC_NEW_DB_KEY").ok(), new_db_key_file) {
