@@ -1,0 +1,462 @@
+//! Scenarios against a real `qpc-server` process: every figure next to the baseline that bounds
+//! it, measured in the same run with the same concurrency.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use quicprochat_core::opaque::{ClientLogin, ClientRegistration, OpaqueParams};
+use quicprochat_proto::{method, v1};
+use quicprochat_rpc::{RpcClient, ServerTrust};
+use quicprochat_sdk::{ClientConfig, ClientEvent, ConversationId, KdfStrength, QpcClient, Trust};
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinSet;
+
+use crate::baseline::{self, Load, Throughput};
+use crate::process::{ServerProcess, delta};
+use crate::report::{Figure, Latencies, Report, latency_figures};
+
+/// Password of every bench account (OPAQUE with light Argon2 parameters on the client: the
+/// server's work is what is measured).
+const PASSWORD: &[u8] = b"bench password";
+
+/// A logged-in SDK client with its event stream and state dir.
+struct Member {
+    client: QpcClient,
+    events: broadcast::Receiver<ClientEvent>,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(server: &ServerProcess, name: &str) -> anyhow::Result<Member> {
+    let dir = tempfile::tempdir()?;
+    let mut config = ClientConfig::new(server.addr, Trust::PinnedCertificate(server.cert_der.clone()), dir.path());
+    config.kdf = KdfStrength::InsecureTestOnly;
+    let client = QpcClient::connect(config).await?;
+    let events = client.subscribe();
+    client.register(name, PASSWORD).await.with_context(|| format!("registering {name}"))?;
+    Ok(Member { client, events, _dir: dir })
+}
+
+async fn joined(m: &mut Member) -> anyhow::Result<ConversationId> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, m.events.recv()).await.context("no invitation within 60 s")? {
+            Ok(ClientEvent::ConversationCreated { conversation, .. }) => return Ok(conversation),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => anyhow::bail!("event stream closed"),
+        }
+    }
+}
+
+/// A message text of about `size` bytes that names its sender and number.
+fn text(sender: usize, n: u64, size: usize) -> String {
+    let mut t = format!("{sender}:{n}:");
+    if t.len() < size {
+        t.extend(std::iter::repeat_n('x', size - t.len()));
+    }
+    t
+}
+
+fn parse(text: &str) -> Option<(usize, u64)> {
+    let mut parts = text.splitn(3, ':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+type SendTimes = Arc<Mutex<HashMap<(usize, u64), Instant>>>;
+
+/// `relay`: `clients` sender/receiver pairs, each in its own DM, `in_flight` messages
+/// outstanding per pair; compared with the echo and SQLite baselines at the same load.
+pub async fn relay(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
+    let (echo, echo_usage) = baseline::echo(load, pin).await?;
+    let sqlite = baseline::sqlite(load).await?;
+
+    let server = ServerProcess::spawn("qpc", pin).await?;
+    let mut pairs = Vec::new();
+    for i in 0..load.clients {
+        let sender = member(&server, &format!("sender{i}")).await?;
+        let mut receiver = member(&server, &format!("receiver{i}")).await?;
+        let dm = sender.client.dm(&format!("receiver{i}")).await?;
+        joined(&mut receiver).await?;
+        pairs.push((sender, receiver, dm));
+    }
+    let sent_at: SendTimes = Arc::default();
+    let before = server.usage()?;
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let mut tasks = JoinSet::new();
+    let mut receivers = JoinSet::new();
+    for (i, (sender, receiver, dm)) in pairs.into_iter().enumerate() {
+        let window = Arc::new(Semaphore::new(load.in_flight.max(1)));
+        let (sent_at_tx, window_tx) = (Arc::clone(&sent_at), Arc::clone(&window));
+        // The sender's final count, so the receiver knows when it has everything.
+        let (total_tx, total_rx) = tokio::sync::watch::channel(None::<u64>);
+        let size = load.payload;
+        tasks.spawn(async move {
+            let _keep = sender;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                window_tx.acquire().await?.forget();
+                sent_at_tx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert((i, n), Instant::now());
+                dm.send_text(&text(i, n, size)).await?;
+                n += 1;
+            }
+            let _ = total_tx.send(Some(n));
+            anyhow::Ok(n)
+        });
+        let sent_at_rx = Arc::clone(&sent_at);
+        receivers.spawn(async move {
+            let Member { client: _client, mut events, _dir } = receiver;
+            let mut latencies = Latencies::default();
+            let mut last = started;
+            let drain_until = deadline + Duration::from_secs(10);
+            loop {
+                if total_rx.borrow().is_some_and(|total| latencies.len() as u64 >= total) {
+                    break;
+                }
+                let left = drain_until.saturating_duration_since(Instant::now());
+                let event = match tokio::time::timeout(left.min(Duration::from_millis(100)), events.recv()).await {
+                    Err(_) if left.is_zero() => break,
+                    Err(_) => continue,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => break,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Ok(event)) => event,
+                };
+                let ClientEvent::MessageReceived { message, .. } = event else { continue };
+                let Some(key) = parse(&message.text) else { continue };
+                let sent = sent_at_rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.remove(&key);
+                if let Some(sent) = sent {
+                    latencies.record(sent.elapsed());
+                    last = Instant::now();
+                    window.add_permits(1);
+                }
+            }
+            anyhow::Ok((latencies, last))
+        });
+    }
+    let mut sent = 0;
+    while let Some(done) = tasks.join_next().await {
+        sent += done??;
+    }
+    let mut ours = Throughput::default();
+    let mut last = started;
+    while let Some(done) = receivers.join_next().await {
+        let (latencies, at) = done??;
+        ours.latencies.extend(latencies);
+        last = last.max(at);
+    }
+    // Messages per second over the span from the first send to the last receipt.
+    ours.elapsed = last.duration_since(started);
+    ours.ops = ours.latencies.len() as u64;
+    let usage = delta(before, server.usage()?);
+    server.stop().await;
+
+    let mut figures = vec![
+        Figure::new("relay messages/s vs echo", "msg/s", ours.per_sec()).against(echo.per_sec()),
+        Figure::new("relay messages/s vs sqlite inserts", "msg/s", ours.per_sec()).against(sqlite.per_sec()),
+    ];
+    let sqlite_latency = { sqlite }.latencies.summary();
+    figures.extend(latency_figures(
+        "send→receive vs echo",
+        ours.latencies.summary(),
+        Some({ echo }.latencies.summary()),
+    ));
+    figures.push(Figure::new("sqlite insert latency p50", "ms", sqlite_latency.p50_ms));
+    let mut notes = Vec::new();
+    if ours.ops < sent {
+        notes.push(format!("{} of {sent} messages arrived within 10 s after the run", ours.ops));
+    }
+    Ok(Report {
+        scenario: "relay",
+        clients: load.clients,
+        duration_secs: load.duration.as_secs_f64(),
+        payload_bytes: load.payload,
+        in_flight: load.in_flight,
+        figures,
+        server: Some(usage),
+        baseline_server: Some(echo_usage),
+        notes,
+    })
+}
+
+/// `fanout`: one group of `clients` members; member 0 sends `rate` messages per second; every
+/// other member's receive latency, against the push baseline with as many subscribers.
+pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<Report> {
+    let subscribers = load.clients.saturating_sub(1).max(1);
+    let (push_latencies, push_received, push_expected, push_usage) =
+        baseline::push(subscribers, rate, load, pin).await?;
+
+    let server = ServerProcess::spawn("qpc", pin).await?;
+    let mut members = Vec::new();
+    for i in 0..=subscribers {
+        members.push(member(&server, &format!("member{i}")).await?);
+    }
+    let names: Vec<String> = (1..=subscribers).map(|i| format!("member{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let group = members[0].client.create_group("bench", &refs).await?;
+    for m in &mut members[1..] {
+        joined(m).await?;
+    }
+    let count = (f64::from(rate) * load.duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let mut receivers = JoinSet::new();
+    for m in members.drain(1..) {
+        let sent_at = Arc::clone(&sent_at);
+        receivers.spawn(async move {
+            let Member { client: _client, mut events, _dir } = m;
+            let mut latencies = Latencies::default();
+            let mut got = 0;
+            let give_up =
+                Instant::now() + Duration::from_secs(60) + Duration::from_secs(count / u64::from(rate.max(1)));
+            while got < count {
+                let left = give_up.saturating_duration_since(Instant::now());
+                let event = match tokio::time::timeout(left, events.recv()).await {
+                    Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Ok(event)) => event,
+                };
+                let ClientEvent::MessageReceived { message, .. } = event else { continue };
+                let Some((_, n)) = parse(&message.text) else { continue };
+                let sent = sent_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&n).copied();
+                if let Some(sent) = sent {
+                    latencies.record(sent.elapsed());
+                    got += 1;
+                }
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let before = server.usage()?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(rate.max(1))));
+    for n in 0..count {
+        tick.tick().await;
+        sent_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(n, Instant::now());
+        group.send_text(&text(0, n, load.payload)).await?;
+    }
+    let mut ours = Latencies::default();
+    while let Some(done) = receivers.join_next().await {
+        ours.extend(done??);
+    }
+    let usage = delta(before, server.usage()?);
+    server.stop().await;
+    let expected = count * subscribers as u64;
+    let mut notes = Vec::new();
+    if (ours.len() as u64) < expected {
+        notes.push(format!("{} of {expected} deliveries measured", ours.len()));
+    }
+    if push_received < push_expected {
+        notes.push(format!("push baseline: {push_received} of {push_expected} frames arrived"));
+    }
+    notes.push(format!(
+        "{rate} messages/s to {subscribers} members = {} deliveries/s",
+        u64::from(rate) * subscribers as u64
+    ));
+    let mut push_latencies = push_latencies;
+    Ok(Report {
+        scenario: "fanout",
+        clients: load.clients,
+        duration_secs: load.duration.as_secs_f64(),
+        payload_bytes: load.payload,
+        in_flight: 0,
+        figures: latency_figures("push", ours.summary(), Some(push_latencies.summary())),
+        server: Some(usage),
+        baseline_server: Some(push_usage),
+        notes,
+    })
+}
+
+async fn rpc(server: &ServerProcess) -> anyhow::Result<RpcClient> {
+    let tls = quicprochat_rpc::tls::client_config_with(
+        &ServerTrust::Pinned(server.cert_der.clone()),
+        &crate::roles::transport(),
+    )?;
+    Ok(RpcClient::connect(server.addr, "localhost", tls).await?)
+}
+
+async fn register(rpc: &RpcClient, username: &str) -> anyhow::Result<()> {
+    let (registration, request) = ClientRegistration::start(&mut rand_core::OsRng, PASSWORD)?;
+    let start: v1::RegisterStartResponse = rpc
+        .call(
+            method::REGISTER_START,
+            &v1::RegisterStartRequest { username: username.into(), registration_request: request.into() },
+        )
+        .await?;
+    let upload =
+        registration.finish(&mut rand_core::OsRng, PASSWORD, &start.registration_response, &OpaqueParams::light())?;
+    let _: v1::RegisterFinishResponse = rpc
+        .call(
+            method::REGISTER_FINISH,
+            &v1::RegisterFinishRequest { username: username.into(), registration_upload: upload.into() },
+        )
+        .await?;
+    Ok(())
+}
+
+/// One OPAQUE login; returns the session token.
+async fn login(rpc: &RpcClient, username: &str) -> anyhow::Result<Vec<u8>> {
+    let (login, request) = ClientLogin::start(&mut rand_core::OsRng, PASSWORD)?;
+    let start: v1::LoginStartResponse = rpc
+        .call(
+            method::LOGIN_START,
+            &v1::LoginStartRequest { username: username.into(), credential_request: request.into() },
+        )
+        .await?;
+    let out = login.finish(PASSWORD, &start.credential_response, &OpaqueParams::light())?;
+    let finish: v1::LoginFinishResponse = rpc
+        .call(
+            method::LOGIN_FINISH,
+            &v1::LoginFinishRequest { login_id: start.login_id, credential_finalization: out.finalization.into() },
+        )
+        .await?;
+    Ok(finish.session_token.to_vec())
+}
+
+/// Runs `clients` loops of `op` (each on a fresh connection) for the duration; returns the
+/// completed count and the server's CPU time meanwhile.
+async fn connection_loops<F, Fut>(
+    server: &ServerProcess,
+    load: Load,
+    op: F,
+) -> anyhow::Result<(Throughput, crate::report::ProcessUsage)>
+where
+    F: Fn(usize, RpcClient) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let before = server.usage()?;
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let mut loops = JoinSet::new();
+    for i in 0..load.clients {
+        let (op, addr, cert) = (op.clone(), server.addr, server.cert_der.clone());
+        loops.spawn(async move {
+            let mut latencies = Latencies::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let tls = quicprochat_rpc::tls::client_config_with(
+                    &ServerTrust::Pinned(cert.clone()),
+                    &crate::roles::transport(),
+                )?;
+                let client = RpcClient::connect(addr, "localhost", tls).await?;
+                op(i, client.clone()).await?;
+                client.close("done");
+                latencies.record(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut result = Throughput::default();
+    while let Some(done) = loops.join_next().await {
+        result.latencies.extend(done??);
+    }
+    result.elapsed = started.elapsed();
+    result.ops = result.latencies.len() as u64;
+    Ok((result, delta(before, server.usage()?)))
+}
+
+/// `connect`: QUIC + TLS handshakes per second (connect, one `Health`, close).
+pub async fn connect(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
+    let server = ServerProcess::spawn("qpc", pin).await?;
+    let (mut handshakes, usage) = connection_loops(&server, load, |_, rpc| async move {
+        let _: v1::HealthResponse = rpc.call(method::HEALTH, &v1::HealthRequest {}).await?;
+        Ok(())
+    })
+    .await?;
+    server.stop().await;
+    let per = if handshakes.ops > 0 { usage.cpu_secs * 1000.0 / handshakes.ops as f64 } else { 0.0 };
+    let mut figures = vec![
+        Figure::new("handshakes/s", "1/s", handshakes.per_sec()),
+        Figure::new("server CPU per handshake", "ms", per),
+    ];
+    figures.extend(latency_figures("connect", handshakes.latencies.summary(), None));
+    Ok(Report {
+        scenario: "connect",
+        clients: load.clients,
+        duration_secs: load.duration.as_secs_f64(),
+        payload_bytes: 0,
+        in_flight: 1,
+        figures,
+        server: Some(usage),
+        baseline_server: None,
+        notes: Vec::new(),
+    })
+}
+
+/// `login`: connect + OPAQUE login per iteration, against connect + `Health` (the handshake
+/// rate) on the same server.
+pub async fn login_scenario(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
+    let server = ServerProcess::spawn("qpc", pin).await?;
+    let setup = rpc(&server).await?;
+    for i in 0..load.clients {
+        register(&setup, &format!("user{i}")).await?;
+    }
+    setup.close("done");
+    let (handshakes, handshake_usage) = connection_loops(&server, load, |_, rpc| async move {
+        let _: v1::HealthResponse = rpc.call(method::HEALTH, &v1::HealthRequest {}).await?;
+        Ok(())
+    })
+    .await?;
+    let (mut logins, login_usage) = connection_loops(&server, load, |i, rpc| async move {
+        login(&rpc, &format!("user{i}")).await?;
+        Ok(())
+    })
+    .await?;
+    server.stop().await;
+    let per =
+        |usage: crate::report::ProcessUsage, ops: u64| if ops > 0 { usage.cpu_secs * 1000.0 / ops as f64 } else { 0.0 };
+    let handshake_cpu = per(handshake_usage, handshakes.ops);
+    let login_cpu = per(login_usage, logins.ops);
+    let mut figures = vec![
+        Figure::new("connect+login/s vs handshakes/s", "1/s", logins.per_sec()).against(handshakes.per_sec()),
+        Figure::new("server CPU per connect+login", "ms", login_cpu).against(handshake_cpu),
+        Figure::new("server CPU per login (minus handshake)", "ms", (login_cpu - handshake_cpu).max(0.0)),
+    ];
+    figures.extend(latency_figures("connect+login", logins.latencies.summary(), None));
+    Ok(Report {
+        scenario: "login",
+        clients: load.clients,
+        duration_secs: load.duration.as_secs_f64(),
+        payload_bytes: 0,
+        in_flight: 1,
+        figures,
+        server: Some(login_usage),
+        baseline_server: Some(handshake_usage),
+        notes: Vec::new(),
+    })
+}
+
+/// `idle`: `clients` authenticated connections doing nothing; the server's memory per
+/// connection against a raw QUIC connection's on the echo server.
+pub async fn idle(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
+    let raw_per_connection = baseline::idle(load.clients, pin).await?;
+    let server = ServerProcess::spawn("qpc", pin).await?;
+    let setup = rpc(&server).await?;
+    register(&setup, "idler").await?;
+    let token = login(&setup, "idler").await?;
+    let before = server.usage()?.rss_kib;
+    let mut open = vec![setup];
+    for _ in 0..load.clients {
+        let client = rpc(&server).await?;
+        let _: v1::ResumeResponse =
+            client.call(method::RESUME, &v1::ResumeRequest { session_token: token.clone().into() }).await?;
+        open.push(client);
+    }
+    let after = server.usage()?;
+    server.stop().await;
+    let ours = after.rss_kib.saturating_sub(before) as f64 / load.clients.max(1) as f64;
+    Ok(Report {
+        scenario: "idle",
+        clients: load.clients,
+        duration_secs: 0.0,
+        payload_bytes: 0,
+        in_flight: 0,
+        figures: vec![
+            Figure::new("server memory per idle authenticated connection", "KiB", ours).against(raw_per_connection),
+        ],
+        server: Some(after),
+        baseline_server: None,
+        notes: vec![
+            "baseline: an established raw QUIC connection (same TLS and transport settings) on the echo server".into(),
+        ],
+    })
+}
