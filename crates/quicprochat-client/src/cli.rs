@@ -83,6 +83,26 @@ pub enum Command {
     Repl,
     /// A self-contained tour on a private server in a temporary directory.
     Demo,
+    /// Full-screen terminal interface.
+    Tui,
+    /// Scripted conversations between several users, with assertions.
+    Playbook {
+        #[command(subcommand)]
+        action: PlaybookAction,
+    },
+}
+
+/// `qpc playbook …`
+#[derive(Debug, Subcommand)]
+pub enum PlaybookAction {
+    /// Run the steps of FILE (YAML); without --server, on a private server in a temp dir.
+    Run {
+        /// The playbook.
+        file: PathBuf,
+        /// Use the zero-config local server (127.0.0.1:7000) instead of a private one.
+        #[arg(long, conflicts_with = "server")]
+        zero_config: bool,
+    },
 }
 
 /// `qpc group …`

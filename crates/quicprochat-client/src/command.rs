@@ -248,7 +248,8 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
     let command = match (spec.name, words.as_slice()) {
         ("dm", [u]) => Command::Dm(user(u)),
         ("list", []) => Command::List,
-        ("switch", [t]) => Command::Switch(t.trim_start_matches(['@', '#']).to_owned()),
+        // An invitee's group is named after its other members ("alice, carol"): names may hold spaces.
+        ("switch", [_, ..]) => Command::Switch(args.trim_start_matches(['@', '#']).to_owned()),
         ("history", []) => Command::History(20),
         ("history", [n]) => Command::History(n.parse().map_err(|_| usage())?),
         ("react", [emoji]) => Command::React { emoji: (*emoji).to_owned(), message: None },
@@ -358,6 +359,8 @@ mod tests {
         assert!(parse_line("/cg").is_err());
         assert_eq!(ok("/invite Dave"), Command::Invite { to: Target::Current, user: "dave".into() });
         assert_eq!(ok("/switch #team"), Command::Switch("team".into()));
+        assert_eq!(ok("/sw alice, carol"), Command::Switch("alice, carol".into()));
+        assert!(parse_line("/switch").is_err());
         assert_eq!(ok("/remove Carol"), Command::Remove { from: Target::Current, user: "carol".into() });
         assert_eq!(ok("/rotate-key"), Command::RotateKey);
         assert_eq!(ok("/hist 5"), Command::History(5));

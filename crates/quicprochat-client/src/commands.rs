@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use quicprochat_sdk::{ClientConfig, ClientEvent, Message, QpcClient, SdkError, Trust};
 
-use crate::cli::{Cli, Command as CliCommand, GroupAction, resolve_server};
+use crate::cli::{Cli, Command as CliCommand, GroupAction, PlaybookAction, resolve_server};
 use crate::command::{Command, Target};
 use crate::execute::{Reply, Session, execute};
 use crate::exit::{NetworkError, UsageError};
@@ -20,8 +20,12 @@ pub const HISTORY_FILE: &str = "repl_history";
 /// Runs the parsed command line.
 pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.take().unwrap_or(CliCommand::Repl);
-    if let CliCommand::Demo = command {
-        return crate::demo::run().await;
+    match &command {
+        CliCommand::Demo => return crate::demo::run().await,
+        CliCommand::Playbook { action: PlaybookAction::Run { file, zero_config } } => {
+            return crate::playbook::run(&cli, file, *zero_config).await;
+        }
+        _ => {}
     }
     let username = match &cli.username {
         Some(u) => u.trim().to_lowercase(),
@@ -59,7 +63,12 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
             crate::repl::run(client.clone(), events, Some(state_dir.join(HISTORY_FILE))).await?;
             None
         }
-        CliCommand::Demo => bail!("demo is handled before connecting"),
+        CliCommand::Tui => {
+            sign_in(&client, &username, &password, &state_dir).await?;
+            crate::tui::run(client.clone(), events).await?;
+            None
+        }
+        CliCommand::Demo | CliCommand::Playbook { .. } => bail!("handled before connecting"),
         CliCommand::Send { to, group, text } => {
             let to = match (to, group) {
                 (Some(user), _) => Target::Dm(user.to_lowercase()),
@@ -126,7 +135,7 @@ fn prompt_username() -> anyhow::Result<String> {
 }
 
 /// Connects as the command line says; without `--server`, zero-config.
-async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<QpcClient> {
+pub(crate) async fn connect(cli: &Cli, state_dir: PathBuf) -> anyhow::Result<QpcClient> {
     let pinned_local = || std::fs::read(local_server::server_dir().join(quicprochat_server::files::DEV_CERT)).ok();
     let Some(server) = &cli.server else {
         let (addr, _) = resolve_server(local_server::DEFAULT_ADDR)?;
@@ -164,7 +173,12 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// Logs in, or registers first if this state dir has never held the account.
-async fn sign_in(client: &QpcClient, username: &str, password: &str, state_dir: &Path) -> anyhow::Result<()> {
+pub(crate) async fn sign_in(
+    client: &QpcClient,
+    username: &str,
+    password: &str,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
     if quicprochat_sdk::has_local_account(state_dir) {
         return client.login(username, password.as_bytes()).await.context("logging in");
     }

@@ -12,8 +12,11 @@ mod execute;
 mod exit;
 mod ids;
 mod local_server;
+mod playbook;
+mod private_server;
 mod repl;
 mod style;
+mod tui;
 mod view;
 
 use std::process::ExitCode;

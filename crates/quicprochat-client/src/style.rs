@@ -15,6 +15,11 @@ impl Palette {
         Palette { on: !no_color && std::io::stdout().is_terminal() }
     }
 
+    /// No colours (playbook transcripts, the TUI's own styling).
+    pub fn plain() -> Palette {
+        Palette { on: false }
+    }
+
     fn paint(self, code: &str, text: &str) -> String {
         if self.on { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }

@@ -4,4 +4,5 @@
 
 mod harness;
 mod oneshot;
+mod playbook;
 mod repl;

@@ -8,7 +8,10 @@ fn demo_exits_zero_and_finds_no_plaintext() {
     let out = qpc(&["demo"], "", home.path());
     assert!(out.status.success(), "demo failed: {}\n{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("no plaintext message and no password on the server"), "{text}");
+    assert!(text.contains("no plaintext message, file or password on the server"), "{text}");
+    assert!(text.contains("bob downloaded and decrypted team-plan.txt"), "{text}");
+    assert!(text.contains("carol did not receive it"), "{text}");
+    assert!(text.contains("bob reacted 👍"), "{text}");
     assert!(text.contains("demo complete"));
 }
 
