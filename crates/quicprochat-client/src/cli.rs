@@ -83,7 +83,7 @@ pub enum Command {
     Repl,
     /// A self-contained tour on a private server in a temporary directory.
     Demo,
-    /// Full-screen terminal interface.
+    /// Full-screen terminal interface (sidebar, messages, input bar; keyboard only).
     Tui,
     /// Scripted conversations between several users, with assertions.
     Playbook {
