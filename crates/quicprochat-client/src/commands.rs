@@ -40,7 +40,12 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
     };
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| local_server::data_root().join(&username));
 
-    let client = connect(&cli, state_dir.clone()).await?;
+    let spinner = crate::progress::spinner("connecting…");
+    let client = connect(&cli, state_dir.clone()).await;
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    let client = client?;
     let mut events = client.subscribe();
     let shared = match command {
         CliCommand::Register => {

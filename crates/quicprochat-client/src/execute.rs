@@ -10,6 +10,7 @@ use quicprochat_sdk::{ConversationHandle, Message, MessageId, QpcClient, SdkErro
 use crate::command::{Command, Target, format_timer, help, help_for};
 use crate::exit::UsageError;
 use crate::ids;
+use crate::progress::Transfer;
 use crate::view::{ConversationView, GroupInfoView, IdentityView};
 
 /// What a front end keeps between commands.
@@ -19,12 +20,14 @@ pub struct Session {
     pub current: Option<ConversationHandle>,
     /// Whether others' typing indicators are shown.
     pub show_typing: bool,
+    /// Whether file transfers draw a progress bar (on a terminal; never under the TUI).
+    pub progress: bool,
 }
 
 impl Session {
     /// No conversation selected; typing indicators shown.
     pub fn new() -> Session {
-        Session { current: None, show_typing: true }
+        Session { current: None, show_typing: true, progress: true }
     }
 }
 
@@ -120,22 +123,18 @@ pub async fn execute(client: &QpcClient, session: &mut Session, command: Command
         }
         Command::SendFile(path) => {
             let c = current(session)?;
-            let bar = |sent: u64, total: u64| {
-                let pct = (sent * 100).checked_div(total).unwrap_or(100);
-                eprint!("\r  uploading {pct:>3}% ({sent}/{total} bytes)");
-            };
-            let sent = c.send_file(&path, bar).await;
-            eprintln!();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let bar = Transfer::new(&format!("uploading {name}"), session.progress);
+            let sent = c.send_file(&path, |done, total| bar.update(done, total)).await;
+            bar.finish();
             Reply::Sent { id: sent?, to: c.name().to_owned() }
         }
         Command::Download(message) => {
             let target = ids::resolve(current(session)?, &message)?;
-            let bar = |got: u64, total: u64| {
-                let pct = (got * 100).checked_div(total).unwrap_or(100);
-                eprint!("\r  downloading {pct:>3}%");
-            };
-            let saved = client.download_file(target.id, Path::new("."), bar).await;
-            eprintln!();
+            let name = target.attachment.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+            let bar = Transfer::new(&format!("downloading {name}"), session.progress);
+            let saved = client.download_file(target.id, Path::new("."), |done, total| bar.update(done, total)).await;
+            bar.finish();
             Reply::Note(format!("saved {}", saved?.display()))
         }
         Command::Disappear(ttl) => {

@@ -14,6 +14,7 @@ mod ids;
 mod local_server;
 mod playbook;
 mod private_server;
+mod progress;
 mod repl;
 mod style;
 mod tui;

@@ -261,6 +261,8 @@ pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>
     let me = client.whoami()?;
     let mut app = App::new(&me);
     let mut session = Session::new();
+    // A progress bar would draw over the screen.
+    session.progress = false;
     refresh(&client, &mut app);
     if let Some(first) = app.conversations.first().map(|e| e.id) {
         open(&client, &mut session, &mut app, first).await;
