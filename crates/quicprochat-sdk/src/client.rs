@@ -64,6 +64,9 @@ pub(crate) struct Inner {
     /// process died between the server's answer and the local update.
     #[cfg(feature = "test-util")]
     pub crash_after_enqueue: AtomicBool,
+    /// Test support: push frames are read and ignored, as if the server had dropped them.
+    #[cfg(feature = "test-util")]
+    pub ignore_push: AtomicBool,
 }
 
 /// The logged-in account: identity, MLS state and local store, behind one lock.
@@ -125,6 +128,8 @@ impl QpcClient {
                 outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
                 #[cfg(feature = "test-util")]
                 crash_after_enqueue: AtomicBool::new(false),
+                #[cfg(feature = "test-util")]
+                ignore_push: AtomicBool::new(false),
             }),
         })
     }
@@ -431,18 +436,76 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Reads push frames until the connection or stream ends; returns why it ended.
-async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
-    let mut stream = match rpc.accept_push().await {
-        Ok(stream) => stream,
-        Err(e) => return e.to_string(),
+/// How long the fallback long-poll waits on the server.
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// After [`ClientConfig::push_quiet`] without a push, one `FetchWait` from the stored cursor
+/// (a dropped notification, e.g. from a full push queue on the server, cannot leave messages
+/// waiting); true when it found something to fetch.
+async fn long_poll(weak: Weak<Inner>, rpc: RpcClient) -> bool {
+    let Some(quiet) = weak.upgrade().map(|inner| inner.config.push_quiet) else { return false };
+    tokio::time::sleep(quiet).await;
+    let cursor = {
+        let Some(inner) = weak.upgrade() else { return false };
+        let client = QpcClient { inner };
+        let Ok(account) = client.account() else { return false };
+        match account.lock().and_then(|local| local.store.cursor()) {
+            Ok(cursor) => cursor,
+            Err(_) => return false,
+        }
     };
+    let request = v1::FetchWaitRequest { after_seq: cursor, limit: 1, timeout_ms: LONG_POLL.as_millis() as u32 };
+    match rpc.call::<_, v1::PeekResponse>(method::FETCH_WAIT, &request).await {
+        Ok(page) => !page.envelopes.is_empty(),
+        Err(e) => {
+            tracing::debug!(error = %e, "long-poll fallback failed");
+            false
+        }
+    }
+}
+
+async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
+    // The push stream opens with the server's first push; until then, and whenever it is
+    // quiet, a long-poll runs beside it as the fallback.
+    let mut stream: Option<quicprochat_rpc::PushStream> = None;
+    let mut poll = Box::pin(long_poll(weak.clone(), rpc.clone()));
     loop {
-        let frame = match stream.next().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return "push stream ended".to_owned(),
-            Err(e) => return e.to_string(),
+        let frame = tokio::select! {
+            opened = rpc.accept_push(), if stream.is_none() => {
+                match opened {
+                    Ok(opened) => stream = Some(opened),
+                    Err(e) => return e.to_string(),
+                }
+                continue;
+            }
+            next = async { match stream.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
+                match next {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return "push stream ended".to_owned(),
+                    Err(e) => return e.to_string(),
+                }
+            }
+            found = &mut poll => {
+                poll = Box::pin(long_poll(weak.clone(), rpc.clone()));
+                if found
+                    && let Some(inner) = weak.upgrade()
+                    && let Err(e) = (QpcClient { inner }).sync().await
+                {
+                    tracing::warn!(error = %e, "catching up after a long-poll failed");
+                }
+                if rpc.close_reason().is_some() {
+                    return "connection closed".to_owned();
+                }
+                continue;
+            }
         };
+        // A push arrived: the quiet period starts again.
+        poll = Box::pin(long_poll(weak.clone(), rpc.clone()));
         let Some(inner) = weak.upgrade() else { return "client dropped".to_owned() };
+        #[cfg(feature = "test-util")]
+        if inner.ignore_push.load(Ordering::SeqCst) {
+            continue;
+        }
         let client = QpcClient { inner };
         let handled = match frame.event_type {
             event::MESSAGE_NOTIFICATION => match frame.decode::<v1::MessageNotification>() {

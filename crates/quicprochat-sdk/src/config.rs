@@ -37,6 +37,9 @@ pub struct ClientConfig {
     pub kdf: KdfStrength,
     /// Label for this device, shown to the account's other devices.
     pub device_name: String,
+    /// How long the push stream may stay quiet before the client also long-polls
+    /// (`FetchWait`), so a lost notification cannot leave messages waiting. Default 20 s.
+    pub push_quiet: std::time::Duration,
 }
 
 impl ClientConfig {
@@ -49,6 +52,7 @@ impl ClientConfig {
             state_dir: state_dir.into(),
             kdf: KdfStrength::Production,
             device_name: "qpc".into(),
+            push_quiet: std::time::Duration::from_secs(20),
         }
     }
 }

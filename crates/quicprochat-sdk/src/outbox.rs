@@ -53,6 +53,13 @@ impl QpcClient {
         self.inner.crash_after_enqueue.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Test support: from now on this client ignores its push stream, as if the server dropped
+    /// every notification; only the long-poll fallback brings messages in.
+    #[cfg(feature = "test-util")]
+    pub fn ignore_push_for_tests(&self) {
+        self.inner.ignore_push.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// How many sends wait in the outbox (offline, or being retried).
     pub fn pending_sends(&self) -> Result<u64> {
         self.account()?.lock()?.store.outbox_len()

@@ -256,3 +256,30 @@ async fn a_five_megabyte_file_round_trips() {
     assert!(matches!(alice.download_file(text_only, out.path(), |_, _| {}).await, Err(SdkError::NoAttachment)));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn messages_arrive_by_long_poll_when_push_notifications_are_lost() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = client(&server, alice_dir.path()).await;
+    let mut config = quicprochat_sdk::ClientConfig::new(
+        server.local_addr(),
+        quicprochat_sdk::Trust::PinnedCertificate(server.certificate_der().to_vec()),
+        bob_dir.path(),
+    );
+    config.kdf = quicprochat_sdk::KdfStrength::InsecureTestOnly;
+    config.push_quiet = std::time::Duration::from_millis(200);
+    let bob = quicprochat_sdk::QpcClient::connect(config).await.unwrap();
+    let mut bob_events = bob.subscribe();
+    alice.register("alice", b"a").await.unwrap();
+    bob.register("bob", b"b").await.unwrap();
+    // Every notification bob's connection gets from now on is lost.
+    bob.ignore_push_for_tests();
+    let dm = alice.dm("bob").await.unwrap();
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    dm.send_text("found by the long-poll").await.unwrap();
+    let e = next_event(&mut bob_events, is_message).await;
+    assert_eq!(received_text(&e), Some(("alice", "found by the long-poll")));
+    server.shutdown().await.unwrap();
+}
