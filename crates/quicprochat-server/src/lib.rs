@@ -7,11 +7,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod at_rest;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod middleware;
 pub mod push;
 pub mod ratelimit;
+pub mod relay;
 pub mod routes;
 pub mod services;
 pub mod session;
@@ -215,6 +217,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         clock: config.clock.clone(),
         limits: config.limits.clone(),
         revoked: Default::default(),
+        cluster: cluster.clone().map(|store| Arc::new(store) as Arc<dyn cluster::Cluster>),
         blobs: services::blobs::BlobFiles::new(dir.join(files::BLOBS)),
         pending_logins: Default::default(),
     });
@@ -226,8 +229,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let shutdown = CancellationToken::new();
     let gc = tokio::spawn(gc_loop(Arc::clone(&state), shutdown.clone()));
     let relay = cluster.map(|store| {
-        let (deliveries, listener) = store.listen_deliveries(shutdown.clone());
-        (tokio::spawn(relay_remote_deliveries(Arc::clone(&state), deliveries)), listener)
+        let (events, listener) = store.listen_cluster(shutdown.clone());
+        (tokio::spawn(relay::run(Arc::clone(&state), events)), listener)
     });
     let serve = server.serve(shutdown.clone());
     let task = tokio::spawn(async move {
@@ -243,25 +246,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     });
     tracing::info!(%addr, data_dir = %dir.display(), "qpc-server listening");
     Ok(RunningServer { addr, cert_der: cert.cert_der.clone(), shutdown, task })
-}
-
-/// Pushes the queue entries other nodes of the cluster created to this node's subscribers and
-/// wakes its long-polls, until the listener stops.
-async fn relay_remote_deliveries(
-    state: Arc<AppState>,
-    mut deliveries: tokio::sync::mpsc::Receiver<store::RemoteDelivery>,
-) {
-    while let Some((device, seq)) = deliveries.recv().await {
-        let Some(after) = seq.checked_sub(1) else { continue };
-        match state.store.peek(device, after, 1, u64::MAX, state.clock.now_ms()).await {
-            Ok(entries) => {
-                if let Some(entry) = entries.first().filter(|e| e.seq == seq) {
-                    state.hub.deliver(device, entry);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading a delivery announced by another node failed"),
-        }
-    }
 }
 
 /// Loads the cluster-wide secret `name` from the database, or stores a new one if no node has
@@ -298,6 +282,7 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 state.revoked.prune(state.clock.now_ms());
+                purge_idle_buckets(&state).await;
                 if let Ok((total, deepest)) = state.store.queue_depth().await {
                     metrics::gauge!("qpc_queue_entries").set(total as f64);
                     metrics::gauge!("qpc_queue_deepest").set(deepest as f64);
@@ -315,7 +300,19 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
     }
 }
 
-/// Loads a secret from `dir/name`, or generates it and writes it with mode 0600.
+/// Forgets shared rate-limit buckets idle long enough to be full again (every node may do it:
+/// a bucket deleted twice is deleted once).
+async fn purge_idle_buckets(state: &AppState) {
+    let Some(cluster) = &state.cluster else { return };
+    let now = state.clock.now_ms();
+    for (class, rate) in state.limits.rates().classes() {
+        let fill_ms = u64::from(rate.burst) * 60_000 / u64::from(rate.per_minute.max(1));
+        if let Err(e) = cluster.purge_buckets(class, now.saturating_sub(fill_ms)).await {
+            tracing::warn!(error = %e, "purging idle rate-limit buckets failed");
+        }
+    }
+}
+
 /// Rotates the encryption-at-rest key of the data dir `dir` (stopped server) from `old` to
 /// `new`: the database is re-encrypted and the key files resealed. Files already under `new`
 /// are left alone, so a rotation that was interrupted can be run again with the same keys.

@@ -176,6 +176,8 @@ pub struct AppState {
     pub blobs: crate::services::blobs::BlobFiles,
     /// Sessions revoked while possibly still bound.
     pub revoked: RevokedSessions,
+    /// The bus and rate-limit buckets shared with the other nodes; `None` on a single node.
+    pub cluster: Option<Arc<dyn crate::cluster::Cluster>>,
     pub(crate) pending_logins: PendingLogins,
 }
 

@@ -128,7 +128,7 @@ pub async fn resume(state: &AppState, token: &[u8]) -> Result<Session, ServiceEr
 /// Revokes the session.
 pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceError> {
     state.store.delete_session(session.token_hash).await?;
-    state.revoked.revoke_all([session.token_hash], session.expires_ms);
+    crate::relay::revoke_sessions(state, vec![session.token_hash], session.expires_ms, Vec::new()).await;
     state.audit(AuditKind::LoggedOut, Some(session.user_id), session.device_id).await;
     Ok(())
 }
@@ -136,7 +136,8 @@ pub async fn logout(state: &AppState, session: &Session) -> Result<(), ServiceEr
 /// Deletes the session's account and everything that belongs to it.
 pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), ServiceError> {
     let deleted = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
-    state.revoked.revoke_all(deleted.sessions, session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS);
+    let until_ms = session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS;
+    crate::relay::revoke_sessions(state, deleted.sessions, until_ms, Vec::new()).await;
     for blob in &deleted.blobs {
         state.blobs.remove(blob).await;
     }

@@ -237,9 +237,8 @@ async fn ephemeral(state: &AppState, sender: DeviceId, s: Submission, now: u64) 
         payload: s.payload,
         created_ms: now,
     };
-    for device in members.into_iter().filter(|d| *d != sender) {
-        state.hub.deliver(device, &entry);
-    }
+    let recipients = members.into_iter().filter(|d| *d != sender).collect();
+    crate::relay::ephemeral(state, recipients, entry).await;
     let outcome = EnqueueOutcome {
         seq: 0,
         envelope_id,

@@ -53,8 +53,8 @@ pub async fn list(state: &AppState, session: &Session) -> Result<Vec<DeviceRecor
 /// Removes one of the account's devices everywhere and ends its sessions.
 pub async fn revoke(state: &AppState, session: &Session, device: DeviceId) -> Result<(), ServiceError> {
     let sessions = state.store.delete_device(session.user_id, device).await?.ok_or(ServiceError::NotFound("device"))?;
-    state.revoked.revoke_all(sessions, state.clock.now_ms() + crate::services::auth::REVOCATION_SLACK_MS);
-    state.hub.forget_device(&device);
+    let until_ms = state.clock.now_ms() + crate::services::auth::REVOCATION_SLACK_MS;
+    crate::relay::revoke_sessions(state, sessions, until_ms, vec![device]).await;
     tracing::info!(user = ?session.user_id, device = ?device, "device revoked");
     state.audit(crate::store::AuditKind::DeviceRevoked, Some(session.user_id), Some(device)).await;
     Ok(())

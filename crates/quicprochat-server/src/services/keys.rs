@@ -35,11 +35,7 @@ pub async fn fetch(state: &AppState, username: &str) -> Result<(UserId, Vec<Clai
     let user = state.store.user_by_name(&username).await?.ok_or(ServiceError::NotFound("user"))?;
     let packages = state.store.claim_key_packages(user.id).await?;
     for p in packages.iter().filter(|p| p.remaining < state.limits.key_package_low_water) {
-        state.hub.push_event(
-            p.device_id,
-            quicprochat_proto::event::KEY_PACKAGES_LOW,
-            &quicprochat_proto::v1::KeyPackagesLow { pool_size: p.remaining },
-        );
+        crate::relay::key_packages_low(state, p.device_id, p.remaining).await;
     }
     Ok((user.id, packages))
 }

@@ -5,11 +5,12 @@
 //! backend. `SqliteStore` is the embedded default; `PostgresStore` serves clusters of nodes on one
 //! PostgreSQL database. Both pass the same conformance suite (`tests/integration/store_conformance.rs`).
 
+mod pg_bus;
 mod postgres;
 mod sqlite;
 mod types;
 
-pub use postgres::{DEFAULT_MAX_CONNECTIONS, PostgresOptions, PostgresStore, RemoteDelivery};
+pub use postgres::{DEFAULT_MAX_CONNECTIONS, PostgresOptions, PostgresStore};
 pub(crate) use sqlite::rekey as sqlite_rekey;
 pub use sqlite::{DEFAULT_READ_CONNECTIONS, SqliteStore};
 pub use types::*;

@@ -28,12 +28,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
-use tokio_util::sync::CancellationToken;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+
+use crate::cluster::ClusterEvent;
 
 use super::{
     AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
@@ -157,6 +156,18 @@ CREATE TABLE cluster_secrets (
     created_ms BIGINT NOT NULL
 );
 "#,
+    // Rate-limit buckets shared by the nodes. UNLOGGED: no WAL on the request path; after a
+    // PostgreSQL crash the table comes back empty, i.e. every bucket full, which is harmless.
+    r#"
+CREATE UNLOGGED TABLE rate_buckets (
+    class        TEXT NOT NULL,
+    key          BYTEA NOT NULL,
+    milli_tokens BIGINT NOT NULL,
+    updated_ms   BIGINT NOT NULL,
+    granted      BOOLEAN NOT NULL,
+    PRIMARY KEY (class, key)
+);
+"#,
 ];
 
 /// Idempotency records are honoured for this long (as in `SqliteStore`; the conformance suite
@@ -206,18 +217,12 @@ impl fmt::Debug for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     /// For the dedicated `LISTEN` connection.
-    config: tokio_postgres::Config,
-    /// Tells this store's deliveries apart from other nodes' in notifications.
-    node: [u8; 8],
+    pub(super) config: tokio_postgres::Config,
+    /// Tells this node's announcements apart from other nodes' on the bus.
+    pub(super) node: [u8; 8],
     /// The notification channel of this schema.
-    channel: String,
+    pub(super) channel: String,
 }
-
-/// Most deliveries announced in one notification (PostgreSQL caps a payload at 8000 bytes).
-const DELIVERIES_PER_NOTIFY: usize = 150;
-
-/// Deliveries announced by other nodes, buffered for the listener's consumer.
-const DELIVERY_BUFFER: usize = 4096;
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,7 +255,7 @@ impl PostgresStore {
     }
 
     /// A connection from the pool.
-    async fn client(&self) -> Result<Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(StoreError::ConnectionPool)
     }
 
@@ -272,98 +277,6 @@ impl PostgresStore {
             .await?;
         Ok(client.query_one("SELECT value FROM cluster_secrets WHERE name = $1", &[&name]).await?.try_get(0)?)
     }
-
-    /// Listens, on a dedicated connection, for the deliveries other nodes on this database make
-    /// (every enqueue announces its queue entries with `NOTIFY` when it commits), until
-    /// `shutdown`. A lost connection is re-established; what was announced meanwhile is not
-    /// replayed (clients catch up with `Peek`, long-polls time out). When the consumer lags by
-    /// more than the buffer, announcements are dropped the same way.
-    pub fn listen_deliveries(&self, shutdown: CancellationToken) -> (mpsc::Receiver<RemoteDelivery>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(DELIVERY_BUFFER);
-        let (config, own, channel) = (self.config.clone(), hex::encode(self.node), self.channel.clone());
-        let task = tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                match listen(&config, &own, &channel, &tx, &shutdown).await {
-                    Ok(Listening::Stop) => return,
-                    Ok(Listening::Lost) => tracing::warn!("delivery notifications: connection closed; reconnecting"),
-                    Err(e) => tracing::warn!(error = %e, "delivery notifications: connection failed; reconnecting"),
-                }
-                failures = (failures + 1).min(6);
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100 << failures)) => {}
-                }
-            }
-        });
-        (rx, task)
-    }
-}
-
-/// A queue entry another node created: the device and the entry's sequence number.
-pub type RemoteDelivery = (DeviceId, u64);
-
-enum Listening {
-    /// Shut down, or nobody consumes any more.
-    Stop,
-    /// The connection ended.
-    Lost,
-}
-
-async fn listen(
-    config: &tokio_postgres::Config,
-    own: &str,
-    channel: &str,
-    out: &mpsc::Sender<RemoteDelivery>,
-    shutdown: &CancellationToken,
-) -> Result<Listening, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let statement = format!("LISTEN \"{}\"", channel.replace('"', "\"\""));
-    let subscribe = client.batch_execute(&statement);
-    tokio::pin!(subscribe);
-    let mut subscribed = false;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(Listening::Stop),
-            done = &mut subscribe, if !subscribed => {
-                done?;
-                subscribed = true;
-                tracing::debug!("listening for other nodes' deliveries");
-            }
-            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
-                Some(Ok(AsyncMessage::Notification(note))) => {
-                    for delivery in parse_announcement(note.payload(), own) {
-                        match out.try_send(delivery) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                metrics::counter!("qpc_remote_deliveries_dropped_total").increment(1);
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Listening::Stop),
-                        }
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Ok(Listening::Lost),
-            },
-        }
-    }
-}
-
-/// `NODE DEVICE:SEQ DEVICE:SEQ …` (hex node and device ids) of another node; nothing for this
-/// node's own announcements or anything malformed.
-fn parse_announcement(payload: &str, own: &str) -> Vec<RemoteDelivery> {
-    let mut parts = payload.split(' ');
-    if parts.next().is_none_or(|node| node == own) {
-        return Vec::new();
-    }
-    parts
-        .filter_map(|item| {
-            let (device, seq) = item.split_once(':')?;
-            let device = <[u8; 16]>::try_from(hex::decode(device).ok()?.as_slice()).ok()?;
-            Some((DeviceId(device), seq.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Announces new queue entries to the other nodes; PostgreSQL sends it when (and only if) the
@@ -374,14 +287,12 @@ async fn announce(
     channel: &str,
     deliveries: &[(DeviceId, QueuedEntry)],
 ) -> Result<(), StoreError> {
-    for chunk in deliveries.chunks(DELIVERIES_PER_NOTIFY) {
-        let mut text = hex::encode(node);
-        for (device, entry) in chunk {
-            text.push(' ');
-            text.push_str(&hex::encode(device.0));
-            text.push(':');
-            text.push_str(&entry.seq.to_string());
-        }
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let event = ClusterEvent::Delivered(deliveries.iter().map(|(device, entry)| (*device, entry.seq)).collect());
+    // Delivery items are short and fixed-size: they always fit.
+    for text in event.encode(&hex::encode(node)).unwrap_or_default() {
         exec(tx, "SELECT pg_notify($1, $2)", &[&channel, &text]).await?;
     }
     Ok(())
@@ -1529,22 +1440,5 @@ impl BlobStore for PostgresStore {
     async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let found = reading!(self, client => rows(&client, "SELECT id FROM blobs ORDER BY id", &[]))?;
         found.iter().map(|r| get32(r, 0, "blobs.id")).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn announcements_of_other_nodes_parse_and_own_ones_are_ignored() {
-        let device = hex::encode([7u8; 16]);
-        let text = format!("0102030405060708 {device}:42 {device}:43 junk {device}:x");
-        assert_eq!(
-            parse_announcement(&text, "ffffffffffffffff"),
-            vec![(DeviceId([7; 16]), 42), (DeviceId([7; 16]), 43)]
-        );
-        assert!(parse_announcement(&text, "0102030405060708").is_empty());
-        assert!(parse_announcement("", "0102030405060708").is_empty());
     }
 }

@@ -242,7 +242,7 @@ pub struct EnqueueBatch {
 }
 
 /// The envelope as a recipient sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedEntry {
     /// Per-device sequence number.
     pub seq: u64,
