@@ -7,6 +7,7 @@ mod at_rest;
 mod binary;
 mod blobs;
 mod cluster;
+mod cluster_processes;
 mod coverage_auth;
 mod coverage_delivery;
 mod coverage_directory;
