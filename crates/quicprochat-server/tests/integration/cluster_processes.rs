@@ -54,16 +54,23 @@ impl Node {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let cert_path = dir.path().join(quicprochat_server::files::DEV_CERT);
+        // Owned at once, so it is killed whatever happens next.
+        let mut node = Node { child, addr, cert: Vec::new(), dir };
+        let cert_path = node.dir.path().join(quicprochat_server::files::DEV_CERT);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut node = loop {
-            if let Ok(cert) = std::fs::read(&cert_path) {
-                break Node { child, addr, cert, dir };
-            }
-            assert!(tokio::time::Instant::now() < deadline, "qpc-server wrote no certificate");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
         loop {
+            if let Ok(cert) = std::fs::read(&cert_path) {
+                node.cert = cert;
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "qpc-server wrote no certificate: {}", node.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            // Read again: the first read may have caught the file half written.
+            if let Ok(cert) = std::fs::read(&cert_path) {
+                node.cert = cert;
+            }
             let connected = tokio::time::timeout(Duration::from_secs(2), node.try_client()).await;
             if let Ok(Ok(rpc)) = connected
                 && rpc.call::<_, v1::HealthResponse>(method::HEALTH, &v1::HealthRequest {}).await.is_ok()
