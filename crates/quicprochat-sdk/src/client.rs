@@ -439,27 +439,39 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the fallback long-poll waits on the server.
 const LONG_POLL: Duration = Duration::from_secs(25);
 
+/// What one fallback long-poll found.
+enum Poll {
+    /// Entries wait in the queue: fetch them.
+    Found,
+    /// Nothing new (or the poll failed; the next one tries again).
+    Nothing,
+    /// The client is gone: the listener ends.
+    ClientGone,
+}
+
 /// After [`ClientConfig::push_quiet`] without a push, one `FetchWait` from the stored cursor
 /// (a dropped notification, e.g. from a full push queue on the server, cannot leave messages
-/// waiting); true when it found something to fetch.
-async fn long_poll(weak: Weak<Inner>, rpc: RpcClient) -> bool {
-    let Some(quiet) = weak.upgrade().map(|inner| inner.config.push_quiet) else { return false };
+/// waiting). Every outcome but [`Poll::ClientGone`] comes after the quiet period, so the
+/// listener never spins.
+async fn long_poll(weak: Weak<Inner>, rpc: RpcClient) -> Poll {
+    let Some(quiet) = weak.upgrade().map(|inner| inner.config.push_quiet) else { return Poll::ClientGone };
     tokio::time::sleep(quiet).await;
     let cursor = {
-        let Some(inner) = weak.upgrade() else { return false };
+        let Some(inner) = weak.upgrade() else { return Poll::ClientGone };
         let client = QpcClient { inner };
-        let Ok(account) = client.account() else { return false };
+        let Ok(account) = client.account() else { return Poll::Nothing };
         match account.lock().and_then(|local| local.store.cursor()) {
             Ok(cursor) => cursor,
-            Err(_) => return false,
+            Err(_) => return Poll::Nothing,
         }
     };
     let request = v1::FetchWaitRequest { after_seq: cursor, limit: 1, timeout_ms: LONG_POLL.as_millis() as u32 };
     match rpc.call::<_, v1::PeekResponse>(method::FETCH_WAIT, &request).await {
-        Ok(page) => !page.envelopes.is_empty(),
+        Ok(page) if !page.envelopes.is_empty() => Poll::Found,
+        Ok(_) => Poll::Nothing,
         Err(e) => {
             tracing::debug!(error = %e, "long-poll fallback failed");
-            false
+            Poll::Nothing
         }
     }
 }
@@ -487,11 +499,15 @@ async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
             }
             found = &mut poll => {
                 poll = Box::pin(long_poll(weak.clone(), rpc.clone()));
-                if found
-                    && let Some(inner) = weak.upgrade()
-                    && let Err(e) = (QpcClient { inner }).sync().await
-                {
-                    tracing::warn!(error = %e, "catching up after a long-poll failed");
+                match found {
+                    Poll::ClientGone => return "client dropped".to_owned(),
+                    Poll::Nothing => {}
+                    Poll::Found => {
+                        let Some(inner) = weak.upgrade() else { return "client dropped".to_owned() };
+                        if let Err(e) = (QpcClient { inner }).sync().await {
+                            tracing::warn!(error = %e, "catching up after a long-poll failed");
+                        }
+                    }
                 }
                 if rpc.close_reason().is_some() {
                     return "connection closed".to_owned();
