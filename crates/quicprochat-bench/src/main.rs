@@ -47,9 +47,20 @@ struct Common {
     /// Pin the server process to these CPUs (`taskset -c`), e.g. `0`.
     #[arg(long)]
     pin: Option<String>,
+    /// relay only: run qpc-server on this PostgreSQL database (a fresh schema, dropped after).
+    #[arg(long)]
+    db_url: Option<String>,
+    /// relay only, with --db-url: qpc-server nodes sharing the database (senders on the
+    /// first, receivers on the last).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 impl Common {
+    fn cluster(&self) -> Option<scenarios::Cluster> {
+        self.db_url.clone().map(|db_url| scenarios::Cluster { db_url, nodes: self.nodes.max(1) })
+    }
+
     fn output(&self) -> Output {
         if self.json { Output::Json } else { self.output }
     }
@@ -133,7 +144,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::EchoBaseline(c) => echo_baseline(&c).await?.print(c.output()),
         Command::PushBaseline { common: c, rate } => push_baseline(&c, rate).await?.print(c.output()),
         Command::SqliteBaseline(c) => sqlite_baseline(&c).await?.print(c.output()),
-        Command::Relay(c) => scenarios::relay(c.load()?, c.pin.as_deref()).await?.print(c.output()),
+        Command::Relay(c) => {
+            scenarios::relay(c.load()?, c.pin.as_deref(), c.cluster().as_ref()).await?.print(c.output())
+        }
         Command::Fanout { common: c, rate } => {
             scenarios::fanout(c.load()?, rate, c.pin.as_deref()).await?.print(c.output())
         }
@@ -145,7 +158,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             echo_baseline(&c).await?.print(c.output())?;
             push_baseline(&c, rate).await?.print(c.output())?;
             sqlite_baseline(&c).await?.print(c.output())?;
-            scenarios::relay(load, pin).await?.print(c.output())?;
+            scenarios::relay(load, pin, c.cluster().as_ref()).await?.print(c.output())?;
             scenarios::fanout(load, rate, pin).await?.print(c.output())?;
             scenarios::login_scenario(load, pin).await?.print(c.output())?;
             scenarios::connect(load, pin).await?.print(c.output())?;

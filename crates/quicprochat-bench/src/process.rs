@@ -29,6 +29,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `qpc-bench serve <role>` in a fresh temp dir and waits for `READY <addr>`.
     pub async fn spawn(role: &str, pin: Option<&str>) -> anyhow::Result<Self> {
+        Self::spawn_with(role, pin, &[]).await
+    }
+
+    /// Like [`Self::spawn`], with extra environment for the server process.
+    pub async fn spawn_with(role: &str, pin: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let mut command = match pin {
@@ -44,6 +49,7 @@ impl ServerProcess {
             .arg(role)
             .arg("--dir")
             .arg(dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

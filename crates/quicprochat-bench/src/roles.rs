@@ -21,6 +21,10 @@ const MAX_FRAME: usize = 16 << 20;
 pub const PUSH_SUBSCRIBE: u16 = 1;
 /// Method id of the push baseline's "publish" request: `count u32 | interval_us u32 | payload u32`.
 pub const PUSH_PUBLISH: u16 = 2;
+/// Environment of a `qpc` role: the PostgreSQL URL to use instead of the embedded store.
+pub const DB_URL_ENV: &str = "QPC_BENCH_DB_URL";
+/// Environment of a `qpc` role: the PostgreSQL schema shared by the nodes of one run.
+pub const DB_SCHEMA_ENV: &str = "QPC_BENCH_DB_SCHEMA";
 /// Frames queued per push subscriber before new ones are dropped (as the server's push queue).
 const PUSH_QUEUE: usize = 1024;
 
@@ -70,6 +74,12 @@ async fn start_qpc(dir: &Path) -> anyhow::Result<quicprochat_server::RunningServ
     config.limits.lookup_rate = unlimited;
     config.limits.max_queue_depth = u32::MAX / 2;
     config.rpc = ServerOptions { transport: transport(), ..ServerOptions::default() };
+    // Set by the parent for cluster runs: every node on one PostgreSQL schema.
+    if let Ok(url) = std::env::var(DB_URL_ENV) {
+        let mut options = quicprochat_server::store::PostgresOptions::new(url);
+        options.schema = std::env::var(DB_SCHEMA_ENV).ok();
+        config.store = quicprochat_server::store::StoreBackend::Postgres(options);
+    }
     quicprochat_server::start(config).await.context("starting qpc-server")
 }
 

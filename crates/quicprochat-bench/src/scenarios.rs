@@ -66,23 +66,63 @@ fn parse(text: &str) -> Option<(usize, u64)> {
 
 type SendTimes = Arc<Mutex<HashMap<(usize, u64), Instant>>>;
 
+/// Where the `relay` servers keep their data: the embedded store of one node, or one
+/// PostgreSQL schema shared by `nodes` nodes.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// `postgres://…` of the database.
+    pub db_url: String,
+    /// Server processes on it (senders use the first, receivers the last).
+    pub nodes: usize,
+}
+
+/// Starts the `qpc` servers of a run: one on its embedded store, or `cluster.nodes` on a fresh
+/// PostgreSQL schema (returned, to drop afterwards).
+async fn start_nodes(
+    pin: Option<&str>,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<(Vec<ServerProcess>, Option<String>)> {
+    let Some(cluster) = cluster else { return Ok((vec![ServerProcess::spawn("qpc", pin).await?], None)) };
+    let mut suffix = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
+    let schema = format!("qpc_bench_{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let env = [(crate::roles::DB_URL_ENV, cluster.db_url.as_str()), (crate::roles::DB_SCHEMA_ENV, schema.as_str())];
+    let mut nodes = Vec::new();
+    // One after the other: the first creates the schema and runs the migrations.
+    for _ in 0..cluster.nodes.max(1) {
+        nodes.push(ServerProcess::spawn_with("qpc", pin, &env).await?);
+    }
+    Ok((nodes, Some(schema)))
+}
+
+async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(&cluster.db_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 /// `relay`: `clients` sender/receiver pairs, each in its own DM, `in_flight` messages
-/// outstanding per pair; compared with the echo and SQLite baselines at the same load.
-pub async fn relay(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
+/// outstanding per pair; compared with the echo and SQLite baselines at the same load. With a
+/// cluster, senders and receivers sit on different nodes (cross-node push).
+pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> anyhow::Result<Report> {
     let (echo, echo_usage) = baseline::echo(load, pin).await?;
     let sqlite = baseline::sqlite(load).await?;
 
-    let server = ServerProcess::spawn("qpc", pin).await?;
+    let (nodes, schema) = start_nodes(pin, cluster).await?;
+    let (server, receiving) = (&nodes[0], &nodes[nodes.len() - 1]);
     let mut pairs = Vec::new();
     for i in 0..load.clients {
-        let sender = member(&server, &format!("sender{i}")).await?;
-        let mut receiver = member(&server, &format!("receiver{i}")).await?;
+        let sender = member(server, &format!("sender{i}")).await?;
+        let mut receiver = member(receiving, &format!("receiver{i}")).await?;
         let dm = sender.client.dm(&format!("receiver{i}")).await?;
         joined(&mut receiver).await?;
         pairs.push((sender, receiver, dm));
     }
     let sent_at: SendTimes = Arc::default();
-    let before = server.usage()?;
+    let before: Vec<_> = nodes.iter().map(ServerProcess::usage).collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
     let deadline = started + load.duration;
     let mut tasks = JoinSet::new();
@@ -97,7 +137,11 @@ pub async fn relay(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
             let _keep = sender;
             let mut n = 0u64;
             while Instant::now() < deadline {
-                window_tx.acquire().await?.forget();
+                // A message that never arrives must not hold the sender past the deadline.
+                match tokio::time::timeout_at(deadline.into(), window_tx.acquire()).await {
+                    Ok(permit) => permit?.forget(),
+                    Err(_) => break,
+                }
                 sent_at_tx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert((i, n), Instant::now());
                 dm.send_text(&text(i, n, size)).await?;
                 n += 1;
@@ -149,8 +193,20 @@ pub async fn relay(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
     // Messages per second over the span from the first send to the last receipt.
     ours.elapsed = last.duration_since(started);
     ours.ops = ours.latencies.len() as u64;
-    let usage = delta(before, server.usage()?);
-    server.stop().await;
+    // All nodes together: CPU summed, memory of the largest.
+    let mut usage = crate::report::ProcessUsage::default();
+    for (node, before) in nodes.iter().zip(before) {
+        let used = delta(before, node.usage()?);
+        usage.cpu_secs += used.cpu_secs;
+        usage.rss_kib = usage.rss_kib.max(used.rss_kib);
+    }
+    let node_count = nodes.len();
+    for node in nodes {
+        node.stop().await;
+    }
+    if let (Some(cluster), Some(schema)) = (cluster, schema) {
+        drop_schema(cluster, &schema).await?;
+    }
 
     let mut figures = vec![
         Figure::new("relay messages/s vs echo", "msg/s", ours.per_sec()).against(echo.per_sec()),
@@ -164,6 +220,12 @@ pub async fn relay(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
     ));
     figures.push(Figure::new("sqlite insert latency p50", "ms", sqlite_latency.p50_ms));
     let mut notes = Vec::new();
+    if let Some(cluster) = cluster {
+        notes.push(format!(
+            "{node_count} node(s) on PostgreSQL ({}); senders on the first node, receivers on the last; server CPU summed",
+            if cluster.nodes > 1 { "cross-node push over LISTEN/NOTIFY" } else { "one node" }
+        ));
+    }
     if ours.ops < sent {
         notes.push(format!("{} of {sent} messages arrived within 10 s after the run", ours.ops));
     }
