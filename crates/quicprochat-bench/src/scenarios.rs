@@ -328,12 +328,15 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
     })
 }
 
+/// A fresh RPC connection to a server with the certificate `cert` pinned.
+async fn connect_rpc(addr: std::net::SocketAddr, cert: &[u8]) -> anyhow::Result<RpcClient> {
+    let tls =
+        quicprochat_rpc::tls::client_config_with(&ServerTrust::Pinned(cert.to_vec()), &crate::roles::transport())?;
+    Ok(RpcClient::connect(addr, "localhost", tls).await?)
+}
+
 async fn rpc(server: &ServerProcess) -> anyhow::Result<RpcClient> {
-    let tls = quicprochat_rpc::tls::client_config_with(
-        &ServerTrust::Pinned(server.cert_der.clone()),
-        &crate::roles::transport(),
-    )?;
-    Ok(RpcClient::connect(server.addr, "localhost", tls).await?)
+    connect_rpc(server.addr, &server.cert_der).await
 }
 
 async fn register(rpc: &RpcClient, username: &str) -> anyhow::Result<()> {
@@ -395,11 +398,7 @@ where
             let mut latencies = Latencies::default();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let tls = quicprochat_rpc::tls::client_config_with(
-                    &ServerTrust::Pinned(cert.clone()),
-                    &crate::roles::transport(),
-                )?;
-                let client = RpcClient::connect(addr, "localhost", tls).await?;
+                let client = connect_rpc(addr, &cert).await?;
                 op(i, client.clone()).await?;
                 client.close("done");
                 latencies.record(t.elapsed());

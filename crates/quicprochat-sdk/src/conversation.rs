@@ -182,13 +182,7 @@ impl ConversationHandle {
 
     /// Encrypts and pushes an ephemeral envelope to the members online now.
     async fn send_ephemeral(&self, id: MessageId, plaintext: &[u8]) -> Result<()> {
-        let (ciphertext, epoch) = match self.client.encrypt_for(self.id, plaintext) {
-            Err(SdkError::Crypto(quicprochat_core::CoreError::PendingProposals)) => {
-                self.client.sync().await?;
-                self.client.encrypt_for(self.id, plaintext)?
-            }
-            other => other?,
-        };
+        let (ciphertext, epoch) = self.client.encrypt_for_sending(self.id, plaintext).await?;
         let _: v1::EnqueueResponse = self
             .client
             .rpc()

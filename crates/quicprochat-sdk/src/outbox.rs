@@ -116,15 +116,7 @@ impl QpcClient {
     /// Encrypts the entry in the conversation's current epoch (saving the advanced ratchet)
     /// and enqueues it with its message id as the idempotency key.
     async fn enqueue_entry(&self, entry: &OutboxEntry) -> Result<v1::EnqueueResponse> {
-        let (ciphertext, epoch) = match self.encrypt_for(entry.conversation, &entry.payload) {
-            // A proposal waiting for its commit (a member leaving) blocks application messages
-            // until the commit lands: take part in that, then send.
-            Err(SdkError::Crypto(CoreError::PendingProposals)) => {
-                self.sync().await?;
-                self.encrypt_for(entry.conversation, &entry.payload)?
-            }
-            other => other?,
-        };
+        let (ciphertext, epoch) = self.encrypt_for_sending(entry.conversation, &entry.payload).await?;
         let request = v1::EnqueueRequest {
             channel_id: Bytes::copy_from_slice(&entry.conversation.0),
             envelope: Some(v1::Envelope {
@@ -137,6 +129,22 @@ impl QpcClient {
             ..Default::default()
         };
         Ok(self.rpc().call(method::ENQUEUE, &request).await?)
+    }
+
+    /// [`Self::encrypt_for`], first taking part in a pending commit when the group has
+    /// proposals waiting (a member leaving blocks application messages until it lands).
+    pub(crate) async fn encrypt_for_sending(
+        &self,
+        conversation: ConversationId,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, u64)> {
+        match self.encrypt_for(conversation, plaintext) {
+            Err(SdkError::Crypto(CoreError::PendingProposals)) => {
+                self.sync().await?;
+                self.encrypt_for(conversation, plaintext)
+            }
+            other => other,
+        }
     }
 
     /// Encrypts `plaintext` for `conversation` with MLS and saves the advanced ratchet.

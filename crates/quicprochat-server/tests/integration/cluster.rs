@@ -14,7 +14,7 @@ use quicprochat_server::store::StoreBackend;
 use quicprochat_server::{Clock, Rate, ServerConfig};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestServer, dm_with, private, register_device, user};
+use crate::harness::{TestServer, dm_with, keyed_app, private, register_device, user};
 use crate::pg::PgSchema;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -24,19 +24,6 @@ async fn node(schema: &PgSchema) -> TestServer {
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
     config.store = StoreBackend::Postgres(schema.options());
     TestServer { server: quicprochat_server::start(config).await.unwrap(), dir }
-}
-
-fn app(channel: &Bytes, payload: &[u8], key: &[u8]) -> v1::EnqueueRequest {
-    v1::EnqueueRequest {
-        channel_id: channel.clone(),
-        envelope: Some(v1::Envelope {
-            kind: v1::EnvelopeKind::Application as i32,
-            epoch: 1,
-            payload: private(payload).into(),
-        }),
-        idempotency_key: Bytes::copy_from_slice(key),
-        ..Default::default()
-    }
 }
 
 async fn pushed(stream: &mut PushStream) -> Vec<u8> {
@@ -72,12 +59,12 @@ async fn two_nodes_on_one_database_chat_by_push_and_survive_losing_one() {
     assert_eq!(welcome.envelopes.len(), 1, "the welcome enqueued on node A is in bob's queue on node B");
 
     // Alice on A, bob on B, by push both ways.
-    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"m1", b"k1")).await.unwrap();
+    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"m1", b"k1")).await.unwrap();
     let mut bob_push = tokio::time::timeout(WAIT, bob.accept_push()).await.unwrap().unwrap();
     assert_eq!(pushed(&mut bob_push).await, private(b"m1"));
-    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"m2", b"k2")).await.unwrap();
+    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"m2", b"k2")).await.unwrap();
     assert_eq!(pushed(&mut bob_push).await, private(b"m2"));
-    let _: v1::EnqueueResponse = bob.call(method::ENQUEUE, &app(&channel, b"r1", b"")).await.unwrap();
+    let _: v1::EnqueueResponse = bob.call(method::ENQUEUE, &keyed_app(&channel, b"r1", b"")).await.unwrap();
     let mut alice_push = tokio::time::timeout(WAIT, alice.accept_push()).await.unwrap().unwrap();
     assert_eq!(pushed(&mut alice_push).await, private(b"r1"));
 
@@ -94,7 +81,7 @@ async fn two_nodes_on_one_database_chat_by_push_and_survive_losing_one() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"m3", b"k3")).await.unwrap();
+    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"m3", b"k3")).await.unwrap();
     let woke = tokio::time::timeout(WAIT, waiter).await.expect("the long-poll on B was not woken").unwrap().unwrap();
     assert_eq!(woke.envelopes[0].envelope.as_ref().unwrap().payload.to_vec(), private(b"m3"));
     assert_eq!(pushed(&mut bob_push).await, private(b"m3"));
@@ -107,8 +94,8 @@ async fn two_nodes_on_one_database_chat_by_push_and_survive_losing_one() {
     let _: v1::ResumeResponse =
         alice.call(method::RESUME, &v1::ResumeRequest { session_token: alice_token.into() }).await.unwrap();
     crate::harness::login(&b.client().await, "alice", b"pw").await.expect("OPAQUE setup shared by the nodes");
-    let retried: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"m3", b"k3")).await.unwrap();
-    let m4: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"m4", b"k4")).await.unwrap();
+    let retried: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"m3", b"k3")).await.unwrap();
+    let m4: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"m4", b"k4")).await.unwrap();
     assert_eq!(pushed(&mut bob_push).await, private(b"m4"), "the retry was not delivered again");
     assert_ne!(retried.envelope_id, m4.envelope_id);
 
@@ -250,7 +237,7 @@ async fn key_packages_low_and_typing_reach_a_device_on_the_other_node() {
     let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     let welcome = tokio::time::timeout(WAIT, push.next()).await.expect("no welcome").unwrap().unwrap();
     assert!(v1::MessageNotification::decode(welcome.payload).unwrap().seq > 0);
-    let mut typing = app(&channel, b"typing", b"");
+    let mut typing = keyed_app(&channel, b"typing", b"");
     typing.ephemeral = true;
     let sent: v1::EnqueueResponse = alice.call(method::ENQUEUE, &typing).await.unwrap();
     assert_eq!(sent.seq, 0);
@@ -287,7 +274,7 @@ async fn two_nodes_together_do_not_exceed_one_rate_limit() {
     let mut granted = 0;
     for i in 0..2 * burst {
         let rpc = if i % 2 == 0 { &alice_a } else { &alice_b };
-        let request = app(&channel, &i.to_be_bytes(), &i.to_be_bytes());
+        let request = keyed_app(&channel, &i.to_be_bytes(), &i.to_be_bytes());
         match rpc.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &request).await {
             Ok(_) => granted += 1,
             Err(e) => assert_eq!(e.rpc_status(), Some(Status::RateLimited)),
@@ -308,8 +295,9 @@ async fn two_nodes_together_do_not_exceed_one_rate_limit() {
 
     // A minute later the bucket has one token more, for either node.
     now.fetch_add(60_000, Ordering::SeqCst);
-    let _: v1::EnqueueResponse = alice_b.call(method::ENQUEUE, &app(&channel, b"later", b"later")).await.unwrap();
-    let err = alice_a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &app(&channel, b"x", b"x")).await.unwrap_err();
+    let _: v1::EnqueueResponse = alice_b.call(method::ENQUEUE, &keyed_app(&channel, b"later", b"later")).await.unwrap();
+    let err =
+        alice_a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &keyed_app(&channel, b"x", b"x")).await.unwrap_err();
     assert_eq!(err.rpc_status(), Some(Status::RateLimited));
     a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();

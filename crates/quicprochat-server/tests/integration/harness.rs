@@ -244,3 +244,17 @@ pub fn rpc_error<T: std::fmt::Debug>(result: Result<T, quicprochat_rpc::Error>) 
         Err(other) => panic!("expected an RPC error, got {other}"),
     }
 }
+
+/// An application envelope at epoch 1 carrying `private(payload)`, with an idempotency key.
+pub fn keyed_app(channel: &Bytes, payload: &[u8], key: &[u8]) -> v1::EnqueueRequest {
+    v1::EnqueueRequest {
+        channel_id: channel.clone(),
+        envelope: Some(v1::Envelope {
+            kind: v1::EnvelopeKind::Application as i32,
+            epoch: 1,
+            payload: private(payload).into(),
+        }),
+        idempotency_key: Bytes::copy_from_slice(key),
+        ..Default::default()
+    }
+}

@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use quicprochat_proto::{Message, event, method, v1};
 use quicprochat_server::ServerConfig;
 use quicprochat_server::store::StoreBackend;
 
-use crate::harness::{TestServer, dm_with, private, user};
+use crate::harness::{TestServer, dm_with, keyed_app, private, user};
 use crate::pg::PgSchema;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -17,19 +16,6 @@ async fn start_on(schema: &PgSchema, dir: &std::path::Path) -> quicprochat_serve
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
     config.store = StoreBackend::Postgres(schema.options());
     quicprochat_server::start(config).await.unwrap()
-}
-
-fn app(channel: &Bytes, payload: &[u8], key: &[u8]) -> v1::EnqueueRequest {
-    v1::EnqueueRequest {
-        channel_id: channel.clone(),
-        envelope: Some(v1::Envelope {
-            kind: v1::EnvelopeKind::Application as i32,
-            epoch: 1,
-            payload: private(payload).into(),
-        }),
-        idempotency_key: Bytes::copy_from_slice(key),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -42,8 +28,10 @@ async fn a_dm_round_trip_through_a_server_on_postgres() {
     let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     let _: v1::SubscribeResponse = bob.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await.unwrap();
 
-    let sent: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"hello bob", b"k1")).await.unwrap();
-    let retried: v1::EnqueueResponse = alice.call(method::ENQUEUE, &app(&channel, b"hello bob", b"k1")).await.unwrap();
+    let sent: v1::EnqueueResponse =
+        alice.call(method::ENQUEUE, &keyed_app(&channel, b"hello bob", b"k1")).await.unwrap();
+    let retried: v1::EnqueueResponse =
+        alice.call(method::ENQUEUE, &keyed_app(&channel, b"hello bob", b"k1")).await.unwrap();
     assert_eq!(sent.envelope_id, retried.envelope_id, "an idempotent retry gets the original answer");
 
     // Pushed to bob, inline.
@@ -73,7 +61,7 @@ async fn a_dm_round_trip_through_a_server_on_postgres() {
                 .await
         })
     };
-    let _: v1::EnqueueResponse = bob.call(method::ENQUEUE, &app(&channel, b"hi alice", b"")).await.unwrap();
+    let _: v1::EnqueueResponse = bob.call(method::ENQUEUE, &keyed_app(&channel, b"hi alice", b"")).await.unwrap();
     let woke = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(woke.envelopes.len(), 1);
     assert_eq!(woke.envelopes[0].envelope.as_ref().unwrap().payload.to_vec(), private(b"hi alice"));
