@@ -135,3 +135,71 @@ async fn expired_blobs_are_deleted_with_their_files() {
     let r = alice.call::<_, v1::BlobInfoResponse>(method::BLOB_INFO, &v1::BlobInfoRequest { blob_id: id.into() }).await;
     assert_eq!(r.unwrap_err().rpc_status(), Some(Status::NotFound));
 }
+
+/// Upload and download time of one 5 MB blob in 256 KiB chunks, one chunk in flight (as the SDK
+/// sends them), on an in-process server over QUIC on loopback. A measurement, not a check:
+/// `cargo test --release -p quicprochat-server --test integration blob_throughput -- --ignored --nocapture`
+/// (numbers in docs/benchmarks.md, "Blobs").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --release --ignored --nocapture"]
+async fn blob_throughput_5_mb() {
+    const SIZE: usize = 5 * 1000 * 1000;
+    const RUNS: usize = 5;
+
+    async fn measure(server: &TestServer, backend: &str) {
+        let (alice, _, _) = user(server, "alice").await;
+        let (bob, _, _) = user(server, "bob").await;
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            let mut data = ciphertext(SIZE).0;
+            data[0] = run as u8;
+            let id = Sha256::digest(&data).to_vec();
+            let started = std::time::Instant::now();
+            let mut offset = 0;
+            while offset < data.len() {
+                let end = (offset + CHUNK).min(data.len());
+                upload(&alice, &id, SIZE as u64, offset as u64, &data[offset..end]).await.unwrap();
+                offset = end;
+            }
+            ups.push(started.elapsed());
+            let started = std::time::Instant::now();
+            let mut got = 0usize;
+            while got < SIZE {
+                let chunk: v1::DownloadBlobChunkResponse = bob
+                    .call(
+                        method::DOWNLOAD_BLOB_CHUNK,
+                        &v1::DownloadBlobChunkRequest { blob_id: id.clone().into(), offset: got as u64, max_len: 0 },
+                    )
+                    .await
+                    .unwrap();
+                got += chunk.data.len();
+            }
+            downs.push(started.elapsed());
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let rate = |d: Duration| SIZE as f64 / 1e6 / d.as_secs_f64();
+        let (up, down) = (median(&mut ups), median(&mut downs));
+        println!(
+            "blobs {backend}: 5 MB upload {:.1} ms ({:.1} MB/s), download {:.1} ms ({:.1} MB/s), median of {RUNS}",
+            up.as_secs_f64() * 1e3,
+            rate(up),
+            down.as_secs_f64() * 1e3,
+            rate(down)
+        );
+    }
+
+    let server = TestServer::start().await;
+    measure(&server, "sqlite").await;
+    server.server.shutdown().await.unwrap();
+    if let Some(schema) = crate::pg::PgSchema::fresh("blob_throughput_5_mb").await {
+        let server = TestServer::start_with(|c| {
+            c.store = quicprochat_server::store::StoreBackend::Postgres(schema.options());
+        })
+        .await;
+        measure(&server, "postgres").await;
+        server.server.shutdown().await.unwrap();
+    }
+}
