@@ -20,13 +20,15 @@ pub(crate) const MAX_EMOJI_BYTES: usize = 64;
 pub(crate) const MAX_RECEIPT_IDS: usize = 1000;
 /// Longest disappearing timer: one year.
 pub const MAX_DISAPPEARING: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Longest group name, in UTF-8 bytes.
+pub(crate) const MAX_GROUP_NAME_BYTES: usize = 128;
 /// What the history shows for a message this version cannot interpret.
 pub(crate) const UNSUPPORTED_TEXT: &str = "[unsupported message: a newer version of quicprochat can show it]";
 
 /// `AppMessage` field numbers from here on are body kinds (see `app.proto`).
 const FIRST_BODY_FIELD: u32 = 10;
 /// The body kinds this version knows.
-const KNOWN_BODY_FIELDS: std::ops::RangeInclusive<u32> = 10..=17;
+const KNOWN_BODY_FIELDS: std::ops::RangeInclusive<u32> = 10..=18;
 
 /// A decoded application message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub(crate) enum Body {
     Delete(MessageId),
     /// Sets the conversation's disappearing timer, seconds (`None` = off).
     Disappearing(Option<u32>),
+    /// The group's name, as its creator chose it.
+    GroupName(String),
     /// Not interpretable by this version: `body_field` is the unknown body's field number, when
     /// one could be found.
     Unsupported { body_field: Option<u32> },
@@ -107,6 +111,7 @@ fn interpret(body: WireBody) -> std::result::Result<Body, u32> {
         WireBody::Edit(e) => Body::Edit { target: message_id(&e.target_message_id).ok_or(15u32)?, text: e.text },
         WireBody::Delete(d) => Body::Delete(message_id(&d.target_message_id).ok_or(16u32)?),
         WireBody::Disappearing(d) => Body::Disappearing((d.ttl_secs > 0).then_some(d.ttl_secs)),
+        WireBody::GroupName(g) => Body::GroupName(check_group_name(&g.name).map_err(|_| 18u32)?),
     })
 }
 
@@ -116,6 +121,18 @@ pub(crate) fn check_emoji(emoji: &str) -> Result<()> {
         return Err(SdkError::InvalidReaction { len: emoji.len(), max: MAX_EMOJI_BYTES });
     }
     Ok(())
+}
+
+/// A group name trimmed, refused when empty or longer than [`MAX_GROUP_NAME_BYTES`].
+pub(crate) fn check_group_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(SdkError::EmptyConversationName);
+    }
+    if name.len() > MAX_GROUP_NAME_BYTES {
+        return Err(SdkError::ConversationNameTooLong { len: name.len(), max: MAX_GROUP_NAME_BYTES });
+    }
+    Ok(name.to_owned())
 }
 
 /// A disappearing timer as whole seconds on the wire (rounded up; `None` or zero = off).
@@ -247,6 +264,7 @@ mod tests {
             (WireBody::Delete(v1::DeleteBody { target_message_id: target }), Body::Delete(MessageId(TARGET))),
             (WireBody::Disappearing(v1::DisappearingBody { ttl_secs: 30 }), Body::Disappearing(Some(30))),
             (WireBody::Disappearing(v1::DisappearingBody { ttl_secs: 0 }), Body::Disappearing(None)),
+            (WireBody::GroupName(v1::GroupNameBody { name: " team ".into() }), Body::GroupName("team".into())),
         ];
         for (wire, expected) in cases {
             let decoded = decode(&encode(wire));

@@ -60,6 +60,10 @@ pub(crate) struct Inner {
     pub send_lock: tokio::sync::Mutex<()>,
     /// Wakes the background sender (a send is waiting, the connection is back).
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// Who is typing where (see `typing.rs`).
+    pub typing: Mutex<crate::typing::TypingTracker>,
+    /// Wakes the typing timer when an indicator starts.
+    pub typing_wakeup: Arc<tokio::sync::Notify>,
     /// Test support: the next send accepted by the server is left in the outbox, as if the
     /// process died between the server's answer and the local update.
     #[cfg(feature = "test-util")]
@@ -126,6 +130,8 @@ impl QpcClient {
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 send_lock: tokio::sync::Mutex::new(()),
                 outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
+                typing: Mutex::new(crate::typing::TypingTracker::default()),
+                typing_wakeup: Arc::new(tokio::sync::Notify::new()),
                 #[cfg(feature = "test-util")]
                 crash_after_enqueue: AtomicBool::new(false),
                 #[cfg(feature = "test-util")]
@@ -231,6 +237,7 @@ impl QpcClient {
         let _: v1::SubscribeResponse = self.rpc().call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
         self.spawn_push_listener()?;
         self.spawn_expiry_timer()?;
+        self.spawn_typing_timer()?;
         self.sync().await?;
         // Sends queued in an earlier run (offline, or cut off by a crash) go out now.
         self.spawn_outbox_sender()?;
@@ -331,24 +338,34 @@ impl QpcClient {
         Ok(self.account()?.device_id.0)
     }
 
-    /// Conversations this device is in.
+    /// Conversations this device is in (not those it left or was removed from), oldest first,
+    /// each with its unread count.
     pub fn conversations(&self) -> Result<Vec<ConversationInfo>> {
         let account = self.account()?;
         let local = account.lock()?;
-        Ok(local
-            .store
-            .conversations()?
-            .into_iter()
-            .map(|c| ConversationInfo {
+        let mut out = Vec::new();
+        for c in local.store.conversations()? {
+            out.push(ConversationInfo {
                 id: c.id,
+                unread: local.store.unread(&c.id)?,
                 name: c.name,
                 peer: c.peer,
                 disappearing: c.disappearing_secs.map(|s| Duration::from_secs(u64::from(s))),
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
-    /// A handle to a conversation this device is in.
+    /// One stored message by id, in whichever conversation it is.
+    pub fn message(&self, id: crate::MessageId) -> Result<Option<Message>> {
+        self.purge_expired()?;
+        let account = self.account()?;
+        let local = account.lock()?;
+        local.store.message(&id)
+    }
+
+    /// A handle to a stored conversation (also one this device left: its history stays
+    /// readable, but sending into it fails with [`SdkError::LeftConversation`]).
     pub fn conversation(&self, id: ConversationId) -> Result<Option<ConversationHandle>> {
         let account = self.account()?;
         let row = account.lock()?.store.conversation(&id)?;

@@ -116,7 +116,8 @@ impl ConversationHandle {
         let account = self.client.account()?;
         let ephemeral = matches!(body, v1::app_message::Body::Typing(_));
         let timer_change = matches!(body, v1::app_message::Body::Disappearing(_));
-        let ttl_secs = if ephemeral || timer_change { 0 } else { self.disappearing_secs()?.unwrap_or(0) };
+        let timer = self.active_row()?.disappearing_secs;
+        let ttl_secs = if ephemeral || timer_change { 0 } else { timer.unwrap_or(0) };
         let id = MessageId(random16());
         let sent_at_ms = now_ms();
         let app = v1::AppMessage {
@@ -225,6 +226,34 @@ impl ConversationHandle {
         Ok(row.and_then(|r| r.disappearing_secs))
     }
 
+    /// The stored conversation, refused once this device left it.
+    fn active_row(&self) -> Result<ConversationRow> {
+        let account = self.client.account()?;
+        let row = account.lock()?.store.conversation(&self.id)?;
+        match row {
+            Some(row) if !row.left => Ok(row),
+            Some(_) => Err(SdkError::LeftConversation),
+            None => Err(SdkError::Protocol("conversation not stored")),
+        }
+    }
+
+    /// Incoming messages stored since this user last read the conversation (see
+    /// [`ConversationHandle::mark_read`] and [`ConversationHandle::mark_all_read`]; sending a
+    /// message reads everything before it).
+    pub fn unread(&self) -> Result<u32> {
+        let account = self.client.account()?;
+        account.lock()?.store.unread(&self.id)
+    }
+
+    /// Tells the members the group's shared name, so those who just joined show it too.
+    async fn announce_group_name(&self) -> Result<()> {
+        let row = self.active_row()?;
+        let (Some(name), None) = (row.group_name, row.peer) else { return Ok(()) };
+        let body = v1::app_message::Body::GroupName(v1::GroupNameBody { name });
+        self.send_app(body, LocalEcho::Nothing).await?;
+        Ok(())
+    }
+
     /// Whether the server's verified delivery proof for `message` is stored.
     pub fn is_delivery_confirmed(&self, message: MessageId) -> Result<bool> {
         let account = self.client.account()?;
@@ -236,15 +265,18 @@ impl ConversationHandle {
         self.client.messages(self.id, limit)
     }
 
-    /// Adds every device of `username` to this conversation.
+    /// Adds every device of `username` to this conversation, and tells the group its name so
+    /// the new member shows it too.
     pub async fn invite(&self, username: &str) -> Result<()> {
+        self.active_row()?;
         let user = fold_username(username);
         self.client.add_users(self.id, &[user]).await?;
-        Ok(())
+        self.announce_group_name().await
     }
 
     /// Removes every device of `username` from this conversation with one commit.
     pub async fn remove(&self, username: &str) -> Result<()> {
+        self.active_row()?;
         let user = fold_username(username);
         let id = self.id;
         self.client
@@ -261,8 +293,10 @@ impl ConversationHandle {
     }
 
     /// Leaves the conversation: proposes this device's removal, which the next member to see it
-    /// commits. This device stops receiving once that commit is in.
+    /// commits. The conversation is no longer listed and nothing more can be sent into it; its
+    /// history stays readable. This device stops receiving once that commit is in.
     pub async fn leave(&self) -> Result<()> {
+        self.active_row()?;
         let account = self.client.account()?;
         let mut attempt = 0;
         loop {
@@ -293,7 +327,10 @@ impl ConversationHandle {
                 )
                 .await;
             match sent {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    account.lock()?.store.mark_left(&self.id)?;
+                    return Ok(());
+                }
                 // This device was behind: catch up and propose again in the current epoch.
                 Err(e) if e.rpc_status() == Some(Status::Conflict) && attempt < MAX_COMMIT_ATTEMPTS => {
                     drop(guard);
@@ -307,6 +344,7 @@ impl ConversationHandle {
     /// Rotates this device's keys in the conversation (an MLS self-update commit); returns the
     /// new epoch. Messages of earlier epochs cannot be read with the new keys.
     pub async fn rotate_key(&self) -> Result<u64> {
+        self.active_row()?;
         let id = self.id;
         self.client.commit_change(id, |mls| Ok(mls.self_update(&id.0)?.into())).await
     }
@@ -377,21 +415,17 @@ impl QpcClient {
             }
         }
         self.add_users(id, &[peer.to_owned()]).await?;
-        let row = ConversationRow {
-            id,
-            kind: KIND_DM,
-            name: peer.to_owned(),
-            peer: Some(peer.to_owned()),
-            disappearing_secs: None,
-        };
+        let row = ConversationRow::new(id, KIND_DM, peer.to_owned(), Some(peer.to_owned()));
         self.save_conversation(row)?;
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: peer.to_owned() });
         Ok(ConversationHandle::new(self.clone(), id, peer.to_owned()))
     }
 
-    /// Creates a group conversation named `name` (the name is local to this device) with the
-    /// given members, in one MLS commit.
+    /// Creates a group conversation named `name` with the given members, in one MLS commit, and
+    /// tells them its name (each device may still rename it for itself).
     pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<ConversationHandle> {
+        let name = crate::app_message::check_group_name(name)?;
+        let name = name.as_str();
         let account = self.account()?;
         let mut users: Vec<String> =
             members.iter().map(|m| fold_username(m)).filter(|m| *m != account.username).collect();
@@ -414,20 +448,19 @@ impl QpcClient {
             local.store.apply(Change {
                 mls_state: Some(&state),
                 conversation: Some(ConversationRow {
-                    id,
-                    kind: KIND_GROUP,
-                    name: name.to_owned(),
-                    peer: None,
-                    disappearing_secs: None,
+                    group_name: Some(name.to_owned()),
+                    ..ConversationRow::new(id, KIND_GROUP, name.to_owned(), None)
                 }),
                 ..Default::default()
             })?;
         }
         let _ = self.inner.events.send(ClientEvent::ConversationCreated { conversation: id, name: name.to_owned() });
+        let handle = ConversationHandle::new(self.clone(), id, name.to_owned());
         if !users.is_empty() {
             self.add_users(id, &users).await?;
+            handle.announce_group_name().await?;
         }
-        Ok(ConversationHandle::new(self.clone(), id, name.to_owned()))
+        Ok(handle)
     }
 
     fn save_conversation(&self, row: ConversationRow) -> Result<()> {

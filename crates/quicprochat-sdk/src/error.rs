@@ -103,6 +103,17 @@ pub enum SdkError {
     /// A conversation name must contain something other than white space.
     #[error("a conversation name cannot be empty")]
     EmptyConversationName,
+    /// A group name is limited in length.
+    #[error("a group name may be at most {max} bytes, this one has {len}")]
+    ConversationNameTooLong {
+        /// Its length, bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// This device left the conversation (or was removed from it); its history stays readable.
+    #[error("you are no longer a member of this conversation")]
+    LeftConversation,
     /// Cryptographic failure.
     #[error("crypto: {0}")]
     Crypto(#[from] CoreError),

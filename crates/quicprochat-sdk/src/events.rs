@@ -96,6 +96,16 @@ pub enum ClientEvent {
         /// Display name (the peer's username for a DM).
         name: String,
     },
+    /// A member told the group its name (its creator's choice, sent when members are added).
+    /// `name` is what this device shows now: its own rename, if it made one, wins.
+    ConversationRenamed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The display name now.
+        name: String,
+        /// Who sent the group's name.
+        by: String,
+    },
     /// A device of `username` joined the conversation.
     MemberJoined {
         /// The conversation.

@@ -105,6 +105,16 @@ pub(crate) fn apply_application(
             store.apply(Change { effect: Some(Effect::Delete { message: id }), ..base() })?;
             return Ok(vec![ClientEvent::MessageDeleted { conversation, message: id, by: sender.to_owned() }]);
         }
+        Body::GroupName(name) => {
+            match store.conversation(&conversation)? {
+                Some(c) if c.peer.is_none() => {}
+                _ => return ignore(store, "a group name for a DM"),
+            }
+            let effect = Effect::GroupName { conversation, name: &name };
+            store.apply(Change { effect: Some(effect), ..base() })?;
+            let Some(row) = store.conversation(&conversation)? else { return Ok(Vec::new()) };
+            return Ok(vec![ClientEvent::ConversationRenamed { conversation, name: row.name, by: sender.to_owned() }]);
+        }
         Body::Disappearing(secs) => {
             store.apply(Change { effect: Some(Effect::Disappearing { conversation, secs }), ..base() })?;
             return Ok(vec![ClientEvent::DisappearingTimerChanged {
@@ -186,7 +196,7 @@ impl QpcClient {
             }
         };
         if let Some(event) = event {
-            let _ = self.inner.events.send(event);
+            self.emit_inbound(event);
         }
         Ok(())
     }
@@ -215,7 +225,7 @@ mod tests {
     fn store(dir: &tempfile::TempDir) -> LocalStore {
         let mut store = LocalStore::open(&dir.path().join("state.db"), Zeroizing::new([7u8; 32])).unwrap();
         for id in [HERE, ELSEWHERE] {
-            let row = ConversationRow { id, kind: 2, name: "team".into(), peer: None, disappearing_secs: None };
+            let row = ConversationRow::new(id, 2, "team".into(), None);
             store.apply(Change { conversation: Some(row), ..Default::default() }).unwrap();
         }
         let original = wire(ORIGINAL.0[0], WireBody::Text(v1::TextBody { text: "original".into() }));

@@ -34,6 +34,7 @@ mod outbox;
 mod rich;
 mod store;
 mod sync;
+mod typing;
 
 use std::fmt;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub use conversation::ConversationHandle;
 pub use error::SdkError;
 pub use events::ClientEvent;
 pub use files::MAX_FILE_BYTES;
+pub use typing::TYPING_TIMEOUT;
 
 /// Identifies a conversation (equal to its channel and MLS group id).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -182,6 +184,8 @@ pub struct ConversationInfo {
     pub peer: Option<String>,
     /// The disappearing-message timer, if one is set.
     pub disappearing: Option<Duration>,
+    /// Incoming messages not read yet on this device (see [`ConversationHandle::unread`]).
+    pub unread: u32,
 }
 
 /// Whether `state_dir` already holds an account for this device (so `login`, not `register`).

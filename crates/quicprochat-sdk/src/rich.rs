@@ -11,7 +11,7 @@ use bytes::Bytes;
 use quicprochat_proto::v1;
 use quicprochat_proto::v1::app_message::Body;
 
-use crate::app_message::{check_emoji, timer_secs};
+use crate::app_message::{MAX_RECEIPT_IDS, check_emoji, timer_secs};
 use crate::conversation::{ConversationHandle, LocalEcho};
 use crate::error::Result;
 use crate::store::{Effect, Target};
@@ -46,19 +46,41 @@ impl ConversationHandle {
         Ok(())
     }
 
-    /// Sends a read receipt for `message` to the conversation.
+    /// Marks `message` and everything before it as read on this device (see
+    /// [`ConversationHandle::unread`]) and sends a read receipt for it to the conversation.
     pub async fn mark_read(&self, message: MessageId) -> Result<()> {
         self.target(message)?;
         let user = self.client().whoami()?;
+        self.client().account()?.lock()?.store.mark_read_through(&self.id(), Some(&message), 0)?;
         let body = Body::Receipt(v1::ReceiptBody { message_ids: vec![Bytes::copy_from_slice(&message.0)] });
         let messages = [message];
         self.send_app(body, LocalEcho::Effect(Effect::Read { messages: &messages, reader: &user })).await?;
         Ok(())
     }
 
+    /// Marks the whole conversation as read on this device and sends one read receipt for the
+    /// incoming messages that were unread (the newest 1000 at most); returns how many it named.
+    pub async fn mark_all_read(&self) -> Result<usize> {
+        let user = self.client().whoami()?;
+        let read = self.client().account()?.lock()?.store.mark_read_through(
+            &self.id(),
+            None,
+            u32::try_from(MAX_RECEIPT_IDS).unwrap_or(u32::MAX),
+        )?;
+        if read.is_empty() {
+            return Ok(0);
+        }
+        let body =
+            Body::Receipt(v1::ReceiptBody { message_ids: read.iter().map(|m| Bytes::copy_from_slice(&m.0)).collect() });
+        self.send_app(body, LocalEcho::Effect(Effect::Read { messages: &read, reader: &user })).await?;
+        Ok(read.len())
+    }
+
     /// Tells the members who are online that this user started (`true`) or stopped typing.
     /// Sent as an ephemeral envelope: the server pushes it and never stores it, so members who
-    /// are offline never see it.
+    /// are offline never see it. Receivers end an indicator by themselves after
+    /// [`crate::TYPING_TIMEOUT`], so while the user keeps typing, send `true` again every few
+    /// seconds (half the timeout is a good rhythm).
     pub async fn typing(&self, started: bool) -> Result<()> {
         self.send_app(Body::Typing(v1::TypingBody { started }), LocalEcho::Nothing).await?;
         Ok(())

@@ -82,6 +82,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     failed       TEXT
 );
 "#,
+    // 6: a group's shared name (its creator's choice, told to invitees) apart from this device's
+    // own rename; when this device left; how far its user has read (unread counts).
+    r#"
+ALTER TABLE conversations ADD COLUMN group_name TEXT;
+ALTER TABLE conversations ADD COLUMN local_name TEXT;
+ALTER TABLE conversations ADD COLUMN left_ms INTEGER;
+ALTER TABLE conversations ADD COLUMN read_rowid INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 const MLS_STATE: &str = "mls_state";
@@ -92,10 +100,23 @@ const CURSOR: &str = "cursor";
 pub(crate) struct ConversationRow {
     pub id: ConversationId,
     pub kind: i64,
+    /// When read: the display name (this device's rename, else the group's shared name, else
+    /// the name made when it was stored). When inserted: that last one.
     pub name: String,
     pub peer: Option<String>,
     /// The disappearing timer, seconds (written only by [`Effect::Disappearing`]).
     pub disappearing_secs: Option<u32>,
+    /// The group's shared name, when known (its creator's choice).
+    pub group_name: Option<String>,
+    /// This device left the conversation or was removed from it.
+    pub left: bool,
+}
+
+impl ConversationRow {
+    /// A row for a conversation this device is in, without a timer or a shared name.
+    pub fn new(id: ConversationId, kind: i64, name: String, peer: Option<String>) -> Self {
+        Self { id, kind, name, peer, disappearing_secs: None, group_name: None, left: false }
+    }
 }
 
 /// A message to persist.
@@ -138,6 +159,8 @@ pub(crate) enum Effect<'a> {
     Delete { message: MessageId },
     /// Sets the conversation's disappearing timer.
     Disappearing { conversation: ConversationId, secs: Option<u32> },
+    /// Sets a group's shared name.
+    GroupName { conversation: ConversationId, name: &'a str },
 }
 
 /// What an effect needs to know about the message it targets.
@@ -245,8 +268,10 @@ impl LocalStore {
         }
         if let Some(c) = &change.conversation {
             tx.execute(
-                "INSERT OR IGNORE INTO conversations (id, kind, name, peer, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![c.id.0.as_slice(), c.kind, c.name, c.peer, to_i64(now)],
+                // Joining again (a new Welcome after leaving) lists it again.
+                "INSERT OR IGNORE INTO conversations (id, kind, name, peer, created_ms, group_name) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO UPDATE SET left_ms = NULL",
+                params![c.id.0.as_slice(), c.kind, c.name, c.peer, to_i64(now), c.group_name],
             )?;
         }
         let mut fresh = true;
@@ -268,6 +293,13 @@ impl LocalStore {
                     sealed_raw,
                 ],
             )? == 1;
+            if fresh && m.outgoing {
+                // Writing into a conversation reads what came before.
+                tx.execute(
+                    "UPDATE conversations SET read_rowid = last_insert_rowid() WHERE id = ?1",
+                    [m.conversation.0.as_slice()],
+                )?;
+            }
         }
         if let (Some(effect), Some(sealed)) = (change.effect, sealed_effect) {
             write_effect(&tx, effect, sealed, now)?;
@@ -313,7 +345,81 @@ impl LocalStore {
 
     /// Renames a conversation on this device.
     pub fn rename_conversation(&mut self, id: &ConversationId, name: &str) -> Result<bool> {
-        Ok(self.conn.execute("UPDATE conversations SET name = ?2 WHERE id = ?1", params![id.0.as_slice(), name])? == 1)
+        Ok(self
+            .conn
+            .execute("UPDATE conversations SET local_name = ?2 WHERE id = ?1", params![id.0.as_slice(), name])?
+            == 1)
+    }
+
+    /// Marks a conversation as left by this device (by leaving, or by being removed).
+    pub fn mark_left(&mut self, id: &ConversationId) -> Result<()> {
+        self.conn.execute(
+            "UPDATE conversations SET left_ms = ?2 WHERE id = ?1 AND left_ms IS NULL",
+            params![id.0.as_slice(), to_i64(now_ms())],
+        )?;
+        Ok(())
+    }
+
+    /// Incoming messages of a conversation stored after the read marker (deleted ones aside).
+    pub fn unread(&self, id: &ConversationId) -> Result<u32> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation \
+             WHERE m.conversation = ?1 AND m.outgoing = 0 AND m.deleted_ms IS NULL AND m.rowid > c.read_rowid",
+            [id.0.as_slice()],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Moves a conversation's read marker up to `through` (a message of it), or to its latest
+    /// message; returns the incoming messages that were unread before and are read now, oldest
+    /// first (at most `limit`, the newest ones).
+    pub fn mark_read_through(
+        &mut self,
+        id: &ConversationId,
+        through: Option<&MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageId>> {
+        let tx = self.conn.transaction()?;
+        let marker: i64 = match tx
+            .query_row("SELECT read_rowid FROM conversations WHERE id = ?1", [id.0.as_slice()], |r| r.get(0))
+            .optional()?
+        {
+            Some(m) => m,
+            None => return Ok(Vec::new()),
+        };
+        let upto: Option<i64> = match through {
+            Some(m) => tx
+                .query_row(
+                    "SELECT rowid FROM messages WHERE id = ?1 AND conversation = ?2",
+                    params![m.0.as_slice(), id.0.as_slice()],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            None => {
+                tx.query_row("SELECT MAX(rowid) FROM messages WHERE conversation = ?1", [id.0.as_slice()], |r| {
+                    r.get(0)
+                })?
+            }
+        };
+        let Some(upto) = upto.filter(|u| *u > marker) else { return Ok(Vec::new()) };
+        let mut read = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM messages WHERE conversation = ?1 AND outgoing = 0 AND deleted_ms IS NULL \
+                 AND rowid > ?2 AND rowid <= ?3 ORDER BY rowid DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![id.0.as_slice(), marker, upto, limit], |r| r.get::<_, Vec<u8>>(0))?;
+            for row in rows {
+                if let Ok(m) = <[u8; 16]>::try_from(row?.as_slice()) {
+                    read.push(MessageId(m));
+                }
+            }
+        }
+        read.reverse();
+        tx.execute("UPDATE conversations SET read_rowid = ?2 WHERE id = ?1", params![id.0.as_slice(), upto])?;
+        tx.commit()?;
+        Ok(read)
     }
 
     /// Deletes every message whose disappearing timer ran out by `now_ms` (with its reactions
@@ -383,57 +489,41 @@ impl LocalStore {
             .flatten())
     }
 
+    /// A conversation, also one this device left.
     pub fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRow>> {
-        Ok(self
+        let row = self
             .conn
             .query_row(
-                "SELECT kind, name, peer, disappearing_secs FROM conversations WHERE id = ?1",
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"),
                 [id.0.as_slice()],
-                |r| {
-                    Ok(ConversationRow {
-                        id: *id,
-                        kind: r.get(0)?,
-                        name: r.get(1)?,
-                        peer: r.get(2)?,
-                        disappearing_secs: r.get(3)?,
-                    })
-                },
+                read_conversation,
             )
-            .optional()?)
-    }
-
-    pub fn conversation_by_peer(&self, peer: &str) -> Result<Option<ConversationRow>> {
-        let row: Option<(Vec<u8>, i64, String, Option<u32>)> = self
-            .conn
-            .query_row("SELECT id, kind, name, disappearing_secs FROM conversations WHERE peer = ?1", [peer], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
             .optional()?;
-        Ok(row.and_then(|(id, kind, name, disappearing_secs)| {
-            let id = <[u8; 16]>::try_from(id.as_slice()).ok()?;
-            Some(ConversationRow { id: ConversationId(id), kind, name, peer: Some(peer.to_owned()), disappearing_secs })
-        }))
+        Ok(row.flatten())
     }
 
-    pub fn conversations(&self) -> Result<Vec<ConversationRow>> {
-        let mut stmt = self
+    /// The DM with `peer`, unless this device left it.
+    pub fn conversation_by_peer(&self, peer: &str) -> Result<Option<ConversationRow>> {
+        let row = self
             .conn
-            .prepare("SELECT id, kind, name, peer, disappearing_secs FROM conversations ORDER BY created_ms")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<u32>>(4)?,
-            ))
-        })?;
+            .query_row(
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE peer = ?1 AND left_ms IS NULL"),
+                [peer],
+                read_conversation,
+            )
+            .optional()?;
+        Ok(row.flatten())
+    }
+
+    /// The conversations this device is in (not those it left), oldest first.
+    pub fn conversations(&self) -> Result<Vec<ConversationRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE left_ms IS NULL ORDER BY created_ms, rowid"
+        ))?;
+        let rows = stmt.query_map([], read_conversation)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, kind, name, peer, disappearing_secs) = row?;
-            if let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) {
-                out.push(ConversationRow { id: ConversationId(id), kind, name, peer, disappearing_secs });
-            }
+            out.extend(row?);
         }
         Ok(out)
     }
@@ -522,6 +612,25 @@ impl LocalStore {
     }
 }
 
+/// The columns [`read_conversation`] expects, in order.
+const CONVERSATION_COLUMNS: &str =
+    "id, kind, COALESCE(local_name, group_name, name), peer, disappearing_secs, group_name, left_ms";
+
+/// A conversation row (`None` for a malformed id).
+fn read_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ConversationRow>> {
+    let id: Vec<u8> = r.get(0)?;
+    let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) else { return Ok(None) };
+    Ok(Some(ConversationRow {
+        id: ConversationId(id),
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        peer: r.get(3)?,
+        disappearing_secs: r.get(4)?,
+        group_name: r.get(5)?,
+        left: r.get::<_, Option<i64>>(6)?.is_some(),
+    }))
+}
+
 /// The columns [`StoredMessage::read`] expects, in order.
 const MESSAGE_COLUMNS: &str = "id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, attachment, edited_ms, \
      deleted_ms, expires_ms, unsupported";
@@ -602,6 +711,12 @@ fn write_effect(tx: &rusqlite::Transaction<'_>, effect: Effect<'_>, sealed: Vec<
             tx.execute(
                 "UPDATE conversations SET disappearing_secs = ?2 WHERE id = ?1",
                 params![conversation.0.as_slice(), secs],
+            )?;
+        }
+        Effect::GroupName { conversation, name } => {
+            tx.execute(
+                "UPDATE conversations SET group_name = ?2 WHERE id = ?1 AND peer IS NULL",
+                params![conversation.0.as_slice(), name],
             )?;
         }
     }

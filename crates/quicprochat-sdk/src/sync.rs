@@ -3,6 +3,7 @@
 
 use quicprochat_core::mls::{MemberInfo, Processed};
 use quicprochat_proto::{method, v1};
+use quicprochat_rpc::Status;
 
 use crate::client::{Account, QpcClient};
 use crate::error::Result;
@@ -70,7 +71,7 @@ impl QpcClient {
             for queued in &page.envelopes {
                 // A Welcome does not say whether it is for a DM or a group; the channel does.
                 let kind = match queued.envelope.as_ref().map(|e| e.kind) {
-                    Some(k) if k == v1::EnvelopeKind::Welcome as i32 => self.channel_kind(&queued.channel_id).await,
+                    Some(k) if k == v1::EnvelopeKind::Welcome as i32 => self.channel_kind(&queued.channel_id).await?,
                     _ => None,
                 };
                 let Applied { events, proposal_in, lost_in } = self.apply(account, queued, kind)?;
@@ -91,7 +92,7 @@ impl QpcClient {
                     {
                         self.inner.expiry_wakeup.notify_one();
                     }
-                    let _ = self.inner.events.send(event);
+                    self.emit_inbound(event);
                 }
             }
             // Stored first, acknowledged second: a crash in between only re-reads, never loses.
@@ -100,14 +101,18 @@ impl QpcClient {
         Ok(Pass { processed, proposed, lost })
     }
 
-    /// The kind of a channel this device is a member of, as the server records it.
-    async fn channel_kind(&self, channel_id: &bytes::Bytes) -> Option<v1::ChannelKind> {
-        let got: v1::GetChannelResponse = self
-            .rpc()
-            .call(method::GET_CHANNEL, &v1::GetChannelRequest { channel_id: channel_id.clone() })
-            .await
-            .ok()?;
-        got.channel.and_then(|c| v1::ChannelKind::try_from(c.kind).ok())
+    /// The kind of a channel, as the server records it: `None` when the server does not know it
+    /// or this device is not a member (the Welcome is then skipped as invalid). A failed call is
+    /// an error, so the pass stops and the Welcome is read again later: a group is never taken
+    /// for a DM because the network hiccupped.
+    async fn channel_kind(&self, channel_id: &bytes::Bytes) -> Result<Option<v1::ChannelKind>> {
+        let got: std::result::Result<v1::GetChannelResponse, _> =
+            self.rpc().call(method::GET_CHANNEL, &v1::GetChannelRequest { channel_id: channel_id.clone() }).await;
+        match got {
+            Ok(got) => Ok(got.channel.and_then(|c| v1::ChannelKind::try_from(c.kind).ok())),
+            Err(e) if matches!(e.rpc_status(), Some(Status::NotFound | Status::Forbidden)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn apply(
@@ -171,7 +176,7 @@ impl QpcClient {
             v1::EnvelopeKind::Commit | v1::EnvelopeKind::Proposal | v1::EnvelopeKind::Application => {
                 if !local.mls.has_group(&group)? {
                     // A conversation this device was in, whose group state is gone: rejoin.
-                    if local.store.conversation(&conversation)?.is_some() {
+                    if local.store.conversation(&conversation)?.is_some_and(|c| !c.left) {
                         applied.lost_in = Some(conversation);
                         return skip(&mut local, "message for a conversation whose group state is lost");
                     }
@@ -181,7 +186,8 @@ impl QpcClient {
                     Ok(p) => p,
                     // From an epoch this device never reached (commits it missed): rejoin.
                     Err(quicprochat_core::CoreError::WrongEpoch { message_epoch, group_epoch })
-                        if message_epoch > group_epoch =>
+                        if message_epoch > group_epoch
+                            && local.store.conversation(&conversation)?.is_some_and(|c| !c.left) =>
                     {
                         applied.lost_in = Some(conversation);
                         return skip(&mut local, "message from an epoch this device missed");
@@ -200,7 +206,9 @@ impl QpcClient {
                     Processed::Commit { epoch, added, removed, .. } => {
                         let me_removed = removed.iter().any(|m| m.device_id == account.device_id);
                         let state = if me_removed {
-                            // This device is out of the group: its keys for it are useless now.
+                            // This device is out of the group: its keys for it are useless now,
+                            // and the conversation is no longer listed (its history stays).
+                            local.store.mark_left(&conversation)?;
                             local.mls.delete_group(&group)?;
                             local.mls.export_state()?
                         } else {
@@ -265,8 +273,8 @@ pub(crate) fn conversation_row(id: ConversationId, me: &str, members: &[MemberIn
     others.dedup();
     if others.len() == 1 {
         let peer = others[0].to_owned();
-        ConversationRow { id, kind: KIND_DM, name: peer.clone(), peer: Some(peer), disappearing_secs: None }
+        ConversationRow::new(id, KIND_DM, peer.clone(), Some(peer))
     } else {
-        ConversationRow { id, kind: KIND_GROUP, name: others.join(", "), peer: None, disappearing_secs: None }
+        ConversationRow::new(id, KIND_GROUP, others.join(", "), None)
     }
 }

@@ -10,7 +10,7 @@ fn open(dir: &tempfile::TempDir) -> LocalStore {
 }
 
 fn conversation(store: &mut LocalStore, id: ConversationId) {
-    let row = ConversationRow { id, kind: 1, name: "bob".into(), peer: None, disappearing_secs: None };
+    let row = ConversationRow::new(id, 1, "bob".into(), None);
     store.apply(Change { conversation: Some(row), ..Default::default() }).unwrap();
 }
 
@@ -145,4 +145,72 @@ fn unsupported_messages_keep_their_raw_payload_and_timers_and_names_persist() {
     let c = store.conversation(&CONVERSATION).unwrap().unwrap();
     assert_eq!((c.name.as_str(), c.disappearing_secs), ("Bobby", Some(30)));
     assert_eq!(store.conversation(&OTHER).unwrap().unwrap().disappearing_secs, None);
+}
+
+#[test]
+fn unread_counts_follow_the_read_marker_and_own_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    conversation(&mut store, CONVERSATION);
+    conversation(&mut store, OTHER);
+    for id in 1..=3 {
+        store.apply(Change { message: Some(row(id, "bob", "hi")), ..Default::default() }).unwrap();
+    }
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 3);
+    assert_eq!(store.unread(&OTHER).unwrap(), 0);
+
+    // Read through the second: the first two are newly read, the third is still unread.
+    let read = store.mark_read_through(&CONVERSATION, Some(&MessageId([2; 16])), 100).unwrap();
+    assert_eq!(read, vec![MessageId([1; 16]), MessageId([2; 16])]);
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 1);
+    // Reading an older message again moves nothing.
+    assert!(store.mark_read_through(&CONVERSATION, Some(&MessageId([1; 16])), 100).unwrap().is_empty());
+    // A message of another conversation is not a marker here.
+    assert!(store.mark_read_through(&OTHER, Some(&MessageId([3; 16])), 100).unwrap().is_empty());
+
+    // A deleted message does not count; a reply of this user reads everything before it.
+    effect(&mut store, Effect::Delete { message: MessageId([3; 16]) });
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 0);
+    store.apply(Change { message: Some(row(4, "bob", "more")), ..Default::default() }).unwrap();
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 1);
+    let mine = MessageRow { outgoing: true, ..row(5, "alice", "reply") };
+    store.apply(Change { message: Some(mine), ..Default::default() }).unwrap();
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 0);
+
+    // Reading everything, with a limit on how many ids come back (the newest).
+    for id in 6..=8 {
+        store.apply(Change { message: Some(row(id, "bob", "x")), ..Default::default() }).unwrap();
+    }
+    let read = store.mark_read_through(&CONVERSATION, None, 2).unwrap();
+    assert_eq!(read, vec![MessageId([7; 16]), MessageId([8; 16])]);
+    assert_eq!(store.unread(&CONVERSATION).unwrap(), 0);
+}
+
+#[test]
+fn a_local_rename_wins_over_the_group_name_and_left_conversations_are_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    conversation(&mut store, CONVERSATION);
+    conversation(&mut store, OTHER);
+    effect(&mut store, Effect::GroupName { conversation: CONVERSATION, name: "team" });
+    let c = store.conversation(&CONVERSATION).unwrap().unwrap();
+    assert_eq!((c.name.as_str(), c.group_name.as_deref()), ("team", Some("team")));
+    store.rename_conversation(&CONVERSATION, "my team").unwrap();
+    effect(&mut store, Effect::GroupName { conversation: CONVERSATION, name: "renamed" });
+    let c = store.conversation(&CONVERSATION).unwrap().unwrap();
+    assert_eq!((c.name.as_str(), c.group_name.as_deref()), ("my team", Some("renamed")));
+
+    // A DM has no group name.
+    let dm = ConversationId([3; 16]);
+    let row = ConversationRow::new(dm, 1, "carol".into(), Some("carol".into()));
+    store.apply(Change { conversation: Some(row), ..Default::default() }).unwrap();
+    effect(&mut store, Effect::GroupName { conversation: dm, name: "nope" });
+    assert_eq!(store.conversation(&dm).unwrap().unwrap().name, "carol");
+
+    store.mark_left(&OTHER).unwrap();
+    let listed: Vec<_> = store.conversations().unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(listed, vec![CONVERSATION, dm]);
+    assert!(store.conversation(&OTHER).unwrap().unwrap().left, "a left conversation stays readable");
+    store.mark_left(&dm).unwrap();
+    assert!(store.conversation_by_peer("carol").unwrap().is_none());
 }

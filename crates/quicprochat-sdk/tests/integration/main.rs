@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conversations;
 mod dm;
 mod echo_bot;
 mod group;

@@ -1,0 +1,185 @@
+//! Conversation bookkeeping: a group's name reaching invitees, unread counts and read markers,
+//! leaving and being removed, typing indicators that end by themselves, lookup by message id.
+
+use std::time::Duration;
+
+use quicprochat_sdk::{ClientEvent, ConversationId, QpcClient, SdkError, TYPING_TIMEOUT};
+use quicprochat_server::RunningServer;
+use tokio::sync::broadcast;
+
+use crate::{client, next_event, start_server};
+
+struct Member {
+    client: QpcClient,
+    events: broadcast::Receiver<ClientEvent>,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(server: &RunningServer, name: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(server, dir.path()).await;
+    let events = client.subscribe();
+    client.register(name, b"pw").await.unwrap();
+    Member { client, events, _dir: dir }
+}
+
+/// Waits for the group's name to arrive; returns what this device shows.
+async fn renamed(m: &mut Member, id: ConversationId) -> String {
+    match next_event(
+        &mut m.events,
+        |e| matches!(e, ClientEvent::ConversationRenamed { conversation, .. } if *conversation == id),
+    )
+    .await
+    {
+        ClientEvent::ConversationRenamed { name, .. } => name,
+        _ => unreachable!(),
+    }
+}
+
+async fn received(m: &mut Member, text: &str) -> quicprochat_sdk::Message {
+    match next_event(&mut m.events, |e| matches!(e, ClientEvent::MessageReceived { .. })).await {
+        ClientEvent::MessageReceived { message, .. } => {
+            assert_eq!(message.text, text);
+            message
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_groups_name_reaches_invitees_and_a_group_of_two_is_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let mut dave = member(&server, "dave").await;
+
+    let pair = alice.client.create_group("  pair  ", &["bob"]).await.unwrap();
+    assert_eq!(pair.name(), "pair");
+    assert_eq!(renamed(&mut bob, pair.id()).await, "pair");
+    let listed = bob.client.conversations().unwrap();
+    assert_eq!((listed[0].name.as_str(), listed[0].peer.as_deref()), ("pair", None), "a group of two is no DM");
+
+    // A member who learned the name passes it on when inviting.
+    let mut bob_pair = bob.client.conversation(pair.id()).unwrap().unwrap();
+    bob_pair.invite("carol").await.unwrap();
+    assert_eq!(renamed(&mut carol, pair.id()).await, "pair");
+    assert_eq!(carol.client.conversation(pair.id()).unwrap().unwrap().name(), "pair");
+
+    // A local rename wins over the shared name, also when it is told again.
+    bob_pair.rename("mine").unwrap();
+    pair.invite("dave").await.unwrap();
+    assert_eq!(renamed(&mut dave, pair.id()).await, "pair");
+    assert_eq!(renamed(&mut bob, pair.id()).await, "mine");
+    assert!(matches!(alice.client.create_group(" ", &[]).await, Err(SdkError::EmptyConversationName)));
+    let long = "x".repeat(129);
+    assert!(matches!(alice.client.create_group(&long, &[]).await, Err(SdkError::ConversationNameTooLong { .. })));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unread_counts_follow_reading_and_replying() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let alice_dm = alice.client.dm("bob").await.unwrap();
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    let bob_dm = bob.client.dm("alice").await.unwrap();
+
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        alice_dm.send_text(text).await.unwrap();
+        ids.push(received(&mut bob, text).await.id);
+    }
+    assert_eq!(bob_dm.unread().unwrap(), 3);
+    assert_eq!(bob.client.conversations().unwrap()[0].unread, 3);
+    assert_eq!(alice_dm.unread().unwrap(), 0, "one's own messages are never unread");
+    let found = bob.client.message(ids[1]).unwrap().unwrap();
+    assert_eq!((found.text.as_str(), found.conversation), ("two", bob_dm.id()));
+
+    bob_dm.mark_read(ids[1]).await.unwrap();
+    assert_eq!(bob_dm.unread().unwrap(), 1);
+    let e = next_event(&mut alice.events, |e| matches!(e, ClientEvent::ReadReceipt { .. })).await;
+    assert!(matches!(e, ClientEvent::ReadReceipt { messages, .. } if messages == vec![ids[1]]));
+
+    assert_eq!(bob_dm.mark_all_read().await.unwrap(), 1);
+    assert_eq!(bob_dm.unread().unwrap(), 0);
+    let e = next_event(&mut alice.events, |e| matches!(e, ClientEvent::ReadReceipt { .. })).await;
+    assert!(matches!(e, ClientEvent::ReadReceipt { messages, .. } if messages == vec![ids[2]]));
+    assert_eq!(bob_dm.mark_all_read().await.unwrap(), 0, "nothing left to read, no receipt sent");
+
+    alice_dm.send_text("four").await.unwrap();
+    received(&mut bob, "four").await;
+    assert_eq!(bob_dm.unread().unwrap(), 1);
+    bob_dm.send_text("reply").await.unwrap();
+    assert_eq!(bob_dm.unread().unwrap(), 0, "replying reads what came before");
+    received(&mut alice, "reply").await;
+    assert_eq!(alice.client.conversations().unwrap()[0].unread, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn leaving_or_being_removed_unlists_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let team = alice.client.create_group("team", &["bob", "carol"]).await.unwrap();
+    renamed(&mut bob, team.id()).await;
+    renamed(&mut carol, team.id()).await;
+    team.send_text("hello").await.unwrap();
+    received(&mut carol, "hello").await;
+
+    let carol_team = carol.client.conversation(team.id()).unwrap().unwrap();
+    carol_team.leave().await.unwrap();
+    assert!(carol.client.conversations().unwrap().is_empty(), "a left conversation is not listed");
+    assert!(carol.client.find_conversation("team").unwrap().is_none());
+    assert!(matches!(carol_team.send_text("still here?").await, Err(SdkError::LeftConversation)));
+    assert!(matches!(carol_team.invite("bob").await, Err(SdkError::LeftConversation)));
+    assert_eq!(carol_team.messages(10).unwrap().len(), 1, "its history stays readable");
+    // The next member to see the proposal commits it.
+    let e = next_event(&mut alice.events, |e| matches!(e, ClientEvent::MemberLeft { .. })).await;
+    assert!(matches!(e, ClientEvent::MemberLeft { ref username, .. } if username == "carol"));
+
+    // Removed by someone else: unlisted once the commit is in, and never "healed" back in.
+    team.remove("bob").await.unwrap();
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::MemberLeft { username, .. } if username == "bob")).await;
+    assert!(bob.client.conversations().unwrap().is_empty());
+    team.send_text("after bob").await.unwrap();
+    assert!(bob.client.sync().await.is_ok());
+    assert!(bob.client.conversations().unwrap().is_empty());
+    let lost = std::iter::from_fn(|| bob.events.try_recv().ok()).any(|e| matches!(e, ClientEvent::MessagesLost { .. }));
+    assert!(!lost, "a removed member does not rejoin by itself");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_typing_indicator_ends_by_itself_or_with_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let alice_dm = alice.client.dm("bob").await.unwrap();
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    let typing = |e: &ClientEvent| matches!(e, ClientEvent::Typing { .. });
+
+    // Started and never stopped (the stop was lost): it ends after the timeout.
+    let before = tokio::time::Instant::now();
+    alice_dm.typing(true).await.unwrap();
+    assert!(matches!(next_event(&mut bob.events, typing).await, ClientEvent::Typing { started: true, .. }));
+    alice_dm.typing(true).await.unwrap(); // a refresh is not shown again
+    assert!(matches!(next_event(&mut bob.events, typing).await, ClientEvent::Typing { started: false, .. }));
+    assert!(before.elapsed() >= TYPING_TIMEOUT - Duration::from_millis(100));
+
+    // The typist's message ends it at once, before the message is shown.
+    alice_dm.typing(true).await.unwrap();
+    assert!(matches!(next_event(&mut bob.events, typing).await, ClientEvent::Typing { started: true, .. }));
+    alice_dm.send_text("done").await.unwrap();
+    let e = next_event(&mut bob.events, |e| typing(e) || matches!(e, ClientEvent::MessageReceived { .. })).await;
+    assert!(matches!(e, ClientEvent::Typing { started: false, .. }), "got {e:?}");
+    received(&mut bob, "done").await;
+    server.shutdown().await.unwrap();
+}
