@@ -111,6 +111,13 @@ pub enum SdkError {
         /// The limit.
         max: usize,
     },
+    /// The local database is encrypted and this build cannot open encrypted databases.
+    #[error("the local database is encrypted: use a build of quicprochat with the `sqlcipher` feature")]
+    LocalStoreEncrypted,
+    /// The local database does not open with this account's key (it belongs to another account,
+    /// or it is damaged).
+    #[error("the local database does not open with this account's key")]
+    LocalStoreUnreadable,
     /// This device left the conversation (or was removed from it); its history stays readable.
     #[error("you are no longer a member of this conversation")]
     LeftConversation,

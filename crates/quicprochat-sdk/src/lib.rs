@@ -46,6 +46,7 @@ pub use conversation::ConversationHandle;
 pub use error::SdkError;
 pub use events::ClientEvent;
 pub use files::MAX_FILE_BYTES;
+pub use store::DATABASE_ENCRYPTION;
 pub use typing::TYPING_TIMEOUT;
 
 /// Identifies a conversation (equal to its channel and MLS group id).

@@ -2,7 +2,8 @@
 //! the queue cursor change together in one transaction, so a crash loses nothing: what was
 //! acked to the server is always already stored here.
 //!
-//! Secret-bearing columns (the MLS state, message bodies) are sealed with the account's storage
+//! Builds with the `sqlcipher` feature encrypt the whole file (see `at_rest`). Every build also
+//! seals the secret-bearing columns (the MLS state, message bodies) with the account's storage
 //! key (ChaCha20-Poly1305), which itself lives only in the password-sealed account file.
 
 use std::path::Path;
@@ -214,7 +215,7 @@ fn to_u64(v: i64) -> u64 {
 
 impl LocalStore {
     pub fn open(path: &Path, key: Zeroizing<[u8; 32]>) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        let conn = at_rest::open(path, &key)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -760,7 +761,9 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+mod at_rest;
 mod outbox;
+pub use at_rest::DATABASE_ENCRYPTION;
 pub(crate) use outbox::OutboxEntry;
 
 #[cfg(test)]

@@ -214,3 +214,49 @@ fn a_local_rename_wins_over_the_group_name_and_left_conversations_are_not_listed
     store.mark_left(&dm).unwrap();
     assert!(store.conversation_by_peer("carol").unwrap().is_none());
 }
+
+#[cfg(feature = "sqlcipher")]
+mod encrypted {
+    use super::*;
+
+    fn header(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()[..16].to_vec()
+    }
+
+    #[test]
+    fn the_whole_file_is_encrypted_and_opens_only_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut store = open(&dir);
+            conversation(&mut store, CONVERSATION);
+            store.apply(Change { message: Some(row(1, "bob", "secret")), ..Default::default() }).unwrap();
+        }
+        assert_ne!(header(&path), b"SQLite format 3\0");
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(3).any(|w| w == b"bob"), "a sender's name is readable in the file");
+        assert!(matches!(LocalStore::open(&path, Zeroizing::new([8u8; 32])), Err(SdkError::LocalStoreUnreadable)));
+        let store = open(&dir);
+        assert_eq!(store.message(&MessageId([1; 16])).unwrap().unwrap().text, "secret");
+    }
+
+    #[test]
+    fn a_cleartext_database_of_an_earlier_build_is_encrypted_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // As a build without the feature wrote it (column-sealed with the same key).
+            let conn = Connection::open(&path).unwrap();
+            migrate(&conn).unwrap();
+            let mut store = LocalStore { conn, key: Zeroizing::new([7u8; 32]) };
+            conversation(&mut store, CONVERSATION);
+            store.apply(Change { message: Some(row(1, "bob", "kept")), ..Default::default() }).unwrap();
+        }
+        assert_eq!(header(&path), b"SQLite format 3\0");
+        let store = open(&dir);
+        assert_eq!(store.message(&MessageId([1; 16])).unwrap().unwrap().text, "kept");
+        drop(store);
+        assert_ne!(header(&path), b"SQLite format 3\0");
+        assert!(!dir.path().join("state.db.encrypting").exists());
+    }
+}
