@@ -83,6 +83,11 @@ impl From<StoreError> for ServiceError {
             StoreError::StaleEpoch { current, .. } => ServiceError::StaleEpoch { current },
             StoreError::QueueFull => ServiceError::QueueFull,
             StoreError::UnknownDevice => ServiceError::BadRequest("welcome for an unknown device".into()),
+            StoreError::BlobOutOfOrder { received } => ServiceError::OutOfOrder { received },
+            StoreError::BlobSizeMismatch { .. } => {
+                ServiceError::BadRequest("total_size differs from the upload's first chunk".into())
+            }
+            StoreError::BlobChunkOutOfRange => ServiceError::BadRequest("chunk runs past the blob's total size".into()),
             // Passing trouble of a shared database: the client may simply retry.
             StoreError::Contended { .. } => ServiceError::Unavailable("the database (busy)"),
             StoreError::ConnectionPool(err) => {

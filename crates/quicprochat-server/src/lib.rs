@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod at_rest;
+mod blob_import;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -48,7 +49,8 @@ pub mod files {
     pub const SIGNING_KEY: &str = "signing.key";
     /// Dev-mode self-signed certificate (DER), for clients to pin.
     pub const DEV_CERT: &str = "server-cert.der";
-    /// Directory of blob files.
+    /// Directory of blob files written by versions before blobs moved into the store; imported
+    /// at start-up, then removed.
     pub const BLOBS: &str = "blobs";
 }
 
@@ -196,6 +198,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     };
 
+    // Blob bytes of an earlier version, from files into the store, before anyone asks for them.
+    blob_import::import_blob_files(store.as_ref(), &dir.join(files::BLOBS)).await?;
+
     let cert = match &config.tls {
         Some((cert, key)) => quicprochat_rpc::tls::load_pem_or_der_certificate(cert, key)?,
         None => {
@@ -218,7 +223,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         limits: config.limits.clone(),
         revoked: Default::default(),
         cluster: cluster.clone().map(|store| Arc::new(store) as Arc<dyn cluster::Cluster>),
-        blobs: services::blobs::BlobFiles::new(dir.join(files::BLOBS)),
         pending_logins: Default::default(),
     });
     let mut rpc_opts = config.rpc.clone();
@@ -287,8 +291,10 @@ async fn gc_loop(state: Arc<AppState>, shutdown: CancellationToken) {
                     metrics::gauge!("qpc_queue_entries").set(total as f64);
                     metrics::gauge!("qpc_queue_deepest").set(deepest as f64);
                 }
-                if let Err(e) = services::blobs::purge(&state).await {
-                    tracing::warn!(error = %e, "purging blobs failed");
+                match services::blobs::purge(&state).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired blobs purged with their bytes"),
+                    Err(e) => tracing::warn!(error = %e, "purging blobs failed"),
                 }
                 match services::delivery::purge_expired(&state).await {
                     Ok(0) => {}

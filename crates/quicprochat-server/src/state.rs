@@ -172,8 +172,6 @@ pub struct AppState {
     pub clock: Clock,
     /// Limits.
     pub limits: Limits,
-    /// Blob files.
-    pub blobs: crate::services::blobs::BlobFiles,
     /// Sessions revoked while possibly still bound.
     pub revoked: RevokedSessions,
     /// The bus and rate-limit buckets shared with the other nodes; `None` on a single node.

@@ -138,9 +138,6 @@ pub async fn delete_account(state: &AppState, session: &Session) -> Result<(), S
     let deleted = state.store.delete_account(session.user_id).await?.ok_or(ServiceError::NotFound("account"))?;
     let until_ms = session.expires_ms.max(state.clock.now_ms()) + REVOCATION_SLACK_MS;
     crate::relay::revoke_sessions(state, deleted.sessions, until_ms, Vec::new()).await;
-    for blob in &deleted.blobs {
-        state.blobs.remove(blob).await;
-    }
     tracing::info!(user = ?session.user_id, "account deleted");
     state.audit(AuditKind::AccountDeleted, Some(session.user_id), None).await;
     Ok(())

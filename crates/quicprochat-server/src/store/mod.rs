@@ -44,6 +44,23 @@ pub enum StoreError {
     /// A welcome names a device that does not exist.
     #[error("welcome for an unknown device")]
     UnknownDevice,
+    /// A chunk continues an upload of another total size.
+    #[error("blob chunk for a total size of {given} bytes, but the upload has {stored}")]
+    BlobSizeMismatch {
+        /// The size the chunk announced.
+        given: u64,
+        /// The upload's size.
+        stored: u64,
+    },
+    /// A chunk is empty or runs past the blob's size.
+    #[error("blob chunk is empty or runs past the end of the blob")]
+    BlobChunkOutOfRange,
+    /// A chunk does not start where the upload stands (and is not a retry of a stored chunk).
+    #[error("the upload has {received} bytes: the next chunk starts there")]
+    BlobOutOfOrder {
+        /// Bytes stored.
+        received: u64,
+    },
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -131,8 +148,8 @@ pub trait AccountStore: Send + Sync {
     /// Revokes a session; returns whether it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError>;
     /// Deletes an account and, in the same transaction, its sessions, devices, key packages,
-    /// queues, memberships and the blobs its devices uploaded, plus envelopes and channels
-    /// nothing references any more. `None` if the account did not exist.
+    /// queues, memberships and the blobs (with their bytes) no other account references, plus
+    /// envelopes and channels nothing references any more. `None` if the account did not exist.
     async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError>;
 }
 
@@ -216,28 +233,39 @@ pub trait DeliveryStore: Send + Sync {
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
 }
 
-/// Blob metadata (the bytes live in files beside the database).
+/// Blobs: client-encrypted files, their metadata and their bytes (stored as the chunks that were
+/// uploaded), so that every node of a cluster serves every blob.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// A blob or upload.
     async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError>;
-    /// Starts an upload (no-op if one exists).
-    async fn create_blob(
-        &self,
-        id: [u8; 32],
-        total_size: u64,
-        uploader: DeviceId,
-        now_ms: u64,
-        expires_ms: u64,
-    ) -> Result<(), StoreError>;
-    /// Records upload progress.
-    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError>;
-    /// Forgets a blob.
-    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError>;
-    /// Forgets blobs whose retention passed; returns their ids so their files can go too.
-    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError>;
-    /// Every known blob id (to find files left behind by deleted accounts).
-    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Stores one chunk of an upload, in one transaction: creates the upload when this is its
+    /// first chunk, records the uploader's account as referencing the blob, and stores `data` at
+    /// `offset` with the upload's new progress (complete when it reaches `total_size`). Returns the
+    /// blob afterwards.
+    ///
+    /// A complete blob is left as it is (the same ciphertext uploaded again). A chunk whose exact
+    /// bytes are already stored at `offset` (a retry) changes nothing. Otherwise
+    /// [`StoreError::BlobOutOfOrder`] unless `offset` is where the upload stands (and for the chunk
+    /// that would complete the blob without `hash_checked`), [`StoreError::BlobSizeMismatch`] and
+    /// [`StoreError::BlobChunkOutOfRange`] for a chunk that does not fit the upload.
+    async fn write_blob_chunk(&self, chunk: BlobChunk) -> Result<BlobRecord, StoreError>;
+    /// Up to `max_len` stored bytes of blob `id` from `offset`: fewer at the end of what is
+    /// stored, none past it. `None` if there is no such blob. Reads at most the chunks that hold
+    /// the range.
+    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes an upload that is not complete, with its bytes (its hash did not match). A complete
+    /// blob stays. Whether something was deleted.
+    async fn discard_upload(&self, id: [u8; 32]) -> Result<bool, StoreError>;
+    /// Deletes a blob, complete or not, with its bytes. Whether it existed.
+    async fn delete_blob(&self, id: [u8; 32]) -> Result<bool, StoreError>;
+    /// Deletes blobs whose retention passed, with their bytes, in one transaction; how many.
+    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<u64, StoreError>;
+    /// Stores bytes of an existing blob at `offset` without changing its record: the import of
+    /// blob files written by earlier versions. Nothing happens if a chunk is stored at `offset`
+    /// already. `NotFound("blob")` if there is no such blob, [`StoreError::BlobChunkOutOfRange`]
+    /// if the bytes are empty or reach past the blob's `received`.
+    async fn import_blob_chunk(&self, id: [u8; 32], offset: u64, data: Vec<u8>) -> Result<(), StoreError>;
 }
 
 /// Everything the server persists.

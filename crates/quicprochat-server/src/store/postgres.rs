@@ -35,9 +35,9 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use crate::cluster::ClusterEvent;
 
 use super::{
-    AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
-    DeletedAccount, DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome,
-    EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeletedAccount, DeliveryStore,
+    DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
+    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `schema_version` records each one that ran. The first is the
@@ -167,6 +167,25 @@ CREATE UNLOGGED TABLE rate_buckets (
     granted      BOOLEAN NOT NULL,
     PRIMARY KEY (class, key)
 );
+"#,
+    // Blob bytes move from files into the database (the files are imported at start-up), and
+    // every account that uploaded a blob references it. Chunks are ciphertext: stored out of line
+    // without trying to compress them.
+    r#"
+CREATE TABLE blob_chunks (
+    blob_id     BYTEA NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    byte_offset BIGINT NOT NULL,
+    data        BYTEA NOT NULL,
+    PRIMARY KEY (blob_id, byte_offset)
+);
+ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE TABLE blob_refs (
+    blob_id BYTEA NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    user_id BYTEA NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (blob_id, user_id)
+);
+CREATE INDEX blob_refs_by_user ON blob_refs(user_id);
+INSERT INTO blob_refs (blob_id, user_id) SELECT b.id, d.user_id FROM blobs b JOIN devices d ON d.id = b.uploader;
 "#,
 ];
 
@@ -338,6 +357,9 @@ macro_rules! reading {
         result
     }};
 }
+
+// After the macros: the blob store uses them.
+mod blobs;
 
 fn record(kind: &'static str, started: std::time::Instant) {
     metrics::histogram!("qpc_store_operation_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
@@ -676,11 +698,27 @@ async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<D
         .iter()
         .map(|r| get32(r, 0, "sessions.token_hash"))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut blobs = rows(&tx, "DELETE FROM blobs WHERE uploader = ANY($1) RETURNING id", &[&devices])
-        .await?
-        .iter()
-        .map(|r| get32(r, 0, "blobs.id"))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The blobs the account references, locked, then those no other account references deleted
+    // (their chunks cascade): a reference added meanwhile by another account's upload committed
+    // under the lock and is seen.
+    let referenced: Vec<Vec<u8>> = rows(
+        &tx,
+        "SELECT b.id FROM blobs b JOIN blob_refs r ON r.blob_id = b.id WHERE r.user_id = $1 ORDER BY b.id FOR UPDATE OF b",
+        &[&uid],
+    )
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?;
+    if !referenced.is_empty() {
+        exec(
+            &tx,
+            "DELETE FROM blobs b WHERE b.id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = b.id AND r.user_id <> $2)",
+            &[&referenced, &uid],
+        )
+        .await?;
+    }
     // Sessions, devices, key packages, queue entries and memberships cascade.
     let existed = exec(&tx, "DELETE FROM users WHERE id = $1", &[&uid]).await? == 1;
     drop_unqueued(&tx, &queued).await?;
@@ -695,8 +733,7 @@ async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<D
         return Ok(None);
     }
     sessions.sort_unstable();
-    blobs.sort_unstable();
-    Ok(Some(DeletedAccount { sessions, blobs }))
+    Ok(Some(DeletedAccount { sessions }))
 }
 
 #[async_trait]
@@ -1373,72 +1410,5 @@ impl DeliveryStore for PostgresStore {
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
         retrying!(self, client => ack_tx(&mut client, device, up_to_seq))
-    }
-}
-
-#[async_trait]
-impl BlobStore for PostgresStore {
-    async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
-        let found = reading!(self, client => row(
-            &client,
-            "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = $1",
-            &[&id.as_slice()],
-        ))?;
-        found
-            .map(|r| {
-                Ok(BlobRecord {
-                    id,
-                    total_size: i64_to_u64(r.try_get(0)?),
-                    received: i64_to_u64(r.try_get(1)?),
-                    complete: r.try_get(2)?,
-                    expires_ms: i64_to_u64(r.try_get(3)?),
-                })
-            })
-            .transpose()
-    }
-
-    async fn create_blob(
-        &self,
-        id: [u8; 32],
-        total_size: u64,
-        uploader: DeviceId,
-        now_ms: u64,
-        expires_ms: u64,
-    ) -> Result<(), StoreError> {
-        retrying!(self, client => exec(
-            &client,
-            "INSERT INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
-             VALUES ($1, $2, 0, FALSE, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-            &[&id.as_slice(), &u64_to_i64(total_size), &uploader.0.as_slice(), &u64_to_i64(now_ms), &u64_to_i64(expires_ms)],
-        ))?;
-        Ok(())
-    }
-
-    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError> {
-        retrying!(self, client => exec(
-            &client,
-            "UPDATE blobs SET received = $2, complete = $3 WHERE id = $1",
-            &[&id.as_slice(), &u64_to_i64(received), &complete],
-        ))?;
-        Ok(())
-    }
-
-    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError> {
-        retrying!(self, client => exec(&client, "DELETE FROM blobs WHERE id = $1", &[&id.as_slice()]))?;
-        Ok(())
-    }
-
-    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        let gone = retrying!(self, client => rows(
-            &client,
-            "DELETE FROM blobs WHERE expires_ms <= $1 RETURNING id",
-            &[&u64_to_i64(now_ms)],
-        ))?;
-        gone.iter().map(|r| get32(r, 0, "blobs.id")).collect()
-    }
-
-    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        let found = reading!(self, client => rows(&client, "SELECT id FROM blobs ORDER BY id", &[]))?;
-        found.iter().map(|r| get32(r, 0, "blobs.id")).collect()
     }
 }

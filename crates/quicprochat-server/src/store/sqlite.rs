@@ -9,10 +9,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountStore, AuditEvent, BlobRecord, BlobStore, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage,
-    DeletedAccount, DeliveryStore, DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome,
-    EnvelopeKind, NewChannel, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeletedAccount, DeliveryStore,
+    DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
+    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
+
+mod blobs;
 
 /// Migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -128,6 +130,24 @@ CREATE INDEX blobs_by_expiry ON blobs(expires_ms);
     r#"
 ALTER TABLE audit_log ADD COLUMN method TEXT;
 ALTER TABLE audit_log ADD COLUMN status TEXT;
+"#,
+    // Blob bytes move from files into the database (the files are imported at start-up), and
+    // every account that uploaded a blob references it. A rowid table: its rows are large.
+    r#"
+CREATE TABLE blob_chunks (
+    id          INTEGER PRIMARY KEY,
+    blob_id     BLOB NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    byte_offset INTEGER NOT NULL,
+    data        BLOB NOT NULL,
+    UNIQUE (blob_id, byte_offset)
+);
+CREATE TABLE blob_refs (
+    blob_id BLOB NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    user_id BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (blob_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX blob_refs_by_user ON blob_refs(user_id);
+INSERT INTO blob_refs (blob_id, user_id) SELECT b.id, d.user_id FROM blobs b JOIN devices d ON d.id = b.uploader;
 "#,
 ];
 
@@ -512,14 +532,10 @@ impl AccountStore for SqliteStore {
                 let mut stmt = tx.prepare_cached("SELECT token_hash FROM sessions WHERE user_id = ?1")?;
                 stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
-            let blobs: Vec<Vec<u8>> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id FROM blobs WHERE uploader IN (SELECT id FROM devices WHERE user_id = ?1)",
-                )?;
-                stmt.query_map([user.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
-            };
+            // Their chunks cascade; the account's references to blobs others share go with it.
             tx.execute(
-                "DELETE FROM blobs WHERE uploader IN (SELECT id FROM devices WHERE user_id = ?1)",
+                "DELETE FROM blobs WHERE id IN (SELECT blob_id FROM blob_refs WHERE user_id = ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = blobs.id AND r.user_id <> ?1)",
                 [user.0.as_slice()],
             )?;
             // Sessions, devices, key packages, queue entries and memberships cascade.
@@ -538,7 +554,6 @@ impl AccountStore for SqliteStore {
             }
             Ok(Some(DeletedAccount {
                 sessions: sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>()?,
-                blobs: blobs.into_iter().map(|b| blob32(b, "blobs.id")).collect::<Result<_, _>>()?,
             }))
         })
         .await
@@ -1273,95 +1288,6 @@ impl DeliveryStore for SqliteStore {
             drop(gc);
             tx.commit()?;
             Ok(removed as u64)
-        })
-        .await
-    }
-}
-
-fn read_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-}
-
-#[async_trait]
-impl BlobStore for SqliteStore {
-    async fn blob(&self, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
-        self.read(move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = ?1",
-                    [id.as_slice()],
-                    read_blob,
-                )
-                .optional()?;
-            Ok(row.map(|(total, received, complete, expires)| BlobRecord {
-                id,
-                total_size: i64_to_u64(total),
-                received: i64_to_u64(received),
-                complete,
-                expires_ms: i64_to_u64(expires),
-            }))
-        })
-        .await
-    }
-
-    async fn create_blob(
-        &self,
-        id: [u8; 32],
-        total_size: u64,
-        uploader: DeviceId,
-        now_ms: u64,
-        expires_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            conn.execute(
-                "INSERT OR IGNORE INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
-                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)",
-                params![
-                    id.as_slice(),
-                    u64_to_i64(total_size),
-                    uploader.0.as_slice(),
-                    u64_to_i64(now_ms),
-                    u64_to_i64(expires_ms)
-                ],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn set_blob_received(&self, id: [u8; 32], received: u64, complete: bool) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            conn.execute(
-                "UPDATE blobs SET received = ?2, complete = ?3 WHERE id = ?1",
-                params![id.as_slice(), u64_to_i64(received), complete],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_blob(&self, id: [u8; 32]) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            conn.execute("DELETE FROM blobs WHERE id = ?1", [id.as_slice()])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn purge_expired_blobs(&self, now_ms: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        self.run(move |conn| {
-            let mut stmt = conn.prepare_cached("DELETE FROM blobs WHERE expires_ms <= ?1 RETURNING id")?;
-            let ids: Vec<Vec<u8>> = stmt.query_map([u64_to_i64(now_ms)], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids.into_iter().map(|id| blob32(id, "blobs.id")).collect()
-        })
-        .await
-    }
-
-    async fn blob_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT id FROM blobs")?;
-            let ids: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids.into_iter().map(|id| blob32(id, "blobs.id")).collect()
         })
         .await
     }

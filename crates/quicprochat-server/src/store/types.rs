@@ -333,7 +333,7 @@ pub struct AuditEvent {
 }
 
 /// A stored blob or an upload in progress.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobRecord {
     /// SHA-256 of the ciphertext.
     pub id: [u8; 32],
@@ -347,11 +347,171 @@ pub struct BlobRecord {
     pub expires_ms: u64,
 }
 
+/// One chunk of an upload, for [`super::BlobStore::write_blob_chunk`].
+#[derive(Clone)]
+pub struct BlobChunk {
+    /// SHA-256 of the whole ciphertext: the blob's id.
+    pub id: [u8; 32],
+    /// The blob's size, as announced with every chunk (the first creates the upload with it).
+    pub total_size: u64,
+    /// Where `data` starts in the blob.
+    pub offset: u64,
+    /// The bytes (the service bounds them to 256 KiB).
+    pub data: Vec<u8>,
+    /// The device sending the chunk; its account then references the blob.
+    pub uploader: DeviceId,
+    /// The caller checked that the blob's stored bytes before `offset`, followed by `data`, hash
+    /// to `id`. Required for the chunk that completes the blob.
+    pub hash_checked: bool,
+    /// Now, Unix ms (the creation time if this chunk starts the upload).
+    pub now_ms: u64,
+    /// When the blob is deleted, Unix ms, if this chunk starts the upload.
+    pub expires_ms: u64,
+}
+
+impl fmt::Debug for BlobChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobChunk")
+            .field("id", &hex::encode(&self.id[..4]))
+            .field("total_size", &self.total_size)
+            .field("offset", &self.offset)
+            .field("len", &self.data.len())
+            .field("hash_checked", &self.hash_checked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a backend does with a chunk, decided from the blob's row (locked) by
+/// [`BlobChunk::step`], so both backends follow one rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkStep {
+    /// Nothing to write: the blob is complete (the same ciphertext uploaded again).
+    Unchanged,
+    /// Store the chunk; the blob then has `received` bytes, and is complete when `complete`.
+    Append {
+        /// Bytes stored afterwards.
+        received: u64,
+        /// The chunk completes the blob (its hash was checked).
+        complete: bool,
+    },
+    /// The chunk lies within the stored bytes: a retry, and unchanged, if exactly these bytes are
+    /// stored at its offset; otherwise out of order.
+    Retry,
+}
+
+impl BlobChunk {
+    /// The step for this chunk of the blob `stored` (as locked by the writing transaction).
+    pub(crate) fn step(&self, stored: &BlobRecord) -> Result<ChunkStep, super::StoreError> {
+        use super::StoreError;
+        if stored.complete {
+            return Ok(ChunkStep::Unchanged);
+        }
+        if stored.total_size != self.total_size {
+            return Err(StoreError::BlobSizeMismatch { given: self.total_size, stored: stored.total_size });
+        }
+        let end = match self.offset.checked_add(self.data.len() as u64) {
+            Some(end) if end <= stored.total_size && !self.data.is_empty() => end,
+            _ => return Err(StoreError::BlobChunkOutOfRange),
+        };
+        let received = stored.received;
+        if self.offset == received {
+            let complete = end == stored.total_size;
+            // A completing chunk whose hash nobody checked (the caller saw the upload elsewhere):
+            // it is to be sent again, and is then checked.
+            if complete && !self.hash_checked {
+                return Err(StoreError::BlobOutOfOrder { received });
+            }
+            return Ok(ChunkStep::Append { received: end, complete });
+        }
+        if end <= received {
+            return Ok(ChunkStep::Retry);
+        }
+        Err(StoreError::BlobOutOfOrder { received })
+    }
+}
+
+/// Joins the pieces of a blob range read from its chunks, each `(where the chunk starts, its part
+/// within the range)` in order, with `(None, None)` for a blob without bytes in the range: `None`
+/// without any piece (no such blob), else the bytes from `offset` on. The pieces must follow one
+/// another without a gap.
+pub(crate) fn join_blob_pieces(
+    offset: u64,
+    pieces: impl Iterator<Item = Result<(Option<u64>, Option<Vec<u8>>), super::StoreError>>,
+) -> Result<Option<Vec<u8>>, super::StoreError> {
+    let mut out: Option<Vec<u8>> = None;
+    for piece in pieces {
+        let (start, bytes) = piece?;
+        let joined = out.get_or_insert_with(Vec::new);
+        let (Some(start), Some(bytes)) = (start, bytes) else { continue };
+        if start.max(offset) != offset + joined.len() as u64 {
+            return Err(super::StoreError::Corrupt("blob_chunks"));
+        }
+        joined.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
 /// What `DeleteAccount` removed that lives outside the database or in memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeletedAccount {
     /// Hashes of the account's sessions, to revoke on connections still bound to them.
     pub sessions: Vec<[u8; 32]>,
-    /// Blobs the account's devices uploaded, whose files are to be deleted.
-    pub blobs: Vec<[u8; 32]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn chunk(offset: u64, len: usize, hash_checked: bool) -> BlobChunk {
+        BlobChunk {
+            id: [1; 32],
+            total_size: 100,
+            offset,
+            data: vec![7; len],
+            uploader: DeviceId([2; 16]),
+            hash_checked,
+            now_ms: 0,
+            expires_ms: 0,
+        }
+    }
+
+    fn stored(received: u64, complete: bool) -> BlobRecord {
+        BlobRecord { id: [1; 32], total_size: 100, received, complete, expires_ms: 0 }
+    }
+
+    #[test]
+    fn chunks_append_at_the_upload_offset_only() {
+        let step = |c: &BlobChunk, s: &BlobRecord| c.step(s).map_err(|e| e.to_string());
+        assert_eq!(
+            step(&chunk(0, 40, false), &stored(0, false)),
+            Ok(ChunkStep::Append { received: 40, complete: false })
+        );
+        assert_eq!(
+            step(&chunk(40, 60, true), &stored(40, false)),
+            Ok(ChunkStep::Append { received: 100, complete: true })
+        );
+        assert_eq!(step(&chunk(0, 40, false), &stored(40, false)), Ok(ChunkStep::Retry));
+        assert_eq!(step(&chunk(10, 20, false), &stored(40, false)), Ok(ChunkStep::Retry));
+        assert_eq!(step(&chunk(5, 99, true), &stored(100, true)), Ok(ChunkStep::Unchanged));
+        assert!(matches!(
+            chunk(30, 20, false).step(&stored(40, false)),
+            Err(StoreError::BlobOutOfOrder { received: 40 })
+        ));
+        assert!(matches!(
+            chunk(50, 10, false).step(&stored(40, false)),
+            Err(StoreError::BlobOutOfOrder { received: 40 })
+        ));
+        assert!(matches!(
+            chunk(40, 60, false).step(&stored(40, false)),
+            Err(StoreError::BlobOutOfOrder { received: 40 })
+        ));
+        assert!(matches!(chunk(90, 11, true).step(&stored(90, false)), Err(StoreError::BlobChunkOutOfRange)));
+        assert!(matches!(chunk(40, 0, false).step(&stored(40, false)), Err(StoreError::BlobChunkOutOfRange)));
+        let other_size = BlobChunk { total_size: 99, ..chunk(0, 1, false) };
+        assert!(matches!(
+            other_size.step(&stored(0, false)),
+            Err(StoreError::BlobSizeMismatch { given: 99, stored: 100 })
+        ));
+    }
 }

@@ -44,14 +44,29 @@ mod encrypted {
         let server = TestServer { server: start_in(dir.path(), Some(key(1))).await.unwrap(), dir };
         let (alice, _, _) = user(&server, "alice").await;
         let info: v1::ServerInfoResponse = alice.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.unwrap();
+        // Blob bytes are in the database, so under its encryption too.
+        let blob = b"blob bytes the server stores ".repeat(100);
+        let id = <sha2::Sha256 as sha2::Digest>::digest(&blob).to_vec();
+        let request = v1::UploadBlobChunkRequest {
+            blob_id: id.into(),
+            total_size: blob.len() as u64,
+            offset: 0,
+            data: blob.clone().into(),
+        };
+        let up: v1::UploadBlobChunkResponse = alice.call(method::UPLOAD_BLOB_CHUNK, &request).await.unwrap();
+        assert!(up.complete);
         alice.close("done");
         let TestServer { server, dir } = server;
         server.shutdown().await.unwrap();
 
-        // Nothing readable on disk: no SQLite header, no username, no key in the clear.
+        // Nothing readable on disk: no SQLite header, no username, no blob, no key in the clear.
         let db = std::fs::read(dir.path().join(files::DATABASE)).unwrap();
         assert!(!db.starts_with(b"SQLite format 3\0"), "the database file is encrypted");
         assert!(!contains(&db, b"alice"));
+        let wal = std::fs::read(dir.path().join(format!("{}-wal", files::DATABASE))).unwrap_or_default();
+        for file in [&db, &wal] {
+            assert!(!contains(file, b"blob bytes the server stores"), "blob bytes are encrypted at rest");
+        }
         let signing_key = std::fs::read(dir.path().join(files::SIGNING_KEY)).unwrap();
         assert_ne!(signing_key.len(), 32, "the signing key file is sealed, not the raw key");
 

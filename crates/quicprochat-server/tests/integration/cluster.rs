@@ -1,6 +1,7 @@
 //! Two server nodes on one PostgreSQL database: shared secrets, cross-node push and long-poll,
 //! a client moving to the surviving node when its node goes away, revocations, events and
-//! ephemeral envelopes crossing nodes, and rate limits shared by the nodes.
+//! ephemeral envelopes crossing nodes, rate limits shared by the nodes, and blobs uploaded through
+//! one node downloaded through the other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,6 +300,75 @@ async fn two_nodes_together_do_not_exceed_one_rate_limit() {
     let err =
         alice_a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &keyed_app(&channel, b"x", b"x")).await.unwrap_err();
     assert_eq!(err.rpc_status(), Some(Status::RateLimited));
+    a.server.shutdown().await.unwrap();
+    b.server.shutdown().await.unwrap();
+}
+
+async fn upload_chunk(
+    rpc: &RpcClient,
+    id: &[u8],
+    data: &[u8],
+    start: usize,
+    end: usize,
+) -> v1::UploadBlobChunkResponse {
+    let request = v1::UploadBlobChunkRequest {
+        blob_id: Bytes::copy_from_slice(id),
+        total_size: data.len() as u64,
+        offset: start as u64,
+        data: Bytes::copy_from_slice(&data[start..end]),
+    };
+    rpc.call(method::UPLOAD_BLOB_CHUNK, &request).await.unwrap()
+}
+
+async fn download_all(rpc: &RpcClient, id: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    loop {
+        let request =
+            v1::DownloadBlobChunkRequest { blob_id: Bytes::copy_from_slice(id), offset: got.len() as u64, max_len: 0 };
+        let chunk: v1::DownloadBlobChunkResponse = rpc.call(method::DOWNLOAD_BLOB_CHUNK, &request).await.unwrap();
+        got.extend_from_slice(&chunk.data);
+        if got.len() as u64 >= chunk.total_size {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_uploaded_through_one_node_downloads_through_the_other() {
+    let Some(schema) = PgSchema::fresh("a_blob_uploaded_through_one_node_downloads_through_the_other").await else {
+        return;
+    };
+    const CHUNK: usize = 256 * 1024;
+    // Each node has a data dir of its own (`node` makes one): nothing on disk is shared.
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let (alice_a, token, _) = user(&a, "alice").await;
+    let (bob_b, bob_token, _) = user(&b, "bob").await;
+
+    let data: Vec<u8> = (0..3 * CHUNK + 4321).map(|i| (i * 7 % 253) as u8).collect();
+    let id = Sha256::digest(&data).to_vec();
+    for start in (0..data.len()).step_by(CHUNK) {
+        upload_chunk(&alice_a, &id, &data, start, (start + CHUNK).min(data.len())).await;
+    }
+    assert_eq!(download_all(&bob_b, &id).await, data, "node B serves what node A stored");
+
+    // An upload started on A resumes on B, where it is completed and hash-checked.
+    let other: Vec<u8> = data.iter().rev().copied().collect();
+    let other_id = Sha256::digest(&other).to_vec();
+    upload_chunk(&alice_a, &other_id, &other, 0, CHUNK).await;
+    let alice_b = resumed(&b, &token).await;
+    let info: v1::BlobInfoResponse =
+        alice_b.call(method::BLOB_INFO, &v1::BlobInfoRequest { blob_id: other_id.clone().into() }).await.unwrap();
+    assert_eq!((info.received, info.complete), (CHUNK as u64, false));
+    let mut last = None;
+    for start in (CHUNK..other.len()).step_by(CHUNK) {
+        last = Some(upload_chunk(&alice_b, &other_id, &other, start, (start + CHUNK).min(other.len())).await);
+    }
+    assert!(last.unwrap().complete);
+    let bob_a = resumed(&a, &bob_token).await;
+    assert_eq!(download_all(&bob_a, &other_id).await, other);
+    for node in [&a, &b] {
+        assert!(!node.dir.path().join(quicprochat_server::files::BLOBS).exists(), "no blob files on any node");
+    }
     a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();
 }

@@ -82,3 +82,53 @@ async fn a_dm_round_trip_through_a_server_on_postgres() {
     crate::harness::login(&alice, "alice", b"pw").await.unwrap();
     server.server.shutdown().await.unwrap();
 }
+
+/// A database of the previous version (one migration behind) with its blob bytes in the data
+/// dir's `blobs/`: the migration and the import at start put them in PostgreSQL.
+#[tokio::test]
+async fn blob_files_of_an_earlier_version_are_imported_into_postgres() {
+    use sha2::{Digest, Sha256};
+    let Some(schema) = PgSchema::fresh("blob_files_of_an_earlier_version_are_imported_into_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer { server: start_on(&schema, dir.path()).await, dir };
+    let (alice, _, _) = user(&server, "alice").await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let id = Sha256::digest(&data).to_vec();
+    for start in (0..data.len()).step_by(256 * 1024) {
+        let end = (start + 256 * 1024).min(data.len());
+        let request = v1::UploadBlobChunkRequest {
+            blob_id: id.clone().into(),
+            total_size: data.len() as u64,
+            offset: start as u64,
+            data: data[start..end].to_vec().into(),
+        };
+        let _: v1::UploadBlobChunkResponse = alice.call(method::UPLOAD_BLOB_CHUNK, &request).await.unwrap();
+    }
+    alice.close("restart");
+    let TestServer { server: running, dir } = server;
+    running.shutdown().await.unwrap();
+
+    let blobs = dir.path().join(quicprochat_server::files::BLOBS);
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(hex::encode(&id)), &data).unwrap();
+    let db = schema.client().await;
+    db.batch_execute("DROP TABLE blob_chunks; DROP TABLE blob_refs; DELETE FROM schema_version WHERE version = 4")
+        .await
+        .unwrap();
+
+    let server = TestServer { server: start_on(&schema, dir.path()).await, dir };
+    assert!(!blobs.exists(), "imported and removed");
+    let (bob, _, _) = user(&server, "bob").await;
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let request = v1::DownloadBlobChunkRequest { blob_id: id.clone().into(), offset: got.len() as u64, max_len: 0 };
+        let chunk: v1::DownloadBlobChunkResponse = bob.call(method::DOWNLOAD_BLOB_CHUNK, &request).await.unwrap();
+        got.extend_from_slice(&chunk.data);
+    }
+    assert!(got == data, "the imported blob downloads intact");
+    let refs = db.query_one("SELECT COUNT(*) FROM blob_refs", &[]).await.unwrap();
+    assert_eq!(refs.get::<_, i64>(0), 1, "the migration made the uploader's account reference it");
+    server.server.shutdown().await.unwrap();
+}

@@ -7,14 +7,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use quicprochat_server::store::{
-    AuditEvent, AuditKind, ChannelId, ChannelKind, DeviceId, DeviceRecord, EndpointRecord, EnqueueBatch, EnvelopeKind,
-    NewChannel, SessionRecord, Store, StoreError, Tracking, UserId, WelcomeFor,
+    AuditEvent, AuditKind, BlobChunk, BlobRecord, ChannelId, ChannelKind, DeviceId, DeviceRecord, EndpointRecord,
+    EnqueueBatch, EnvelopeKind, NewChannel, SessionRecord, Store, StoreError, Tracking, UserId, WelcomeFor,
 };
 
-/// Counts rows with one `SELECT COUNT(*) …` that SQLite and PostgreSQL both read.
+/// Counts rows with one `SELECT COUNT(*) …` that SQLite and PostgreSQL both read, and changes
+/// rows behind the store's back (to stage what an older version left).
 #[async_trait::async_trait]
 pub trait Probe: Send + Sync {
     async fn count(&self, sql: &str) -> i64;
+    async fn execute(&self, sql: &str);
 }
 
 /// A store under test, a probe into its database, and whatever keeps them alive.
@@ -539,26 +541,218 @@ pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 3);
 }
 
-pub async fn blobs_are_tracked_and_purged(f: Fixture) {
+/// Chunk `data` of blob `id` (of `total` bytes) at `offset`, sent by `uploader`, expiring a day
+/// after `NOW`.
+fn chunk(id: [u8; 32], total: u64, offset: u64, data: &[u8], uploader: DeviceId) -> BlobChunk {
+    BlobChunk {
+        id,
+        total_size: total,
+        offset,
+        data: data.to_vec(),
+        uploader,
+        hash_checked: false,
+        now_ms: NOW,
+        expires_ms: NOW + DAY_MS,
+    }
+}
+
+/// The chunk that completes a blob, its hash checked by the caller.
+fn last_chunk(id: [u8; 32], total: u64, offset: u64, data: &[u8], uploader: DeviceId) -> BlobChunk {
+    BlobChunk { hash_checked: true, ..chunk(id, total, offset, data, uploader) }
+}
+
+/// Uploads `data` whole as blob `id` in chunks of `size` bytes.
+async fn stored_blob(s: &Arc<dyn Store>, id: [u8; 32], data: &[u8], size: usize, uploader: DeviceId) -> BlobRecord {
+    let mut record = None;
+    for (i, part) in data.chunks(size).enumerate() {
+        let offset = (i * size) as u64;
+        let c = if offset as usize + part.len() == data.len() {
+            last_chunk(id, data.len() as u64, offset, part, uploader)
+        } else {
+            chunk(id, data.len() as u64, offset, part, uploader)
+        };
+        record = Some(s.write_blob_chunk(c).await.unwrap());
+    }
+    record.unwrap()
+}
+
+/// SQL naming one blob's chunks (the probe reads `X'..'` on both backends).
+fn chunks_of(id: [u8; 32]) -> String {
+    format!("SELECT COUNT(*) FROM blob_chunks WHERE blob_id = X'{}'", hex::encode(id))
+}
+
+fn out_of_order<T: std::fmt::Debug>(r: Result<T, StoreError>) -> u64 {
+    match r {
+        Err(StoreError::BlobOutOfOrder { received }) => received,
+        other => panic!("expected BlobOutOfOrder, got {other:?}"),
+    }
+}
+
+pub async fn blob_chunks_append_in_order_and_read_across_their_boundaries(f: Fixture) {
     let s = &f.store;
     let alice = account(s, "alice").await;
     let a1 = device(s, alice, 1).await;
+    let id = [1; 32];
+    assert!(s.blob(id).await.unwrap().is_none());
+    assert!(s.read_blob(id, 0, 10).await.unwrap().is_none());
+
+    let first = s.write_blob_chunk(chunk(id, 10, 0, b"abcd", a1)).await.unwrap();
+    let expected = BlobRecord { id, total_size: 10, received: 4, complete: false, expires_ms: NOW + DAY_MS };
+    assert_eq!(first, expected);
+    assert_eq!(s.blob(id).await.unwrap(), Some(expected));
+    // A retry of the stored chunk changes nothing; any other chunk not at 4 is out of order.
+    assert_eq!(s.write_blob_chunk(chunk(id, 10, 0, b"abcd", a1)).await.unwrap(), expected);
+    assert_eq!(out_of_order(s.write_blob_chunk(chunk(id, 10, 0, b"abcx", a1)).await), 4);
+    assert_eq!(out_of_order(s.write_blob_chunk(chunk(id, 10, 2, b"cd", a1)).await), 4);
+    assert_eq!(out_of_order(s.write_blob_chunk(chunk(id, 10, 3, b"de", a1)).await), 4);
+    assert_eq!(out_of_order(s.write_blob_chunk(chunk(id, 10, 6, b"gh", a1)).await), 4);
+    let other_size = s.write_blob_chunk(chunk(id, 11, 4, b"efg", a1)).await;
+    assert!(matches!(other_size, Err(StoreError::BlobSizeMismatch { given: 11, stored: 10 })), "{other_size:?}");
+    let past_end = s.write_blob_chunk(chunk(id, 10, 4, b"efghijk", a1)).await;
+    assert!(matches!(past_end, Err(StoreError::BlobChunkOutOfRange)), "{past_end:?}");
+    assert_eq!(f.probe.count(&chunks_of(id)).await, 1);
+
+    assert_eq!(s.write_blob_chunk(chunk(id, 10, 4, b"efg", a1)).await.unwrap().received, 7);
+    // The completing chunk is refused until its hash was checked.
+    assert_eq!(out_of_order(s.write_blob_chunk(chunk(id, 10, 7, b"hij", a1)).await), 7);
+    assert_eq!(s.blob(id).await.unwrap().unwrap().received, 7);
+    let done = s.write_blob_chunk(last_chunk(id, 10, 7, b"hij", a1)).await.unwrap();
+    assert_eq!((done.received, done.complete), (10, true));
+    // A complete blob stays as it is, whatever is sent for it.
+    assert_eq!(s.write_blob_chunk(chunk(id, 99, 3, b"zz", a1)).await.unwrap(), done);
+    assert_eq!(f.probe.count(&chunks_of(id)).await, 3);
+
+    let read = |offset: u64, len: u32| async move { s.read_blob(id, offset, len).await.unwrap().unwrap() };
+    assert_eq!(read(0, 100).await, b"abcdefghij");
+    assert_eq!(read(3, 3).await, b"def", "across a chunk boundary");
+    assert_eq!(read(2, 7).await, b"cdefghi", "across two");
+    assert_eq!(read(5, 1).await, b"f");
+    assert_eq!(read(4, 3).await, b"efg");
+    assert_eq!(read(9, 10).await, b"j");
+    assert!(read(10, 5).await.is_empty());
+
+    // An upload with some bytes: reads end where they end; discarding takes it with its bytes.
+    let partial = [2; 32];
+    s.write_blob_chunk(chunk(partial, 5, 0, b"xy", a1)).await.unwrap();
+    assert_eq!(s.read_blob(partial, 1, 4).await.unwrap().unwrap(), b"y");
+    assert!(s.read_blob(partial, 3, 2).await.unwrap().unwrap().is_empty());
+    assert!(s.discard_upload(partial).await.unwrap());
+    assert!(s.blob(partial).await.unwrap().is_none());
+    assert_eq!(f.probe.count(&chunks_of(partial)).await, 0);
+    // A complete blob is not discarded, only deleted.
+    assert!(!s.discard_upload(id).await.unwrap());
+    assert!(s.blob(id).await.unwrap().is_some());
+    assert!(s.delete_blob(id).await.unwrap());
+    assert!(!s.delete_blob(id).await.unwrap());
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_chunks").await, 0);
+    assert!(s.read_blob(id, 0, 10).await.unwrap().is_none());
+}
+
+pub async fn expired_blobs_go_with_their_chunks(f: Fixture) {
+    let s = &f.store;
+    let alice = account(s, "alice").await;
+    let a1 = device(s, alice, 1).await;
+    let soon = BlobChunk { expires_ms: NOW + 10, ..chunk([1; 32], 4, 0, b"ab", a1) };
+    s.write_blob_chunk(soon).await.unwrap();
+    s.write_blob_chunk(chunk([1; 32], 4, 2, b"c", a1)).await.unwrap();
+    let later = BlobChunk { expires_ms: NOW + 20, ..last_chunk([2; 32], 2, 0, b"zz", a1) };
+    assert!(s.write_blob_chunk(later).await.unwrap().complete);
+    assert_eq!(s.blob([1; 32]).await.unwrap().unwrap().expires_ms, NOW + 10, "set by the first chunk");
+
+    assert_eq!(s.purge_expired_blobs(NOW + 9).await.unwrap(), 0);
+    assert_eq!(s.purge_expired_blobs(NOW + 10).await.unwrap(), 1);
     assert!(s.blob([1; 32]).await.unwrap().is_none());
-    s.create_blob([1; 32], 1000, a1, NOW, NOW + 10).await.unwrap();
-    s.create_blob([1; 32], 5, a1, NOW, NOW + 99).await.unwrap();
-    s.create_blob([2; 32], 20, a1, NOW, NOW + 20).await.unwrap();
-    let b = s.blob([1; 32]).await.unwrap().unwrap();
-    assert_eq!((b.id, b.total_size, b.received, b.complete, b.expires_ms), ([1; 32], 1000, 0, false, NOW + 10));
-    s.set_blob_received([1; 32], 1000, true).await.unwrap();
-    let b = s.blob([1; 32]).await.unwrap().unwrap();
-    assert_eq!((b.received, b.complete), (1000, true));
-    let mut ids = s.blob_ids().await.unwrap();
-    ids.sort();
-    assert_eq!(ids, vec![[1; 32], [2; 32]]);
-    assert_eq!(s.purge_expired_blobs(NOW + 10).await.unwrap(), vec![[1; 32]]);
-    s.delete_blob([2; 32]).await.unwrap();
-    s.delete_blob([2; 32]).await.unwrap();
-    assert!(s.blob_ids().await.unwrap().is_empty());
+    assert_eq!(f.probe.count(&chunks_of([1; 32])).await, 0);
+    assert_eq!(f.probe.count(&chunks_of([2; 32])).await, 1);
+    assert_eq!(s.purge_expired_blobs(NOW + 20).await.unwrap(), 1);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_chunks").await, 0);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_refs").await, 0);
+}
+
+pub async fn concurrent_chunk_writes_store_each_byte_once(f: Fixture) {
+    let s = &f.store;
+    let alice = account(s, "alice").await;
+    let a1 = device(s, alice, 1).await;
+    let id = [3; 32];
+    let all = |tasks: Vec<tokio::task::JoinHandle<Result<BlobRecord, StoreError>>>| async move {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    };
+    // The same first chunk, eight times at once (retries on several nodes): stored once.
+    let first: Vec<_> = (0..8)
+        .map(|_| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.write_blob_chunk(chunk(id, 12, 0, b"0123", a1)).await })
+        })
+        .collect();
+    for r in all(first).await {
+        assert_eq!(r.unwrap().received, 4);
+    }
+    // Eight different second chunks at once: one wins, the others learn where the upload is.
+    let second: Vec<_> = (0..8u8)
+        .map(|i| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.write_blob_chunk(chunk(id, 12, 4, &[b'a' + i; 4], a1)).await })
+        })
+        .collect();
+    let results = all(second).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(b) if b.received == 8)
+                || matches!(r, Err(StoreError::BlobOutOfOrder { received: 8 })))
+    );
+    // The completing chunk, four times at once: complete once, every caller told so.
+    let last: Vec<_> = (0..4)
+        .map(|_| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.write_blob_chunk(last_chunk(id, 12, 8, b"wxyz", a1)).await })
+        })
+        .collect();
+    for r in all(last).await {
+        let b = r.unwrap();
+        assert_eq!((b.received, b.complete), (12, true));
+    }
+    assert_eq!(f.probe.count(&chunks_of(id)).await, 3);
+    let bytes = s.read_blob(id, 0, 12).await.unwrap().unwrap();
+    assert_eq!(&bytes[..4], b"0123");
+    assert_eq!(&bytes[8..], b"wxyz");
+    assert!(bytes[4..8].iter().all(|b| *b == bytes[4]));
+}
+
+pub async fn imported_chunks_fill_a_blob_without_changing_it(f: Fixture) {
+    let s = &f.store;
+    let alice = account(s, "alice").await;
+    let a1 = device(s, alice, 1).await;
+    let id = [4; 32];
+    let record = stored_blob(s, id, b"abcdefghij", 4, a1).await;
+    // What an older version left: the record, its bytes in a file.
+    f.probe.execute("DELETE FROM blob_chunks").await;
+    assert!(s.read_blob(id, 0, 10).await.unwrap().unwrap().is_empty());
+
+    s.import_blob_chunk(id, 0, b"abcdef".to_vec()).await.unwrap();
+    s.import_blob_chunk(id, 6, b"ghij".to_vec()).await.unwrap();
+    // Imported again (an interrupted import run twice): nothing changes.
+    s.import_blob_chunk(id, 0, b"zzzzzz".to_vec()).await.unwrap();
+    assert_eq!(s.read_blob(id, 0, 10).await.unwrap().unwrap(), b"abcdefghij");
+    assert_eq!(s.read_blob(id, 5, 3).await.unwrap().unwrap(), b"fgh");
+    assert_eq!(s.blob(id).await.unwrap(), Some(record), "the record is unchanged");
+    assert_eq!(f.probe.count(&chunks_of(id)).await, 2);
+
+    let past = s.import_blob_chunk(id, 8, b"ijk".to_vec()).await;
+    assert!(matches!(past, Err(StoreError::BlobChunkOutOfRange)), "{past:?}");
+    let empty = s.import_blob_chunk(id, 0, Vec::new()).await;
+    assert!(matches!(empty, Err(StoreError::BlobChunkOutOfRange)), "{empty:?}");
+    let unknown = s.import_blob_chunk([5; 32], 0, b"x".to_vec()).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound("blob"))), "{unknown:?}");
+    // An upload in progress takes bytes up to what it received.
+    s.write_blob_chunk(chunk([6; 32], 9, 0, b"abc", a1)).await.unwrap();
+    let beyond = s.import_blob_chunk([6; 32], 0, b"abcd".to_vec()).await;
+    assert!(matches!(beyond, Err(StoreError::BlobChunkOutOfRange)), "{beyond:?}");
 }
 
 pub async fn deleting_a_device_takes_its_queue_and_sessions(f: Fixture) {
@@ -598,8 +792,13 @@ pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
     send(s, chan(1), b1, b"to alice").await;
     send(s, chan(1), a1, b"to bob").await;
     s.add_key_packages(a1, vec![b"kp".to_vec()], Some(b"lr".to_vec())).await.unwrap();
-    s.create_blob([1; 32], 10, a1, NOW, NOW + DAY_MS).await.unwrap();
-    s.create_blob([2; 32], 10, b1, NOW, NOW + DAY_MS).await.unwrap();
+    // Alice's own blob, bob's, one alice uploaded and bob uploaded again, and an upload of hers
+    // in progress.
+    stored_blob(s, [1; 32], b"alice's", 3, a2).await;
+    stored_blob(s, [2; 32], b"bob's", 3, b1).await;
+    stored_blob(s, [3; 32], b"shared", 3, a1).await;
+    s.write_blob_chunk(chunk([3; 32], 6, 0, b"sha", b1)).await.unwrap();
+    s.write_blob_chunk(chunk([4; 32], 9, 0, b"half", a1)).await.unwrap();
     let session = |hash, device| SessionRecord {
         token_hash: hash,
         user_id: alice,
@@ -624,11 +823,16 @@ pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
 
     let mut deleted = s.delete_account(alice).await.unwrap().unwrap();
     deleted.sessions.sort();
-    assert_eq!((deleted.sessions, deleted.blobs), (vec![[5; 32], [6; 32]], vec![[1; 32]]));
+    assert_eq!(deleted.sessions, vec![[5; 32], [6; 32]]);
     assert!(s.user_by_name("alice").await.unwrap().is_none());
     assert!(s.devices_of(alice).await.unwrap().is_empty());
     assert!(s.session([5; 32]).await.unwrap().is_none());
-    assert!(s.blob([1; 32]).await.unwrap().is_none() && s.blob([2; 32]).await.unwrap().is_some());
+    // The blobs only alice referenced went with their bytes; those bob references stay.
+    assert!(s.blob([1; 32]).await.unwrap().is_none() && s.blob([4; 32]).await.unwrap().is_none());
+    assert_eq!(s.read_blob([2; 32], 0, 10).await.unwrap().unwrap(), b"bob's");
+    assert_eq!(s.read_blob([3; 32], 0, 10).await.unwrap().unwrap(), b"shared");
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_chunks").await, 4);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_refs").await, 2);
     assert_eq!(s.members(chan(1)).await.unwrap(), vec![b1]);
     assert!(s.channel(chan(2)).await.unwrap().is_none(), "a channel nobody is in any more goes");
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM key_packages").await, 0);
@@ -743,7 +947,10 @@ macro_rules! conformance_suite {
             full_queues_refuse_application_messages_only,
             peek_reads_and_ack_deletes,
             expired_envelopes_are_hidden_then_purged,
-            blobs_are_tracked_and_purged,
+            blob_chunks_append_in_order_and_read_across_their_boundaries,
+            expired_blobs_go_with_their_chunks,
+            concurrent_chunk_writes_store_each_byte_once,
+            imported_chunks_fill_a_blob_without_changing_it,
             deleting_a_device_takes_its_queue_and_sessions,
             deleting_an_account_purges_it_in_one_go,
             the_audit_log_records_every_kind,
@@ -772,13 +979,17 @@ mod sqlite {
         async fn count(&self, sql: &str) -> i64 {
             self.0.lock().unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
         }
+        async fn execute(&self, sql: &str) {
+            self.0.lock().unwrap().execute_batch(sql).unwrap();
+        }
     }
 
     async fn fixture(_test: &str) -> Option<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
         let store = SqliteStore::open(&path).unwrap();
-        let probe = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let probe = rusqlite::Connection::open(&path).unwrap();
+        probe.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         Some(Fixture { store: Arc::new(store), probe: Box::new(SqliteProbe(Mutex::new(probe))), _keep: Box::new(dir) })
     }
 
@@ -797,6 +1008,9 @@ mod postgres {
             // SQLite's X'..' blob literals read as PostgreSQL's.
             let sql = sql.replace("X'", "'\\x");
             self.0.query_one(sql.as_str(), &[]).await.unwrap().get(0)
+        }
+        async fn execute(&self, sql: &str) {
+            self.0.batch_execute(sql).await.unwrap();
         }
     }
 
