@@ -144,6 +144,37 @@ pub enum SdkError {
     /// An internal lock was poisoned by a panic elsewhere.
     #[error("internal state poisoned")]
     Poisoned,
+    /// No conversation with this id on this device.
+    #[error("no conversation {0} on this device")]
+    UnknownConversation(crate::ConversationId),
+    /// The transcript archive does not open with this password. A modified header or first
+    /// record looks exactly the same: the two cannot be told apart.
+    #[error("the archive does not open with this password (or its beginning was modified)")]
+    ArchiveWrongPassword,
+    /// A record of the transcript archive was modified after it was written.
+    #[error("the archive was modified: record {record} fails authentication")]
+    ArchiveTampered {
+        /// The record's position, from 0.
+        record: u64,
+    },
+    /// Records of the transcript archive were removed, repeated or reordered.
+    #[error("the archive's chain is broken at record {record}: records were removed, repeated or reordered")]
+    ArchiveChainBroken {
+        /// The first record that does not follow the one before it, from 0.
+        record: u64,
+    },
+    /// The transcript archive is cut off: it ends before its end record.
+    #[error("the archive is truncated: it ends before its end record")]
+    ArchiveTruncated,
+    /// The file is not a transcript archive.
+    #[error("not a quicprochat transcript archive")]
+    NotAnArchive,
+    /// The transcript archive has a format version this build does not read.
+    #[error("transcript archive version {0} is not supported by this version of quicprochat")]
+    ArchiveUnsupportedVersion(u8),
+    /// The transcript archive is malformed (its fields or parameters are out of bounds).
+    #[error("malformed transcript archive: {0}")]
+    ArchiveMalformed(&'static str),
 }
 
 impl SdkError {
@@ -155,6 +186,20 @@ impl SdkError {
             SdkError::Server { status, .. } => matches!(*status, "RATE_LIMITED" | "UNAVAILABLE" | "QUEUE_FULL"),
             _ => false,
         }
+    }
+
+    /// Whether a transcript archive failed verification: modified, cut off, malformed or not an
+    /// archive at all. A wrong password ([`SdkError::ArchiveWrongPassword`]) is not counted here.
+    pub fn is_invalid_archive(&self) -> bool {
+        matches!(
+            self,
+            SdkError::ArchiveTampered { .. }
+                | SdkError::ArchiveChainBroken { .. }
+                | SdkError::ArchiveTruncated
+                | SdkError::NotAnArchive
+                | SdkError::ArchiveUnsupportedVersion(_)
+                | SdkError::ArchiveMalformed(_)
+        )
     }
 }
 

@@ -762,6 +762,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 mod at_rest;
+mod export;
 mod outbox;
 pub use at_rest::DATABASE_ENCRYPTION;
 pub(crate) use outbox::OutboxEntry;

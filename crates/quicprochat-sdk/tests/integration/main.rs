@@ -5,6 +5,7 @@
 mod conversations;
 mod dm;
 mod echo_bot;
+mod export;
 mod group;
 mod outbox;
 mod rich;
