@@ -25,7 +25,7 @@ pub struct Cli {
     /// Password (prefer QPC_PASSWORD or the prompt: command lines are visible to other users).
     #[arg(long, env = "QPC_PASSWORD", global = true, hide_env_values = true)]
     pub password: Option<String>,
-    /// Print machine-readable JSON (for `recv`, `whoami` and `list`).
+    /// Print machine-readable JSON (for `recv`, `whoami`, `list`, `export` and `export verify`).
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for the server to answer when connecting.
@@ -79,6 +79,18 @@ pub enum Command {
     },
     /// List this device's conversations.
     List,
+    /// Export stored messages to an encrypted transcript archive, or verify one (`export verify`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Export {
+        #[command(subcommand)]
+        action: Option<ExportAction>,
+        /// Only this conversation: @user for a DM, #group (or its name) for a group. Default: all.
+        #[arg(long, value_name = "@USER|#GROUP")]
+        conversation: Option<String>,
+        /// The archive file to write (replaced if it exists).
+        #[arg(long, value_name = "FILE", required = true)]
+        out: Option<PathBuf>,
+    },
     /// Interactive session (the default).
     Repl,
     /// A self-contained tour on a private server in a temporary directory.
@@ -102,6 +114,16 @@ pub enum PlaybookAction {
         /// Use the zero-config local server (127.0.0.1:7000) instead of a private one.
         #[arg(long, conflicts_with = "server")]
         zero_config: bool,
+    },
+}
+
+/// `qpc export …`
+#[derive(Debug, Subcommand)]
+pub enum ExportAction {
+    /// Decrypt FILE and check its chain of records; needs only the archive's password.
+    Verify {
+        /// The archive.
+        file: PathBuf,
     },
 }
 

@@ -66,6 +66,11 @@ pub enum Command {
     Verify(String),
     /// Rotate this device's keys in the current conversation.
     RotateKey,
+    /// Write the stored messages of one conversation (by name or peer) or of all to an
+    /// encrypted transcript archive.
+    Export { conversation: Option<String>, out: PathBuf },
+    /// Decrypt a transcript archive and check its chain.
+    VerifyExport(PathBuf),
     /// Delete the account; `confirmed` once the user said so.
     DeleteAccount { confirmed: bool },
     /// Who is logged in.
@@ -182,6 +187,14 @@ pub const COMMANDS: &[Spec] = &[
     spec("verify", &[], "<user>", A::User, C::Security, "safety number to compare with <user> out of band"),
     spec("update-key", &["rotate-key"], "", A::None, C::Security, "rotate your keys in the current conversation"),
     spec("delete-account", &[], "", A::None, C::Security, "delete your account and this device's data (asks first)"),
+    spec(
+        "export",
+        &[],
+        "[@user|#group] <file> | verify <file>",
+        A::Path,
+        C::Security,
+        "write messages to an encrypted archive (all, or one conversation), or check one",
+    ),
     spec("whoami", &[], "", A::None, C::System, "who you are logged in as"),
     spec("help", &["h", "?"], "[command]", A::Other, C::System, "this help, or help on one command"),
     spec("quit", &["q", "exit"], "", A::None, C::System, "leave"),
@@ -282,6 +295,15 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
         ("verify", [u]) => Command::Verify(user(u)),
         ("update-key", []) => Command::RotateKey,
         ("delete-account", []) => Command::DeleteAccount { confirmed: false },
+        // Paths may hold spaces: everything after the verb (or the conversation) is the path.
+        ("export", ["verify"]) => return Err(usage()),
+        ("export", [c]) if c.starts_with(['@', '#']) => return Err(usage()),
+        ("export", ["verify", _, ..]) => Command::VerifyExport(PathBuf::from(args["verify".len()..].trim())),
+        ("export", [c, _, ..]) if c.starts_with(['@', '#']) => Command::Export {
+            conversation: Some(c.trim_start_matches(['@', '#']).to_owned()),
+            out: PathBuf::from(args[c.len()..].trim()),
+        },
+        ("export", [_, ..]) => Command::Export { conversation: None, out: PathBuf::from(args) },
         ("whoami", []) => Command::Whoami,
         ("help", []) => Command::Help(None),
         ("help", [topic]) => Command::Help(Some((*topic).to_owned())),
@@ -397,6 +419,23 @@ mod tests {
         assert_eq!(ok("/join"), Command::Join);
         assert_eq!(ok("/delete-account"), Command::DeleteAccount { confirmed: false });
         assert_eq!(ok("/help react"), Command::Help(Some("react".into())));
+    }
+
+    #[test]
+    fn parses_export() {
+        assert_eq!(ok("/export all.qpca"), Command::Export { conversation: None, out: "all.qpca".into() });
+        assert_eq!(
+            ok("/export @bob ./my archive.qpca"),
+            Command::Export { conversation: Some("bob".into()), out: "./my archive.qpca".into() }
+        );
+        assert_eq!(
+            ok("/export #team t.qpca"),
+            Command::Export { conversation: Some("team".into()), out: "t.qpca".into() }
+        );
+        assert_eq!(ok("/export verify a b.qpca"), Command::VerifyExport("a b.qpca".into()));
+        assert!(parse_line("/export").unwrap_err().starts_with("usage: /export"));
+        assert!(parse_line("/export @bob").is_err());
+        assert!(parse_line("/export verify").is_err(), "a forgotten file is not a file named verify");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use quicprochat_sdk::{ClientConfig, ClientEvent, Message, QpcClient, SdkError, Trust};
 
-use crate::cli::{Cli, Command as CliCommand, GroupAction, PlaybookAction, resolve_server};
+use crate::cli::{Cli, Command as CliCommand, ExportAction, GroupAction, PlaybookAction, resolve_server};
 use crate::command::{Command, Target};
 use crate::execute::{Reply, Session, execute};
 use crate::exit::{NetworkError, UsageError};
@@ -24,6 +24,11 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         CliCommand::Demo => return crate::demo::run().await,
         CliCommand::Playbook { action: PlaybookAction::Run { file, zero_config } } => {
             return crate::playbook::run(&cli, file, *zero_config).await;
+        }
+        // Needs only the archive and its password: no account, no server.
+        CliCommand::Export { action: Some(ExportAction::Verify { file }), .. } => {
+            let verified = crate::execute::verify_export(&Session::new(), file).await?;
+            return print_reply(&Reply::TranscriptVerified(verified), cli.json);
         }
         _ => {}
     }
@@ -73,7 +78,16 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
             crate::tui::run(client.clone(), events).await?;
             None
         }
-        CliCommand::Demo | CliCommand::Playbook { .. } => bail!("handled before connecting"),
+        CliCommand::Demo | CliCommand::Playbook { .. } | CliCommand::Export { action: Some(_), .. } => {
+            bail!("handled before connecting")
+        }
+        CliCommand::Export { action: None, conversation, out } => {
+            let out = out.ok_or_else(|| UsageError("--out FILE is required".into()))?;
+            Some(Command::Export {
+                conversation: conversation.map(|c| c.trim_start_matches(['@', '#']).to_owned()),
+                out,
+            })
+        }
         CliCommand::Send { to, group, text } => {
             let to = match (to, group) {
                 (Some(user), _) => Target::Dm(user.to_lowercase()),
@@ -108,11 +122,14 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a one-shot reply: JSON for `whoami` and `list` with `--json`, text otherwise.
+/// Prints a one-shot reply: JSON for `whoami`, `list`, `export` and `export verify` with
+/// `--json`, text otherwise.
 fn print_reply(reply: &Reply, json: bool) -> anyhow::Result<()> {
     let value = match reply {
         Reply::Whoami(me) if json => serde_json::to_string(me)?,
         Reply::Conversations(list) if json => serde_json::to_string(list)?,
+        Reply::Exported(summary) if json => serde_json::to_string(summary)?,
+        Reply::TranscriptVerified(transcript) if json => serde_json::to_string(transcript)?,
         _ => match reply_text(reply, Palette::detect()) {
             Some(text) => text,
             None => return Ok(()),

@@ -1,17 +1,22 @@
 //! One `execute` for every front end: each command is a thin call into the SDK, and its result
 //! is a `Reply` the front end renders (text, colours or JSON).
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quicprochat_sdk::{ConversationHandle, Message, MessageId, QpcClient, SdkError};
+use zeroize::Zeroizing;
 
 use crate::command::{Command, Target, format_timer, help, help_for};
 use crate::exit::UsageError;
 use crate::ids;
 use crate::progress::Transfer;
-use crate::view::{ConversationView, GroupInfoView, IdentityView};
+use crate::view::{ConversationView, ExportView, GroupInfoView, IdentityView, TranscriptView};
+
+/// The environment variable that holds the password of transcript archives (`export`).
+pub const EXPORT_PASSWORD_ENV: &str = "QPC_EXPORT_PASSWORD";
 
 /// What a front end keeps between commands.
 #[derive(Debug)]
@@ -22,12 +27,15 @@ pub struct Session {
     pub show_typing: bool,
     /// Whether file transfers draw a progress bar (on a terminal; never under the TUI).
     pub progress: bool,
+    /// Whether a secret (an archive password) may be asked for on the terminal (never under
+    /// the TUI, whose screen owns it).
+    pub prompts: bool,
 }
 
 impl Session {
     /// No conversation selected; typing indicators shown.
     pub fn new() -> Session {
-        Session { current: None, show_typing: true, progress: true }
+        Session { current: None, show_typing: true, progress: true, prompts: true }
     }
 }
 
@@ -60,6 +68,10 @@ pub enum Reply {
     SafetyNumber { user: String, number: String },
     /// Who is logged in.
     Whoami(IdentityView),
+    /// A transcript archive was written.
+    Exported(ExportView),
+    /// A transcript archive verified; its messages.
+    TranscriptVerified(TranscriptView),
     /// Help text.
     Help(String),
     /// The account is deleted only after the user confirms.
@@ -193,6 +205,22 @@ pub async fn execute(client: &QpcClient, session: &mut Session, command: Command
             let epoch = current(session)?.rotate_key().await?;
             Reply::Note(format!("keys rotated; now at epoch {epoch}"))
         }
+        Command::Export { conversation, out } => {
+            let id = match &conversation {
+                Some(name) => match client.find_conversation(name)? {
+                    Some(c) => Some(c.id()),
+                    None => bail!("no conversation named {name} on this device; /list shows them"),
+                },
+                None => None,
+            };
+            let password = archive_password(session, true).await?;
+            let summary = client
+                .export_transcript(id, &out, password.as_bytes())
+                .await
+                .with_context(|| format!("exporting to {}", out.display()))?;
+            Reply::Exported(ExportView::new(&summary))
+        }
+        Command::VerifyExport(path) => Reply::TranscriptVerified(verify_export(session, &path).await?),
         Command::DeleteAccount { confirmed: false } => Reply::ConfirmDeleteAccount { username: client.whoami()? },
         Command::DeleteAccount { confirmed: true } => {
             client.delete_account().await?;
@@ -207,6 +235,48 @@ pub async fn execute(client: &QpcClient, session: &mut Session, command: Command
         },
         Command::Quit => Reply::Quit,
     })
+}
+
+/// Decrypts the transcript archive at `path` and checks its chain. Needs no account or server,
+/// so `qpc export verify` runs it without connecting.
+pub async fn verify_export(session: &Session, path: &Path) -> anyhow::Result<TranscriptView> {
+    let password = archive_password(session, false).await?;
+    let file = path.to_path_buf();
+    let verified = tokio::task::spawn_blocking(move || quicprochat_sdk::verify_transcript(&file, password.as_bytes()))
+        .await
+        .context("verifying the archive")?
+        .with_context(|| format!("verifying {}", path.display()))?;
+    Ok(TranscriptView::new(path, &verified))
+}
+
+/// The archive password: [`EXPORT_PASSWORD_ENV`], else a hidden prompt (twice when it seals a
+/// new archive, so a typo cannot lock it).
+async fn archive_password(session: &Session, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(password) = std::env::var(EXPORT_PASSWORD_ENV)
+        && !password.is_empty()
+    {
+        return Ok(Zeroizing::new(password));
+    }
+    if !session.prompts || !std::io::stdin().is_terminal() {
+        bail!(UsageError(format!("an archive password is required: {EXPORT_PASSWORD_ENV} or a terminal prompt")));
+    }
+    tokio::task::spawn_blocking(move || prompt_archive_password(confirm))
+        .await
+        .context("reading the archive password")?
+}
+
+fn prompt_archive_password(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    let read = |prompt: &str| -> anyhow::Result<Zeroizing<String>> {
+        Ok(Zeroizing::new(rpassword::prompt_password(prompt).context("reading the archive password")?))
+    };
+    let password = read("archive password: ")?;
+    if password.is_empty() {
+        bail!(UsageError("the archive password cannot be empty".into()));
+    }
+    if confirm && *read("archive password again: ")? != *password {
+        bail!(UsageError("the two archive passwords differ; nothing was written".into()));
+    }
+    Ok(password)
 }
 
 /// Makes `c` current, marks its latest incoming message read, and shows its recent messages.

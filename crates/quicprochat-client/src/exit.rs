@@ -5,8 +5,9 @@
 //! | 0    | success                                                      |
 //! | 1    | any other error (refused by the server, not found, local I/O) |
 //! | 2    | usage error (bad arguments, missing input)                   |
-//! | 3    | authentication failed (wrong username or password)           |
+//! | 3    | authentication failed (wrong username or password, wrong archive password) |
 //! | 4    | network failure (server unreachable, connection lost, timeout) |
+//! | 5    | a transcript archive failed verification (modified, cut off, not an archive) |
 
 use std::fmt;
 use std::process::ExitCode;
@@ -20,10 +21,13 @@ pub enum Failure {
     Other = 1,
     /// The command line or input was wrong.
     Usage = 2,
-    /// Wrong username or password (on the server, or for the local account file).
+    /// Wrong username or password (on the server, or for the local account file), or a
+    /// transcript archive that does not open with the password given.
     Auth = 3,
     /// The server could not be reached or stopped answering.
     Network = 4,
+    /// A transcript archive is not intact: modified, cut off, malformed or not an archive.
+    InvalidArchive = 5,
 }
 
 impl Failure {
@@ -52,8 +56,12 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> Option<Failure> {
         return Some(Failure::Network);
     }
     match error.downcast_ref::<SdkError>()? {
-        SdkError::InvalidCredentials | SdkError::LocalAccountLocked(_) | SdkError::NotLoggedIn => Some(Failure::Auth),
+        SdkError::InvalidCredentials
+        | SdkError::LocalAccountLocked(_)
+        | SdkError::NotLoggedIn
+        | SdkError::ArchiveWrongPassword => Some(Failure::Auth),
         SdkError::Transport(_) | SdkError::Timeout => Some(Failure::Network),
+        e if e.is_invalid_archive() => Some(Failure::InvalidArchive),
         _ => None,
     }
 }
@@ -96,5 +104,9 @@ mod tests {
         assert_eq!(Failure::of(&usage), Failure::Usage);
         assert_eq!(Failure::of(&anyhow::anyhow!("no group named x")), Failure::Other);
         assert_eq!(Failure::of(&anyhow::Error::new(SdkError::UsernameTaken)), Failure::Other);
+        let tampered = anyhow::Error::new(SdkError::ArchiveTampered { record: 2 }).context("verifying a.qpca");
+        assert_eq!(Failure::of(&tampered), Failure::InvalidArchive);
+        assert_eq!(Failure::of(&anyhow::Error::new(SdkError::ArchiveTruncated)), Failure::InvalidArchive);
+        assert_eq!(Failure::of(&anyhow::Error::new(SdkError::ArchiveWrongPassword)), Failure::Auth);
     }
 }

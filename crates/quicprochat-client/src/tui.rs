@@ -263,6 +263,7 @@ pub async fn run(client: QpcClient, mut events: broadcast::Receiver<ClientEvent>
     let mut session = Session::new();
     // A progress bar would draw over the screen.
     session.progress = false;
+    session.prompts = false;
     refresh(&client, &mut app);
     if let Some(first) = app.conversations.first().map(|e| e.id) {
         open(&client, &mut session, &mut app, first).await;
@@ -343,7 +344,14 @@ async fn submit(client: &QpcClient, session: &mut Session, app: &mut App, line: 
             app.status = "deleting the account needs the REPL's confirmation: use `qpc repl`".into();
         }
         Ok(Reply::Opened { name, .. }) => app.status = format!("opened {name}"),
-        Ok(reply @ (Reply::Messages(_) | Reply::Help(_) | Reply::Conversations(_) | Reply::GroupInfo(_))) => {
+        Ok(
+            reply @ (Reply::Messages(_)
+            | Reply::Help(_)
+            | Reply::Conversations(_)
+            | Reply::GroupInfo(_)
+            | Reply::Exported(_)
+            | Reply::TranscriptVerified(_)),
+        ) => {
             let text = reply_text(&reply, Palette::plain()).unwrap_or_default();
             app.lines.extend(text.lines().map(|l| format!("  {l}")));
             app.status = String::new();

@@ -1,7 +1,11 @@
 //! How replies, messages and events look: text lines (with colours) and JSON objects with
 //! stable field names (documented in `docs/cli.md`).
 
-use quicprochat_sdk::{ClientEvent, ConversationId, ConversationInfo, Message, MessageKind, QpcClient};
+use std::path::Path;
+
+use quicprochat_sdk::{
+    ClientEvent, ConversationId, ConversationInfo, ExportSummary, Message, MessageKind, QpcClient, VerifiedTranscript,
+};
 use serde::Serialize;
 
 use crate::command::format_timer;
@@ -134,6 +138,105 @@ impl MessageView {
     }
 }
 
+/// A transcript archive written by `export`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportView {
+    /// The archive file.
+    pub path: String,
+    /// Messages in it.
+    pub records: u64,
+    /// Conversations they come from.
+    pub conversations: usize,
+    /// 64 hex digits: the SHA-256 chain's last link, the same for the same transcript.
+    pub head_hash: String,
+}
+
+impl ExportView {
+    /// From what the SDK wrote.
+    pub fn new(summary: &ExportSummary) -> ExportView {
+        ExportView {
+            path: summary.path.display().to_string(),
+            records: summary.records,
+            conversations: summary.conversations,
+            head_hash: hex(&summary.head_hash),
+        }
+    }
+}
+
+/// A transcript archive that `export verify` found intact.
+#[derive(Clone, Debug, Serialize)]
+pub struct TranscriptView {
+    /// The archive file.
+    pub path: String,
+    /// Messages in it.
+    pub records: u64,
+    /// 64 hex digits.
+    pub head_hash: String,
+    /// The messages, oldest first.
+    pub messages: Vec<RecordView>,
+}
+
+/// One message of a verified transcript.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordView {
+    /// Sender's clock, Unix ms.
+    pub timestamp_ms: u64,
+    /// All 32 hex digits of the conversation id.
+    pub conversation: String,
+    pub sender: String,
+    /// 32 hex digits; null when the exporting device did not know it.
+    pub sender_device: Option<String>,
+    pub text: String,
+}
+
+impl TranscriptView {
+    /// From what the SDK verified.
+    pub fn new(path: &Path, verified: &VerifiedTranscript) -> TranscriptView {
+        TranscriptView {
+            path: path.display().to_string(),
+            records: verified.record_count(),
+            head_hash: hex(&verified.head_hash),
+            messages: verified
+                .records
+                .iter()
+                .map(|r| RecordView {
+                    timestamp_ms: r.timestamp_ms,
+                    conversation: conversation_hex(&r.conversation),
+                    sender: r.sender.clone(),
+                    sender_device: r.sender_device.map(|d| hex(&d)),
+                    text: r.text.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `1 message`, `2 messages`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// A Unix time in ms as `YYYY-MM-DD HH:MM:SSZ` (UTC, the proleptic Gregorian calendar).
+pub fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (day, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm), in a 400-year era from 0000-03-01.
+    let z = i128::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i128::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// All 32 hex digits of a conversation id.
 pub fn conversation_hex(id: &ConversationId) -> String {
     id.0.iter().map(|b| format!("{b:02x}")).collect()
@@ -225,6 +328,29 @@ pub fn reply_text(reply: &Reply, palette: Palette) -> Option<String> {
              It cannot be undone.\nType the username ({username}) to confirm, anything else to cancel:"
         ),
         Reply::AccountDeleted => "account deleted; goodbye".into(),
+        Reply::Exported(e) => format!(
+            "exported {} from {} to {}\nhead hash {}",
+            count(e.records, "message"),
+            count(e.conversations as u64, "conversation"),
+            e.path,
+            e.head_hash
+        ),
+        Reply::TranscriptVerified(t) => {
+            let mut out = vec![
+                format!("{}: intact, {}", t.path, count(t.records, "message")),
+                format!("head hash {}", t.head_hash),
+            ];
+            out.extend(t.messages.iter().map(|r| {
+                format!(
+                    "{} {} [{}] {}",
+                    palette.dim(&utc_time(r.timestamp_ms)),
+                    palette.dim(&r.conversation[..8]),
+                    palette.user(&r.sender),
+                    r.text
+                )
+            }));
+            out.join("\n")
+        }
     };
     Some(lines)
 }
@@ -310,6 +436,38 @@ mod tests {
     fn timers_show_their_unit() {
         assert_eq!(timer(3600), "1h");
         assert_eq!(timer(1800), "30m");
+    }
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_time(1_700_000_000_123), "2023-11-14 22:13:20Z");
+        assert_eq!(utc_time(4_107_542_399_000), "2100-02-28 23:59:59Z");
+    }
+
+    #[test]
+    fn transcript_json_field_names_are_stable() {
+        let view = TranscriptView {
+            path: "a.qpca".into(),
+            records: 1,
+            head_hash: "00".repeat(32),
+            messages: vec![RecordView {
+                timestamp_ms: 5,
+                conversation: "11".repeat(16),
+                sender: "alice".into(),
+                sender_device: None,
+                text: "hi".into(),
+            }],
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["records"], 1);
+        assert_eq!(json["messages"][0]["sender"], "alice");
+        assert!(json["messages"][0]["sender_device"].is_null());
+        assert_eq!(json["messages"][0]["timestamp_ms"], 5);
+        let text = reply_text(&Reply::TranscriptVerified(view), Palette::plain()).unwrap();
+        assert!(text.starts_with("a.qpca: intact, 1 message\nhead hash 0000"), "{text}");
+        assert!(text.ends_with("1970-01-01 00:00:00Z 11111111 [alice] hi"), "{text}");
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub fn qpc_command(home: &Path, password: &str) -> Command {
         .env_remove("QPC_SERVER")
         .env_remove("QPC_USERNAME")
         .env_remove("QPC_STATE_DIR")
-        .env_remove("QPC_CA_CERT");
+        .env_remove("QPC_CA_CERT")
+        .env_remove("QPC_EXPORT_PASSWORD");
     cmd
 }
 
@@ -83,7 +84,13 @@ impl TestServer {
 
     /// Starts a REPL as `user` and waits until it is logged in.
     pub fn repl(&self, user: &str, password: &str) -> Repl {
+        self.repl_with_env(user, password, &[])
+    }
+
+    /// Starts a REPL as `user` with these extra environment variables.
+    pub fn repl_with_env(&self, user: &str, password: &str, env: &[(&str, &str)]) -> Repl {
         let mut child = qpc_command(self.home.path(), password)
+            .envs(env.iter().copied())
             .args(self.args(user, &["repl"]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

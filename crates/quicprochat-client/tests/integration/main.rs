@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod export;
 mod harness;
 mod oneshot;
 mod playbook;
