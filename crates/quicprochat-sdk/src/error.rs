@@ -147,6 +147,16 @@ pub enum SdkError {
     /// No conversation with this id on this device.
     #[error("no conversation {0} on this device")]
     UnknownConversation(crate::ConversationId),
+    /// A transcript archive file (or the temporary file it is written through) could not be
+    /// read or written.
+    #[error("archive file {}", path.display())]
+    ArchiveFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The transcript archive does not open with this password. A modified header or first
     /// record looks exactly the same: the two cannot be told apart.
     #[error("the archive does not open with this password (or its beginning was modified)")]

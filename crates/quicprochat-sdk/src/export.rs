@@ -125,7 +125,7 @@ impl QpcClient {
         match task.await {
             Ok(written) => written,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(SdkError::Io {
+            Err(_) => Err(SdkError::ArchiveFile {
                 path: path.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::Interrupted, "the export was cancelled"),
             }),
@@ -187,9 +187,9 @@ impl QpcClient {
 /// Errors: [`SdkError::ArchiveWrongPassword`], [`SdkError::ArchiveTampered`],
 /// [`SdkError::ArchiveChainBroken`], [`SdkError::ArchiveTruncated`], [`SdkError::NotAnArchive`],
 /// [`SdkError::ArchiveUnsupportedVersion`], [`SdkError::ArchiveMalformed`], and
-/// [`SdkError::Io`] when the file cannot be read.
+/// [`SdkError::ArchiveFile`] when the file cannot be read.
 pub fn verify_transcript(path: &Path, password: &[u8]) -> Result<VerifiedTranscript> {
-    let bytes = std::fs::read(path).map_err(|source| SdkError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| SdkError::ArchiveFile { path: path.to_path_buf(), source })?;
     let verified = verify_archive(&bytes, password).map_err(archive_error)?;
     let records = verified
         .records
@@ -256,15 +256,16 @@ fn archive_error(e: CoreError) -> SdkError {
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| SdkError::Io { path, source }
+        move |source| SdkError::ArchiveFile { path, source }
     };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| SdkError::Io { path: path.to_path_buf(), source: std::io::ErrorKind::InvalidInput.into() })?;
+    let name = path.file_name().ok_or_else(|| SdkError::ArchiveFile {
+        path: path.to_path_buf(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
     let mut nonce = [0u8; 6];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(nonce)));
@@ -327,6 +328,6 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
         let missing = dir.path().join("no-such-dir").join("t.qpca");
-        assert!(matches!(write_private(&missing, b"x"), Err(SdkError::Io { .. })));
+        assert!(matches!(write_private(&missing, b"x"), Err(SdkError::ArchiveFile { .. })));
     }
 }

@@ -146,7 +146,7 @@ async fn export_then_verify_and_every_kind_of_damage_is_named() {
     let e = verify_bytes(dir, "plain", b"just some text, not an archive", ARCHIVE_PASSWORD).unwrap_err();
     assert!(matches!(e, SdkError::NotAnArchive), "{e:?}");
     let e = verify_transcript(&dir.join("missing"), ARCHIVE_PASSWORD).unwrap_err();
-    assert!(matches!(e, SdkError::Io { .. }), "{e:?}");
+    assert!(matches!(e, SdkError::ArchiveFile { .. }), "{e:?}");
 
     alice.close();
     bob.close();
