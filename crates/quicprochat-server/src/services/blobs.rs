@@ -103,9 +103,9 @@ async fn hash_of_stored(state: &AppState, id: [u8; 32], len: u64) -> Result<Opti
     while at < len {
         let want = u32::try_from((len - at).min(MAX_CHUNK as u64)).unwrap_or(u32::MAX);
         match state.store.read_blob(id, at, want).await? {
-            Some(bytes) if !bytes.is_empty() => {
-                hasher.update(&bytes);
-                at += bytes.len() as u64;
+            Some(slice) if !slice.bytes.is_empty() => {
+                hasher.update(&slice.bytes);
+                at += slice.bytes.len() as u64;
             }
             _ => return Ok(None),
         }
@@ -121,23 +121,23 @@ pub async fn download_chunk(
     max_len: u32,
 ) -> Result<(Vec<u8>, u64), ServiceError> {
     let id = blob_id(id)?;
-    let record = state.store.blob(id).await?.filter(|r| r.complete).ok_or(ServiceError::NotFound("blob"))?;
-    if offset > record.total_size {
+    let want = if max_len == 0 { MAX_CHUNK } else { (max_len as usize).min(MAX_CHUNK) };
+    // One read: the record and the bytes.
+    let slice = state
+        .store
+        .read_blob(id, offset, u32::try_from(want).unwrap_or(u32::MAX))
+        .await?
+        .filter(|s| s.record.complete)
+        .ok_or(ServiceError::NotFound("blob"))?;
+    let total = slice.record.total_size;
+    if offset > total {
         return Err(ServiceError::BadRequest("offset past the end of the blob".into()));
     }
-    let want = if max_len == 0 { MAX_CHUNK } else { (max_len as usize).min(MAX_CHUNK) };
-    let len = (want as u64).min(record.total_size - offset);
-    if len == 0 {
-        return Ok((Vec::new(), record.total_size));
-    }
-    let len32 = u32::try_from(len).unwrap_or(u32::MAX);
-    // `None`: deleted since it was looked up.
-    let data = state.store.read_blob(id, offset, len32).await?.ok_or(ServiceError::NotFound("blob"))?;
-    if data.len() as u64 != len {
+    if slice.bytes.len() as u64 != (want as u64).min(total - offset) {
         // A complete blob whose chunks do not cover it.
         return Err(StoreError::Corrupt("blob_chunks").into());
     }
-    Ok((data, record.total_size))
+    Ok((slice.bytes, total))
 }
 
 /// State of a blob or an upload.

@@ -250,10 +250,10 @@ pub trait BlobStore: Send + Sync {
     /// that would complete the blob without `hash_checked`), [`StoreError::BlobSizeMismatch`] and
     /// [`StoreError::BlobChunkOutOfRange`] for a chunk that does not fit the upload.
     async fn write_blob_chunk(&self, chunk: BlobChunk) -> Result<BlobRecord, StoreError>;
-    /// Up to `max_len` stored bytes of blob `id` from `offset`: fewer at the end of what is
-    /// stored, none past it. `None` if there is no such blob. Reads at most the chunks that hold
-    /// the range.
-    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `max_len` stored bytes of blob `id` from `offset` (fewer at the end of what is
+    /// stored, none past it) with the blob's record, in one read. `None` if there is no such
+    /// blob. Reads only the chunks that hold the range.
+    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<BlobSlice>, StoreError>;
     /// Deletes an upload that is not complete, with its bytes (its hash did not match). A complete
     /// blob stays. Whether something was deleted.
     async fn discard_upload(&self, id: [u8; 32]) -> Result<bool, StoreError>;

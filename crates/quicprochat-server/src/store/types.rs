@@ -430,23 +430,42 @@ impl BlobChunk {
     }
 }
 
-/// Joins the pieces of a blob range read from its chunks, each `(where the chunk starts, its part
-/// within the range)` in order, with `(None, None)` for a blob without bytes in the range: `None`
-/// without any piece (no such blob), else the bytes from `offset` on. The pieces must follow one
-/// another without a gap.
+/// Bytes of a blob read together with its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobSlice {
+    /// The blob, as it stood when the bytes were read.
+    pub record: BlobRecord,
+    /// The bytes read.
+    pub bytes: Vec<u8>,
+}
+
+/// One row of a blob range read from its chunks: the blob's record, where the chunk starts and
+/// its part within the range (both `None` for a blob without bytes in the range).
+pub(crate) struct BlobPiece {
+    pub(crate) record: BlobRecord,
+    pub(crate) start: Option<u64>,
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+/// Joins the pieces of a blob range, in order, read from `offset`: `None` without any (no such
+/// blob). The pieces must follow one another without a gap.
 pub(crate) fn join_blob_pieces(
     offset: u64,
-    pieces: impl Iterator<Item = Result<(Option<u64>, Option<Vec<u8>>), super::StoreError>>,
-) -> Result<Option<Vec<u8>>, super::StoreError> {
-    let mut out: Option<Vec<u8>> = None;
+    pieces: impl Iterator<Item = Result<BlobPiece, super::StoreError>>,
+) -> Result<Option<BlobSlice>, super::StoreError> {
+    let mut out: Option<BlobSlice> = None;
     for piece in pieces {
-        let (start, bytes) = piece?;
-        let joined = out.get_or_insert_with(Vec::new);
-        let (Some(start), Some(bytes)) = (start, bytes) else { continue };
-        if start.max(offset) != offset + joined.len() as u64 {
+        let piece = piece?;
+        let slice = out.get_or_insert_with(|| BlobSlice { record: piece.record, bytes: Vec::new() });
+        let (Some(start), Some(bytes)) = (piece.start, piece.bytes) else { continue };
+        if start.max(offset) != offset + slice.bytes.len() as u64 {
             return Err(super::StoreError::Corrupt("blob_chunks"));
         }
-        joined.extend_from_slice(&bytes);
+        if slice.bytes.is_empty() {
+            slice.bytes = bytes;
+        } else {
+            slice.bytes.extend_from_slice(&bytes);
+        }
     }
     Ok(out)
 }

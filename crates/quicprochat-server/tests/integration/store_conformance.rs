@@ -622,8 +622,9 @@ pub async fn blob_chunks_append_in_order_and_read_across_their_boundaries(f: Fix
     assert_eq!(s.write_blob_chunk(chunk(id, 99, 3, b"zz", a1)).await.unwrap(), done);
     assert_eq!(f.probe.count(&chunks_of(id)).await, 3);
 
-    let read = |offset: u64, len: u32| async move { s.read_blob(id, offset, len).await.unwrap().unwrap() };
+    let read = |offset: u64, len: u32| async move { s.read_blob(id, offset, len).await.unwrap().unwrap().bytes };
     assert_eq!(read(0, 100).await, b"abcdefghij");
+    assert_eq!(s.read_blob(id, 2, 2).await.unwrap().unwrap().record, done, "read with its record");
     assert_eq!(read(3, 3).await, b"def", "across a chunk boundary");
     assert_eq!(read(2, 7).await, b"cdefghi", "across two");
     assert_eq!(read(5, 1).await, b"f");
@@ -634,8 +635,9 @@ pub async fn blob_chunks_append_in_order_and_read_across_their_boundaries(f: Fix
     // An upload with some bytes: reads end where they end; discarding takes it with its bytes.
     let partial = [2; 32];
     s.write_blob_chunk(chunk(partial, 5, 0, b"xy", a1)).await.unwrap();
-    assert_eq!(s.read_blob(partial, 1, 4).await.unwrap().unwrap(), b"y");
-    assert!(s.read_blob(partial, 3, 2).await.unwrap().unwrap().is_empty());
+    let slice = s.read_blob(partial, 1, 4).await.unwrap().unwrap();
+    assert_eq!((slice.bytes.as_slice(), slice.record.received, slice.record.complete), (b"y".as_slice(), 2, false));
+    assert!(s.read_blob(partial, 3, 2).await.unwrap().unwrap().bytes.is_empty());
     assert!(s.discard_upload(partial).await.unwrap());
     assert!(s.blob(partial).await.unwrap().is_none());
     assert_eq!(f.probe.count(&chunks_of(partial)).await, 0);
@@ -718,7 +720,7 @@ pub async fn concurrent_chunk_writes_store_each_byte_once(f: Fixture) {
         assert_eq!((b.received, b.complete), (12, true));
     }
     assert_eq!(f.probe.count(&chunks_of(id)).await, 3);
-    let bytes = s.read_blob(id, 0, 12).await.unwrap().unwrap();
+    let bytes = s.read_blob(id, 0, 12).await.unwrap().unwrap().bytes;
     assert_eq!(&bytes[..4], b"0123");
     assert_eq!(&bytes[8..], b"wxyz");
     assert!(bytes[4..8].iter().all(|b| *b == bytes[4]));
@@ -732,14 +734,14 @@ pub async fn imported_chunks_fill_a_blob_without_changing_it(f: Fixture) {
     let record = stored_blob(s, id, b"abcdefghij", 4, a1).await;
     // What an older version left: the record, its bytes in a file.
     f.probe.execute("DELETE FROM blob_chunks").await;
-    assert!(s.read_blob(id, 0, 10).await.unwrap().unwrap().is_empty());
+    assert!(s.read_blob(id, 0, 10).await.unwrap().unwrap().bytes.is_empty());
 
     s.import_blob_chunk(id, 0, b"abcdef".to_vec()).await.unwrap();
     s.import_blob_chunk(id, 6, b"ghij".to_vec()).await.unwrap();
     // Imported again (an interrupted import run twice): nothing changes.
     s.import_blob_chunk(id, 0, b"zzzzzz".to_vec()).await.unwrap();
-    assert_eq!(s.read_blob(id, 0, 10).await.unwrap().unwrap(), b"abcdefghij");
-    assert_eq!(s.read_blob(id, 5, 3).await.unwrap().unwrap(), b"fgh");
+    assert_eq!(s.read_blob(id, 0, 10).await.unwrap().unwrap().bytes, b"abcdefghij");
+    assert_eq!(s.read_blob(id, 5, 3).await.unwrap().unwrap().bytes, b"fgh");
     assert_eq!(s.blob(id).await.unwrap(), Some(record), "the record is unchanged");
     assert_eq!(f.probe.count(&chunks_of(id)).await, 2);
 
@@ -829,8 +831,8 @@ pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
     assert!(s.session([5; 32]).await.unwrap().is_none());
     // The blobs only alice referenced went with their bytes; those bob references stay.
     assert!(s.blob([1; 32]).await.unwrap().is_none() && s.blob([4; 32]).await.unwrap().is_none());
-    assert_eq!(s.read_blob([2; 32], 0, 10).await.unwrap().unwrap(), b"bob's");
-    assert_eq!(s.read_blob([3; 32], 0, 10).await.unwrap().unwrap(), b"shared");
+    assert_eq!(s.read_blob([2; 32], 0, 10).await.unwrap().unwrap().bytes, b"bob's");
+    assert_eq!(s.read_blob([3; 32], 0, 10).await.unwrap().unwrap().bytes, b"shared");
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_chunks").await, 4);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM blob_refs").await, 2);
     assert_eq!(s.members(chan(1)).await.unwrap(), vec![b1]);

@@ -13,15 +13,15 @@ use super::{
     MAX_ATTEMPTS, PostgresStore, StoreError, backoff, begin, count, exec, i64_to_u64, is_transient, record, row, rows,
     u64_to_i64,
 };
-use crate::store::types::{ChunkStep, join_blob_pieces};
-use crate::store::{BlobChunk, BlobRecord, BlobStore};
+use crate::store::types::{BlobPiece, ChunkStep, join_blob_pieces};
+use crate::store::{BlobChunk, BlobRecord, BlobSlice, BlobStore};
 
-/// The bytes `[$2, $2 + $3)` of blob `$1` from the chunks holding them: the chunk starting at or
-/// before `$2` and those after it up to the end of the range, each cut to the range in SQL (only
-/// the TOAST slices needed are read: the column is stored uncompressed). No row for an unknown
-/// blob; one row of NULLs for a blob with no bytes in the range.
+/// The blob `$1` and its bytes `[$2, $2 + $3)` from the chunks holding them: the chunk starting at
+/// or before `$2` and those after it up to the end of the range, each cut to the range in SQL
+/// (only the TOAST slices needed are read: the column is stored uncompressed). No row for an
+/// unknown blob; one row with NULL chunk columns for a blob without bytes in the range.
 const READ_BLOB_SQL: &str = "\
-SELECT c.byte_offset, substring(c.data FROM (GREATEST($2::BIGINT, c.byte_offset) - c.byte_offset + 1)::INT \
+SELECT b.total_size, b.received, b.complete, b.expires_ms, c.byte_offset, substring(c.data FROM (GREATEST($2::BIGINT, c.byte_offset) - c.byte_offset + 1)::INT \
     FOR ($2::BIGINT + $3::BIGINT - GREATEST($2::BIGINT, c.byte_offset))::INT) \
 FROM blobs b LEFT JOIN blob_chunks c ON c.blob_id = b.id AND c.byte_offset < $2::BIGINT + $3::BIGINT AND c.byte_offset >= \
     COALESCE((SELECT MAX(byte_offset) FROM blob_chunks WHERE blob_id = $1 AND byte_offset <= $2::BIGINT), 0) \
@@ -37,53 +37,46 @@ fn record_from(id: [u8; 32], r: &Row) -> Result<BlobRecord, StoreError> {
     })
 }
 
+/// Adds the account of device `$2` to those referencing blob `$1`.
+const REFERENCE_SQL: &str =
+    "INSERT INTO blob_refs (blob_id, user_id) SELECT $1, user_id FROM devices WHERE id = $2 ON CONFLICT DO NOTHING";
+
 async fn write_chunk_tx(client: &mut Object, chunk: &BlobChunk) -> Result<BlobRecord, StoreError> {
+    const LOCK: &str = "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = $1 FOR UPDATE";
     let tx = begin(client).await?;
     let id = chunk.id.as_slice();
-    let mut locked = None;
-    // Twice: a blob deleted (expired, discarded) between the insert and the lock is created
-    // afresh.
+    let uploader = chunk.uploader.0.as_slice();
+    let mut locked = row(&tx, LOCK, &[&id]).await?;
+    // The first chunk creates the upload; twice, in case a blob deleted (expired, discarded)
+    // between the insert and the lock is to be created afresh.
     for _ in 0..2 {
+        if locked.is_some() {
+            break;
+        }
         exec(
             &tx,
             "INSERT INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
              VALUES ($1, $2, 0, FALSE, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-            &[
-                &id,
-                &u64_to_i64(chunk.total_size),
-                &chunk.uploader.0.as_slice(),
-                &u64_to_i64(chunk.now_ms),
-                &u64_to_i64(chunk.expires_ms),
-            ],
+            &[&id, &u64_to_i64(chunk.total_size), &uploader, &u64_to_i64(chunk.now_ms), &u64_to_i64(chunk.expires_ms)],
         )
         .await?;
-        locked =
-            row(&tx, "SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = $1 FOR UPDATE", &[&id])
-                .await?;
-        if locked.is_some() {
-            break;
-        }
+        locked = row(&tx, LOCK, &[&id]).await?;
     }
     let stored = record_from(chunk.id, &locked.ok_or(StoreError::NotFound("blob"))?)?;
-    exec(
-        &tx,
-        "INSERT INTO blob_refs (blob_id, user_id) SELECT $1, user_id FROM devices WHERE id = $2 ON CONFLICT DO NOTHING",
-        &[&id, &chunk.uploader.0.as_slice()],
-    )
-    .await?;
     let record = match chunk.step(&stored)? {
-        ChunkStep::Unchanged => stored,
+        ChunkStep::Unchanged => {
+            exec(&tx, REFERENCE_SQL, &[&id, &uploader]).await?;
+            stored
+        }
         ChunkStep::Append { received, complete } => {
+            // One statement (one round trip): the bytes, the reference, the progress.
             exec(
                 &tx,
-                "INSERT INTO blob_chunks (blob_id, byte_offset, data) VALUES ($1, $2, $3)",
-                &[&id, &u64_to_i64(chunk.offset), &chunk.data],
-            )
-            .await?;
-            exec(
-                &tx,
-                "UPDATE blobs SET received = $2, complete = $3 WHERE id = $1",
-                &[&id, &u64_to_i64(received), &complete],
+                "WITH chunk AS (INSERT INTO blob_chunks (blob_id, byte_offset, data) VALUES ($1, $2, $3)), \
+                 reference AS (INSERT INTO blob_refs (blob_id, user_id) SELECT $1, user_id FROM devices \
+                     WHERE id = $6 ON CONFLICT DO NOTHING) \
+                 UPDATE blobs SET received = $4, complete = $5 WHERE id = $1",
+                &[&id, &u64_to_i64(chunk.offset), &chunk.data, &u64_to_i64(received), &complete, &uploader],
             )
             .await?;
             BlobRecord { received, complete, ..stored }
@@ -98,6 +91,7 @@ async fn write_chunk_tx(client: &mut Object, chunk: &BlobChunk) -> Result<BlobRe
             if same == 0 {
                 return Err(StoreError::BlobOutOfOrder { received: stored.received });
             }
+            exec(&tx, REFERENCE_SQL, &[&id, &uploader]).await?;
             stored
         }
     };
@@ -140,7 +134,7 @@ impl BlobStore for PostgresStore {
         retrying!(self, client => write_chunk_tx(&mut client, &chunk))
     }
 
-    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<BlobSlice>, StoreError> {
         let found = reading!(self, client => rows(
             &client,
             READ_BLOB_SQL,
@@ -148,9 +142,9 @@ impl BlobStore for PostgresStore {
         ))?;
         join_blob_pieces(
             offset,
-            found.into_iter().map(|r| {
-                let start: Option<i64> = r.try_get(0)?;
-                Ok((start.map(i64_to_u64), r.try_get(1)?))
+            found.iter().map(|r| {
+                let start: Option<i64> = r.try_get(4)?;
+                Ok(BlobPiece { record: record_from(id, r)?, start: start.map(i64_to_u64), bytes: r.try_get(5)? })
             }),
         )
     }

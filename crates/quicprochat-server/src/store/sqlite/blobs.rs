@@ -6,46 +6,53 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStore, i64_to_u64, u64_to_i64};
-use crate::store::types::{ChunkStep, join_blob_pieces};
-use crate::store::{BlobChunk, BlobRecord, BlobStore, StoreError};
+use crate::store::types::{BlobPiece, ChunkStep, join_blob_pieces};
+use crate::store::{BlobChunk, BlobRecord, BlobSlice, BlobStore, StoreError};
 
-fn blob_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+/// A blob record from `total_size, received, complete, expires_ms` in the row's first columns.
+fn blob_row(id: [u8; 32], r: &rusqlite::Row<'_>) -> rusqlite::Result<BlobRecord> {
+    Ok(BlobRecord {
+        id,
+        total_size: i64_to_u64(r.get(0)?),
+        received: i64_to_u64(r.get(1)?),
+        complete: r.get(2)?,
+        expires_ms: i64_to_u64(r.get(3)?),
+    })
 }
 
 fn blob_in(conn: &Connection, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
-    let row = conn
+    Ok(conn
         .prepare_cached("SELECT total_size, received, complete, expires_ms FROM blobs WHERE id = ?1")?
-        .query_row([id.as_slice()], blob_row)
-        .optional()?;
-    Ok(row.map(|(total, received, complete, expires)| BlobRecord {
-        id,
-        total_size: i64_to_u64(total),
-        received: i64_to_u64(received),
-        complete,
-        expires_ms: i64_to_u64(expires),
-    }))
+        .query_row([id.as_slice()], |r| blob_row(id, r))
+        .optional()?)
 }
 
 fn write_chunk(conn: &mut Connection, chunk: BlobChunk) -> Result<BlobRecord, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let id = chunk.id.as_slice();
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
-         VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        id,
-        u64_to_i64(chunk.total_size),
-        chunk.uploader.0.as_slice(),
-        u64_to_i64(chunk.now_ms),
-        u64_to_i64(chunk.expires_ms)
-    ])?;
+    let stored = match blob_in(&tx, chunk.id)? {
+        Some(stored) => stored,
+        // The first chunk creates the upload.
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO blobs (id, total_size, received, complete, uploader, created_ms, expires_ms) \
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                id,
+                u64_to_i64(chunk.total_size),
+                chunk.uploader.0.as_slice(),
+                u64_to_i64(chunk.now_ms),
+                u64_to_i64(chunk.expires_ms)
+            ])?;
+            blob_in(&tx, chunk.id)?.ok_or(StoreError::NotFound("blob"))?
+        }
+    };
+    // Rolled back with the rest when the chunk is refused.
     tx.prepare_cached(
         "INSERT OR IGNORE INTO blob_refs (blob_id, user_id) SELECT ?1, user_id FROM devices WHERE id = ?2",
     )?
     .execute(params![id, chunk.uploader.0.as_slice()])?;
-    let stored = blob_in(&tx, chunk.id)?.ok_or(StoreError::NotFound("blob"))?;
     let record = match chunk.step(&stored)? {
         ChunkStep::Unchanged => stored,
         ChunkStep::Append { received, complete } => {
@@ -74,11 +81,11 @@ fn write_chunk(conn: &mut Connection, chunk: BlobChunk) -> Result<BlobRecord, St
     Ok(record)
 }
 
-/// The bytes `[offset, offset + len)` of a blob from the chunks holding them: the chunk starting
-/// at or before `offset` and those after it up to the end of the range, each cut to the range in
-/// SQL. No row for an unknown blob; one row of NULLs for a blob with no bytes in the range.
+/// The blob `?1` and its bytes `[?2, ?2 + ?3)` from the chunks holding them: the chunk starting at
+/// or before `?2` and those after it up to the end of the range, each cut to the range in SQL. No
+/// row for an unknown blob; one row with NULL chunk columns for a blob without bytes in the range.
 const READ_BLOB_SQL: &str = "\
-SELECT c.byte_offset, substr(c.data, max(?2, c.byte_offset) - c.byte_offset + 1, ?2 + ?3 - max(?2, c.byte_offset)) \
+SELECT b.total_size, b.received, b.complete, b.expires_ms, c.byte_offset, substr(c.data, max(?2, c.byte_offset) - c.byte_offset + 1, ?2 + ?3 - max(?2, c.byte_offset)) \
 FROM blobs b LEFT JOIN blob_chunks c ON c.blob_id = b.id AND c.byte_offset < ?2 + ?3 AND c.byte_offset >= \
     COALESCE((SELECT MAX(byte_offset) FROM blob_chunks WHERE blob_id = ?1 AND byte_offset <= ?2), 0) \
 WHERE b.id = ?1 ORDER BY c.byte_offset";
@@ -93,11 +100,15 @@ impl BlobStore for SqliteStore {
         self.run(move |conn| write_chunk(conn, chunk)).await
     }
 
-    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn read_blob(&self, id: [u8; 32], offset: u64, max_len: u32) -> Result<Option<BlobSlice>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(READ_BLOB_SQL)?;
             let rows = stmt.query_map(params![id.as_slice(), u64_to_i64(offset), i64::from(max_len)], |r| {
-                Ok((r.get::<_, Option<i64>>(0)?.map(i64_to_u64), r.get::<_, Option<Vec<u8>>>(1)?))
+                Ok(BlobPiece {
+                    record: blob_row(id, r)?,
+                    start: r.get::<_, Option<i64>>(4)?.map(i64_to_u64),
+                    bytes: r.get(5)?,
+                })
             })?;
             join_blob_pieces(offset, rows.map(|r| r.map_err(StoreError::from)))
         })
