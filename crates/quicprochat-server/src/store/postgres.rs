@@ -16,6 +16,9 @@
 //! - **envelope rows** are locked in seq order before deciding whether the last queue entry
 //!   naming one went (ack, device and account deletion), so a payload is never left behind by
 //!   two concurrent acks.
+//! - a **blob row** is locked for each chunk written to the blob (so chunks of one upload reaching
+//!   two nodes are stored once and in order), and account deletion locks the blobs the account
+//!   references, in id order, before deciding which no other account references.
 //!
 //! A transaction that deadlocks or fails serialization anyway (PostgreSQL aborts one of the
 //! pair) is rolled back and run again, a bounded number of times.
