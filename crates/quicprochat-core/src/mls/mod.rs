@@ -22,9 +22,10 @@
 //! - Key packages travel as TLS-serialised `MLSMessage`s with wire format
 //!   `mls_key_package`.
 //!
-//! Every method loads the group from storage, works on it and lets openmls
-//! write the result back. Calls on the same group must not run concurrently:
-//! the caller serialises them (e.g. one lock per client).
+//! A group is loaded from storage on first use and kept in memory; openmls
+//! writes every change through to storage, so a snapshot is always current.
+//! Calls on the same group must not run concurrently: the caller serialises
+//! them (e.g. one lock per client).
 
 mod credential;
 mod error_map;
@@ -129,6 +130,8 @@ pub struct MlsClient {
     credential: CredentialWithKey,
     suite: MlsSuite,
     username: String,
+    /// Groups in use, kept between calls (see `with_group`).
+    groups: std::sync::Mutex<std::collections::HashMap<Vec<u8>, MlsGroup>>,
 }
 
 impl fmt::Debug for MlsClient {
@@ -156,6 +159,7 @@ impl MlsClient {
             credential: CredentialWithKey { credential, signature_key: identity.public_key().to_vec().into() },
             suite,
             username: username.to_owned(),
+            groups: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -274,6 +278,9 @@ impl MlsClient {
 
     /// Whether a group with this id is stored.
     pub fn has_group(&self, group_id: &[u8]) -> Result<bool, CoreError> {
+        if self.groups.lock().map_err(|_| CoreError::StorageLockPoisoned)?.contains_key(group_id) {
+            return Ok(true);
+        }
         Ok(MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
             .map_err(CoreError::MlsStorage)?
             .is_some())
@@ -281,32 +288,35 @@ impl MlsClient {
 
     /// Deletes a group's local state (after leaving or being removed).
     pub fn delete_group(&self, group_id: &[u8]) -> Result<(), CoreError> {
+        self.evict(group_id)?;
         self.load_group(group_id)?.delete(self.provider.storage()).map_err(CoreError::MlsStorage)
     }
 
     /// The group's current epoch.
     pub fn epoch(&self, group_id: &[u8]) -> Result<u64, CoreError> {
-        Ok(self.load_group(group_id)?.epoch().as_u64())
+        self.with_group(group_id, |group| Ok(group.epoch().as_u64()))
     }
 
     /// Every member of the group, this device included, by leaf index.
     pub fn members(&self, group_id: &[u8]) -> Result<Vec<MemberInfo>, CoreError> {
-        group_members(&self.load_group(group_id)?)
+        self.with_group(group_id, |group| group_members(group))
     }
 
     /// Whether this device has a commit awaiting the server's verdict.
     pub fn has_pending_commit(&self, group_id: &[u8]) -> Result<bool, CoreError> {
-        Ok(self.load_group(group_id)?.pending_commit().is_some())
+        self.with_group(group_id, |group| Ok(group.pending_commit().is_some()))
     }
 
     /// Exports a signed GroupInfo of the current epoch (`MLSMessage`, with
     /// ratchet tree and external public key).
     pub fn export_group_info(&self, group_id: &[u8]) -> Result<Vec<u8>, CoreError> {
-        self.load_group(group_id)?
-            .export_group_info(self.provider.crypto(), &self.signer, true)
-            .map_err(|error| CoreError::MlsExportGroupInfo(Box::new(error)))?
-            .to_bytes()
-            .map_err(CoreError::MlsEncode)
+        self.with_group(group_id, |group| {
+            group
+                .export_group_info(self.provider.crypto(), &self.signer, true)
+                .map_err(|error| CoreError::MlsExportGroupInfo(Box::new(error)))?
+                .to_bytes()
+                .map_err(CoreError::MlsEncode)
+        })
     }
 
     /// Derives `len` bytes from the current epoch's exporter secret:
@@ -322,10 +332,12 @@ impl MlsClient {
         context: &[u8],
         len: usize,
     ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-        self.load_group(group_id)?
-            .export_secret(self.provider.crypto(), label, context, len)
-            .map(Zeroizing::new)
-            .map_err(export_secret_error)
+        self.with_group(group_id, |group| {
+            group
+                .export_secret(self.provider.crypto(), label, context, len)
+                .map(Zeroizing::new)
+                .map_err(export_secret_error)
+        })
     }
 
     /// Like [`Self::export_secret`], for the epoch this device's pending
@@ -341,12 +353,13 @@ impl MlsClient {
         context: &[u8],
         len: usize,
     ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-        let group = self.load_group(group_id)?;
-        let staged = group.pending_commit().ok_or(CoreError::NoPendingCommit)?;
-        staged
-            .export_secret(self.provider.crypto(), label, context, len)
-            .map(Zeroizing::new)
-            .map_err(export_secret_error)
+        self.with_group(group_id, |group| {
+            let staged = group.pending_commit().ok_or(CoreError::NoPendingCommit)?;
+            staged
+                .export_secret(self.provider.crypto(), label, context, len)
+                .map(Zeroizing::new)
+                .map_err(export_secret_error)
+        })
     }
 
     // ----- commits --------------------------------------------------------
@@ -359,92 +372,100 @@ impl MlsClient {
     /// the server accepted it, or [`Self::clear_pending_commit`] if it was
     /// refused.
     pub fn add_members(&self, group_id: &[u8], key_packages: &[Vec<u8>]) -> Result<AddOutcome, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let ciphersuite = group.ciphersuite();
-        let key_packages = key_packages
-            .iter()
-            .map(|bytes| self.parse_key_package(bytes, ciphersuite))
-            .collect::<Result<Vec<_>, _>>()?;
-        let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) =
-            group.add_members(&self.provider, &self.signer, &key_packages).map_err(add_members_error)?;
-        let group_info =
-            group_info.ok_or(CoreError::Internal("commit produced no GroupInfo despite the ratchet tree extension"))?;
-        Ok(AddOutcome {
-            commit: to_bytes(&commit)?,
-            welcome: to_bytes(&welcome)?,
-            group_info: to_bytes(&MlsMessageOut::from(group_info))?,
-            epoch_before,
+        self.with_group(group_id, |group| {
+            let ciphersuite = group.ciphersuite();
+            let key_packages = key_packages
+                .iter()
+                .map(|bytes| self.parse_key_package(bytes, ciphersuite))
+                .collect::<Result<Vec<_>, _>>()?;
+            let epoch_before = group.epoch().as_u64();
+            let (commit, welcome, group_info) =
+                group.add_members(&self.provider, &self.signer, &key_packages).map_err(add_members_error)?;
+            let group_info = group_info
+                .ok_or(CoreError::Internal("commit produced no GroupInfo despite the ratchet tree extension"))?;
+            Ok(AddOutcome {
+                commit: to_bytes(&commit)?,
+                welcome: to_bytes(&welcome)?,
+                group_info: to_bytes(&MlsMessageOut::from(group_info))?,
+                epoch_before,
+            })
         })
     }
 
     /// Builds a commit removing these devices. Pending, like
     /// [`Self::add_members`].
     pub fn remove_members(&self, group_id: &[u8], devices: &[DeviceId]) -> Result<CommitOutcome, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let members = group_members(&group)?;
-        let leaves = devices
-            .iter()
-            .map(|device| {
-                members
-                    .iter()
-                    .find(|member| member.device_id == *device)
-                    .map(|member| LeafNodeIndex::new(member.leaf_index))
-                    .ok_or(CoreError::UnknownMember(*device))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) =
-            group.remove_members(&self.provider, &self.signer, &leaves).map_err(remove_members_error)?;
-        commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
+        self.with_group(group_id, |group| {
+            let members = group_members(group)?;
+            let leaves = devices
+                .iter()
+                .map(|device| {
+                    members
+                        .iter()
+                        .find(|member| member.device_id == *device)
+                        .map(|member| LeafNodeIndex::new(member.leaf_index))
+                        .ok_or(CoreError::UnknownMember(*device))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let epoch_before = group.epoch().as_u64();
+            let (commit, welcome, group_info) =
+                group.remove_members(&self.provider, &self.signer, &leaves).map_err(remove_members_error)?;
+            commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
+        })
     }
 
     /// Builds a commit that rotates this device's leaf keys (post-compromise
     /// security), covering any pending proposals. Pending, like
     /// [`Self::add_members`].
     pub fn self_update(&self, group_id: &[u8]) -> Result<CommitOutcome, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let epoch_before = group.epoch().as_u64();
-        let bundle = group
-            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
-            .map_err(self_update_error)?;
-        let (commit, welcome, group_info) = bundle.into_messages();
-        commit_outcome(commit, welcome, group_info, epoch_before)
+        self.with_group(group_id, |group| {
+            let epoch_before = group.epoch().as_u64();
+            let bundle = group
+                .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+                .map_err(self_update_error)?;
+            let (commit, welcome, group_info) = bundle.into_messages();
+            commit_outcome(commit, welcome, group_info, epoch_before)
+        })
     }
 
     /// Builds a commit covering the pending proposals (e.g. another
     /// member's leave). Pending, like [`Self::add_members`].
     pub fn commit_pending_proposals(&self, group_id: &[u8]) -> Result<CommitOutcome, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let epoch_before = group.epoch().as_u64();
-        let (commit, welcome, group_info) =
-            group.commit_to_pending_proposals(&self.provider, &self.signer).map_err(commit_proposals_error)?;
-        commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
+        self.with_group(group_id, |group| {
+            let epoch_before = group.epoch().as_u64();
+            let (commit, welcome, group_info) =
+                group.commit_to_pending_proposals(&self.provider, &self.signer).map_err(commit_proposals_error)?;
+            commit_outcome(commit, welcome, group_info.map(MlsMessageOut::from), epoch_before)
+        })
     }
 
     /// Proposes this device's removal. Another member must commit it; this
     /// device learns it left when it processes that commit.
     pub fn leave_group(&self, group_id: &[u8]) -> Result<Vec<u8>, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let proposal = group.leave_group(&self.provider, &self.signer).map_err(leave_group_error)?;
-        to_bytes(&proposal)
+        self.with_group(group_id, |group| {
+            let proposal = group.leave_group(&self.provider, &self.signer).map_err(leave_group_error)?;
+            to_bytes(&proposal)
+        })
     }
 
     /// Merges this device's pending commit after the server accepted it;
     /// returns the new epoch.
     pub fn merge_pending_commit(&self, group_id: &[u8]) -> Result<u64, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        if group.pending_commit().is_none() {
-            return Err(CoreError::NoPendingCommit);
-        }
-        group.merge_pending_commit(&self.provider).map_err(merge_pending_error)?;
-        Ok(group.epoch().as_u64())
+        self.with_group(group_id, |group| {
+            if group.pending_commit().is_none() {
+                return Err(CoreError::NoPendingCommit);
+            }
+            group.merge_pending_commit(&self.provider).map_err(merge_pending_error)?;
+            Ok(group.epoch().as_u64())
+        })
     }
 
     /// Drops this device's pending commit after the server refused it. Does
     /// nothing when no commit is pending.
     pub fn clear_pending_commit(&self, group_id: &[u8]) -> Result<(), CoreError> {
-        self.load_group(group_id)?.clear_pending_commit(self.provider.storage()).map_err(CoreError::MlsStorage)
+        self.with_group(group_id, |group| {
+            group.clear_pending_commit(self.provider.storage()).map_err(CoreError::MlsStorage)
+        })
     }
 
     // ----- joining ------------------------------------------------------
@@ -506,6 +527,7 @@ impl MlsClient {
             .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
             .map_err(|error| CoreError::MlsExternalCommit(Box::new(error)))?;
         // Only now that the commit is built, drop the stale state it replaces.
+        self.evict(group_id.as_slice())?;
         if let Some(mut stale) = MlsGroup::load(storage, &group_id).map_err(CoreError::MlsStorage)? {
             stale.delete(storage).map_err(CoreError::MlsStorage)?;
         }
@@ -531,11 +553,12 @@ impl MlsClient {
     /// Pads and encrypts an application message for the group's current
     /// epoch; returns the `MLSMessage` (`PrivateMessage`).
     pub fn encrypt(&self, group_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let message = group
-            .create_message(&self.provider, &self.signer, &padding::pad(plaintext))
-            .map_err(create_message_error)?;
-        to_bytes(&message)
+        self.with_group(group_id, |group| {
+            let message = group
+                .create_message(&self.provider, &self.signer, &padding::pad(plaintext))
+                .map_err(create_message_error)?;
+            to_bytes(&message)
+        })
     }
 
     /// Processes an incoming `MLSMessage` of this group.
@@ -549,59 +572,60 @@ impl MlsClient {
     /// server accepted it); once merged, it is stale and fails with
     /// `WrongEpoch` like any other.
     pub fn process(&self, group_id: &[u8], message: &[u8]) -> Result<Processed, CoreError> {
-        let mut group = self.load_group(group_id)?;
-        let message = parse_protocol_message(message)?;
-        if message.group_id().as_slice() != group_id {
-            return Err(CoreError::WrongGroup);
-        }
-        let message_epoch = message.epoch().as_u64();
-        let group_epoch = group.epoch().as_u64();
-        let wrong_epoch = CoreError::WrongEpoch { message_epoch, group_epoch };
-        let is_application = message.content_type() == ContentType::Application;
-        if (is_application && message_epoch > group_epoch) || (!is_application && message_epoch != group_epoch) {
-            return Err(wrong_epoch);
-        }
-
-        let processed =
-            group.process_message(&self.provider, message).map_err(|error| process_error(error, wrong_epoch))?;
-        let epoch = processed.epoch().as_u64();
-        let sender = processed.sender().clone();
-        let sender_credential = processed.credential().clone();
-
-        match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(message) => {
-                let Sender::Member(leaf) = sender else {
-                    return Err(CoreError::Internal("application message from a non-member"));
-                };
-                // The leaf may have changed hands since an older epoch: only
-                // attribute the message if it still holds the credential the
-                // signature was checked against.
-                let member = group
-                    .member_at(leaf)
-                    .filter(|member| member.credential == sender_credential)
-                    .ok_or(CoreError::UnknownSender { leaf_index: leaf.u32() })?;
-                let sender = credential::member_from_parts(&member.credential, &member.signature_key, leaf.u32())?;
-                Ok(Processed::Application { sender, plaintext: padding::unpad(message.into_bytes())?, epoch })
+        self.with_group(group_id, |group| {
+            let message = parse_protocol_message(message)?;
+            if message.group_id().as_slice() != group_id {
+                return Err(CoreError::WrongGroup);
             }
-            // Joins go through a member's add commit (or, later, an external
-            // commit); a join proposal from outside is never stored, so no
-            // later commit can sweep it in.
-            ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(CoreError::ExternalProposal),
-            ProcessedMessageContent::ProposalMessage(proposal) => {
-                if let Proposal::Add(add) = proposal.proposal() {
-                    let leaf = add.key_package().leaf_node();
-                    credential::member_from_parts(leaf.credential(), leaf.signature_key().as_slice(), 0)?;
+            let message_epoch = message.epoch().as_u64();
+            let group_epoch = group.epoch().as_u64();
+            let wrong_epoch = CoreError::WrongEpoch { message_epoch, group_epoch };
+            let is_application = message.content_type() == ContentType::Application;
+            if (is_application && message_epoch > group_epoch) || (!is_application && message_epoch != group_epoch) {
+                return Err(wrong_epoch);
+            }
+
+            let processed =
+                group.process_message(&self.provider, message).map_err(|error| process_error(error, wrong_epoch))?;
+            let epoch = processed.epoch().as_u64();
+            let sender = processed.sender().clone();
+            let sender_credential = processed.credential().clone();
+
+            match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(message) => {
+                    let Sender::Member(leaf) = sender else {
+                        return Err(CoreError::Internal("application message from a non-member"));
+                    };
+                    // The leaf may have changed hands since an older epoch: only
+                    // attribute the message if it still holds the credential the
+                    // signature was checked against.
+                    let member = group
+                        .member_at(leaf)
+                        .filter(|member| member.credential == sender_credential)
+                        .ok_or(CoreError::UnknownSender { leaf_index: leaf.u32() })?;
+                    let sender = credential::member_from_parts(&member.credential, &member.signature_key, leaf.u32())?;
+                    Ok(Processed::Application { sender, plaintext: padding::unpad(message.into_bytes())?, epoch })
                 }
-                let sender = member_sender(&group, &sender)?;
-                group.store_pending_proposal(self.provider.storage(), *proposal).map_err(CoreError::MlsStorage)?;
-                Ok(Processed::Proposal { sender, epoch })
+                // Joins go through a member's add commit (or, later, an external
+                // commit); a join proposal from outside is never stored, so no
+                // later commit can sweep it in.
+                ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(CoreError::ExternalProposal),
+                ProcessedMessageContent::ProposalMessage(proposal) => {
+                    if let Proposal::Add(add) = proposal.proposal() {
+                        let leaf = add.key_package().leaf_node();
+                        credential::member_from_parts(leaf.credential(), leaf.signature_key().as_slice(), 0)?;
+                    }
+                    let sender = member_sender(group, &sender)?;
+                    group.store_pending_proposal(self.provider.storage(), *proposal).map_err(CoreError::MlsStorage)?;
+                    Ok(Processed::Proposal { sender, epoch })
+                }
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    self.merge_received_commit(group, &sender, *staged)
+                }
+                ProcessedMessageContent::OwnPendingCommit => self.merge_own_commit(group),
+                ProcessedMessageContent::OwnPrivateMessage => Ok(Processed::OwnMessage { epoch }),
             }
-            ProcessedMessageContent::StagedCommitMessage(staged) => {
-                self.merge_received_commit(&mut group, &sender, *staged)
-            }
-            ProcessedMessageContent::OwnPendingCommit => self.merge_own_commit(&mut group),
-            ProcessedMessageContent::OwnPrivateMessage => Ok(Processed::OwnMessage { epoch }),
-        }
+        })
     }
 
     fn merge_received_commit(
@@ -654,6 +678,35 @@ impl MlsClient {
             added: effects.added(group)?,
             removed: effects.removed,
         })
+    }
+
+    /// Runs `f` on the group, loaded from storage on first use and kept in memory after a
+    /// success (openmls writes every change through to storage, so the kept group is what a
+    /// load would return). After an error the group is dropped and the next call loads it
+    /// again, so a failed operation leaves exactly what storage holds. Groups are taken out of
+    /// the cache while `f` runs: calls on one group must not overlap anyway (see the module
+    /// documentation), and calls on different groups do not wait for each other.
+    fn with_group<T>(
+        &self,
+        group_id: &[u8],
+        f: impl FnOnce(&mut MlsGroup) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let cached = self.groups.lock().map_err(|_| CoreError::StorageLockPoisoned)?.remove(group_id);
+        let mut group = match cached {
+            Some(group) => group,
+            None => self.load_group(group_id)?,
+        };
+        let result = f(&mut group);
+        if result.is_ok() {
+            self.groups.lock().map_err(|_| CoreError::StorageLockPoisoned)?.insert(group_id.to_vec(), group);
+        }
+        result
+    }
+
+    /// Forgets the kept copy of a group (before its storage is deleted or replaced).
+    fn evict(&self, group_id: &[u8]) -> Result<(), CoreError> {
+        self.groups.lock().map_err(|_| CoreError::StorageLockPoisoned)?.remove(group_id);
+        Ok(())
     }
 
     fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup, CoreError> {

@@ -481,3 +481,36 @@ fn stranger_cannot_join_by_external_commit() {
     assert_eq!(alice.client.epoch(GROUP).unwrap(), 1);
     send(&alice.client, &bob.client, b"unaffected");
 }
+
+#[test]
+fn the_kept_group_and_storage_agree_after_successes_and_failures() {
+    let (alice, bob) = two_party(MlsSuite::Classic);
+    send(&alice.client, &bob.client, b"one");
+    // A call that fails drops the kept group; the next one loads it from storage.
+    let mut tampered = alice.client.encrypt(GROUP, b"two").unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(bob.client.process(GROUP, &tampered).is_err());
+    // A commit made and merged through the kept group is in storage too.
+    alice.client.self_update(GROUP).unwrap();
+    alice.client.merge_pending_commit(GROUP).unwrap();
+    let restored_alice =
+        MlsClient::restore(&alice.identity, "alice", MlsSuite::Classic, &alice.client.export_state().unwrap()).unwrap();
+    assert_eq!(restored_alice.epoch(GROUP).unwrap(), alice.client.epoch(GROUP).unwrap());
+    let snapshot = bob.client.export_state().unwrap();
+    let restored_bob = MlsClient::restore(&bob.identity, "bob", MlsSuite::Classic, &snapshot).unwrap();
+
+    // Both copies of each side go on identically from here.
+    let commit = alice.client.export_group_info(GROUP).unwrap();
+    assert!(!commit.is_empty());
+    let update = restored_alice.self_update(GROUP);
+    assert!(update.is_ok(), "the restored committer can build on the merged epoch");
+    restored_alice.clear_pending_commit(GROUP).unwrap();
+    let ciphertext = alice.client.encrypt(GROUP, b"three").unwrap();
+    for receiver in [&bob.client, &restored_bob] {
+        // Neither has seen alice's update commit yet: the message is from a future epoch.
+        assert!(matches!(receiver.process(GROUP, &ciphertext), Err(CoreError::WrongEpoch { .. })));
+        assert_eq!(receiver.epoch(GROUP).unwrap(), 1);
+    }
+    send(&bob.client, &alice.client, b"four");
+}
