@@ -283,7 +283,8 @@ impl QpcClient {
             }
             let last_resort = Bytes::from(local.mls.generate_last_resort_key_package()?);
             let state = local.mls.export_state()?;
-            local.store.apply(crate::store::Change { mls_state: Some(&state), ..Default::default() })?;
+            // The private keys are on disk before their key packages are handed out.
+            local.store.apply(crate::store::Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
             v1::UploadKeyPackagesRequest { key_packages: packages, last_resort }
         };
         let _: v1::UploadKeyPackagesResponse = self.rpc().call(method::UPLOAD_KEY_PACKAGES, &request).await?;

@@ -307,7 +307,7 @@ impl ConversationHandle {
                 let proposal = local.mls.leave_group(&self.id.0)?;
                 let epoch = local.mls.epoch(&self.id.0)?;
                 let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
                 (proposal, epoch)
             };
             let sent: std::result::Result<v1::EnqueueResponse, _> = self
@@ -488,8 +488,9 @@ impl QpcClient {
                 let mut local = account.lock()?;
                 let before = local.mls.members(&id.0)?;
                 let outcome = build(&local.mls)?;
+                // Group changes are rare and must not be undone by a power cut: durable.
                 let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
                 (outcome, before)
             };
             let request = v1::BatchEnqueueRequest {
@@ -518,7 +519,7 @@ impl QpcClient {
                     }
                 };
                 let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
                 failed
             };
             match failed {

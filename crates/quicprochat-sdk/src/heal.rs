@@ -61,7 +61,12 @@ impl QpcClient {
                         Some(_) => None,
                         None => Some(conversation_row(conversation, &account.username, &join.joined.members)),
                     };
-                    local.store.apply(Change { mls_state: Some(&state), conversation: row, ..Default::default() })?;
+                    local.store.apply(Change {
+                        mls_state: Some(&state),
+                        conversation: row,
+                        durable: true,
+                        ..Default::default()
+                    })?;
                     drop(local);
                     let epoch = join.joined.epoch;
                     let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation, epoch });

@@ -95,6 +95,39 @@ ALTER TABLE conversations ADD COLUMN read_rowid INTEGER NOT NULL DEFAULT 0;
 
 const MLS_STATE: &str = "mls_state";
 const CURSOR: &str = "cursor";
+/// Written by [`LocalStore::make_durable`]: a change to commit with an fsync.
+const DURABLE_MARK: &str = "durable_at_ms";
+
+/// Switches a connection to fsync-on-commit for one transaction, and back.
+struct Durable<'c> {
+    conn: Option<&'c Connection>,
+}
+
+impl<'c> Durable<'c> {
+    fn begin(conn: &'c Connection, durable: bool) -> Result<Self> {
+        if !durable {
+            return Ok(Self { conn: None });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(Self { conn: Some(conn) })
+    }
+
+    fn end(mut self) -> Result<()> {
+        if let Some(conn) = self.conn.take() {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Durable<'_> {
+    /// Back to NORMAL also when the transaction failed.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+        }
+    }
+}
 
 /// A conversation row.
 #[derive(Clone, Debug)]
@@ -182,6 +215,11 @@ pub(crate) struct Change<'a> {
     pub cursor: Option<u64>,
     /// A send to queue (with its local echo in `message` or `effect`).
     pub outbox: Option<OutboxRow<'a>>,
+    /// On disk before `apply` returns, even across a power loss: for a ratchet or group
+    /// change whose message is about to leave this device. Other changes survive a crash of
+    /// the process at once, and a power loss from the next durable change on (see
+    /// [`LocalStore::make_durable`]).
+    pub durable: bool,
 }
 
 /// A send waiting in the outbox: the encoded `AppMessage`, encrypted only when it is handed to
@@ -217,7 +255,9 @@ impl LocalStore {
     pub fn open(path: &Path, key: Zeroizing<[u8; 32]>) -> Result<Self> {
         let conn = at_rest::open(path, &key)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // WAL with NORMAL: a commit survives a crash of the process at once; an fsync (see
+        // `durable`) makes it and everything before it survive a power loss too.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn)?;
         #[cfg(unix)]
@@ -263,7 +303,10 @@ impl LocalStore {
         let sealed_effect = change.effect.map(|e| self.seal_effect(e)).transpose()?;
         let sealed_outbox = change.outbox.map(|o| self.seal(&outbox::aad(&o.message), o.payload)).transpose()?;
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let durable = Durable::begin(&self.conn, change.durable)?;
+        // `unchecked_transaction` borrows the connection shared, beside `durable`; nothing else
+        // uses it meanwhile (`&mut self`).
+        let tx = self.conn.unchecked_transaction()?;
         if let Some(state) = sealed_state {
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![MLS_STATE, state])?;
         }
@@ -315,7 +358,19 @@ impl LocalStore {
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![CURSOR, to_i64(cursor)])?;
         }
         tx.commit()?;
+        durable.end()?;
         Ok(fresh)
+    }
+
+    /// Makes every change applied so far survive a power loss (one fsync of the log): called
+    /// before acknowledging envelopes to the server, which then deletes them.
+    pub fn make_durable(&mut self) -> Result<()> {
+        let durable = Durable::begin(&self.conn, true)?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![DURABLE_MARK, to_i64(now_ms())],
+        )?;
+        durable.end()
     }
 
     /// Seals what an effect writes (the reaction or the new text); empty for the others.

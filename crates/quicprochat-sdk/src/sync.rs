@@ -95,7 +95,9 @@ impl QpcClient {
                     self.emit_inbound(event);
                 }
             }
-            // Stored first, acknowledged second: a crash in between only re-reads, never loses.
+            // Stored (and on disk: one fsync per page) first, acknowledged second: a crash or a
+            // power cut in between only re-reads, never loses.
+            account.lock()?.store.make_durable()?;
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
         }
         Ok(Pass { processed, proposed, lost })
