@@ -261,7 +261,8 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
     let command = match (spec.name, words.as_slice()) {
         ("dm", [u]) => Command::Dm(user(u)),
         ("list", []) => Command::List,
-        // An invitee's group is named after its other members ("alice, carol"): names may hold spaces.
+        // Names may hold spaces (a group named "the team", or an invitee's group named after its other
+        // members, "alice, carol", until its name arrives).
         ("switch", [_, ..]) => Command::Switch(args.trim_start_matches(['@', '#']).to_owned()),
         ("history", []) => Command::History(20),
         ("history", [n]) => Command::History(n.parse().map_err(|_| usage())?),

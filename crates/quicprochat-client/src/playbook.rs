@@ -102,6 +102,8 @@ pub enum EventKind {
     Typing,
     /// This user joined a conversation (created it, or was invited).
     Joined,
+    /// A member told the group its name (what this user sees: a local rename wins).
+    Renamed,
     MemberJoined,
     MemberLeft,
     Timer,
@@ -120,6 +122,7 @@ impl EventKind {
             EventKind::Read => "read",
             EventKind::Typing => "typing",
             EventKind::Joined => "joined",
+            EventKind::Renamed => "renamed",
             EventKind::MemberJoined => "member_joined",
             EventKind::MemberLeft => "member_left",
             EventKind::Timer => "timer",
@@ -175,6 +178,9 @@ impl Seen {
             }
             ClientEvent::ConversationCreated { conversation, name } => {
                 seen(EventKind::Joined, conversation, "", name.clone(), None)
+            }
+            ClientEvent::ConversationRenamed { conversation, name, by } => {
+                seen(EventKind::Renamed, conversation, by, name.clone(), None)
             }
             ClientEvent::MemberJoined { conversation, username } => {
                 seen(EventKind::MemberJoined, conversation, username, String::new(), None)

@@ -439,7 +439,10 @@ async fn on_event(client: &QpcClient, session: &Session, app: &mut App, event: C
             // The stored history already shows the change.
             app.lines = history(session);
         }
-        ClientEvent::ConversationCreated { .. } | ClientEvent::MemberJoined { .. } | ClientEvent::MemberLeft { .. } => {
+        ClientEvent::ConversationCreated { .. }
+        | ClientEvent::ConversationRenamed { .. }
+        | ClientEvent::MemberJoined { .. }
+        | ClientEvent::MemberLeft { .. } => {
             refresh(client, app);
             let about = match &event {
                 ClientEvent::MemberJoined { conversation, .. } | ClientEvent::MemberLeft { conversation, .. } => {

@@ -410,6 +410,7 @@ pub fn event_line(
             notice(format!("message {} disappeared{}", ids::short(message), place(conversation)))
         }
         ClientEvent::ConversationCreated { name, .. } => notice(format!("joined conversation {name}")),
+        ClientEvent::ConversationRenamed { name, by, .. } => notice(format!("{by} told the group its name: {name}")),
         ClientEvent::MemberJoined { conversation, username } => {
             notice(format!("{username} joined{}", place_always(client, conversation)))
         }
