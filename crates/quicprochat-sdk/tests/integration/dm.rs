@@ -241,9 +241,18 @@ async fn a_five_megabyte_file_round_trips() {
     let ClientEvent::MessageReceived { message, .. } = e else { unreachable!() };
     let attachment = message.attachment.clone().unwrap();
     assert_eq!((attachment.name.as_str(), attachment.size), ("holiday.bin", original.len() as u64));
-    // The server holds only ciphertext.
-    let stored = std::fs::read_dir(server_dir.path().join(quicprochat_server::files::BLOBS)).unwrap().count();
-    assert_eq!(stored, 1);
+    // The server holds one complete blob, and only ciphertext: no 64-byte run of the file is in it.
+    let db = rusqlite::Connection::open_with_flags(
+        server_dir.path().join(quicprochat_server::files::DATABASE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let complete: i64 = db.query_row("SELECT COUNT(*) FROM blobs WHERE complete = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(complete, 1);
+    let mut chunks = db.prepare("SELECT data FROM blob_chunks ORDER BY byte_offset").unwrap();
+    let stored: Vec<u8> = chunks.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap().flat_map(|c| c.unwrap()).collect();
+    assert!(stored.len() > original.len(), "ciphertext with its tag");
+    assert!(!stored.windows(64).any(|w| w == &original[..64]), "the plaintext reached the server");
 
     let out = tempfile::tempdir().unwrap();
     let saved = bob.download_file(message.id, out.path(), |_, _| {}).await.unwrap();
