@@ -121,7 +121,7 @@ pub async fn run() -> anyhow::Result<()> {
     ensure!(rows >= 1, "the message for offline bob should be queued on the server");
     println!("  the server holds {rows} queued envelope(s), {bytes} bytes of MLS ciphertext");
 
-    println!("▶ scanning the server's database and blob files for the plaintexts");
+    println!("▶ scanning every file of the server (its database holds the blobs too) for the plaintexts");
     let mut secrets: Vec<&[u8]> = LINES.iter().map(|(_, t)| t.as_bytes()).collect();
     secrets.extend([GROUP_HELLO, CAROL_REPLY, FILE_TEXT, AFTER_REMOVAL, WAITING].map(str::as_bytes));
     secrets.extend(PASSWORDS.map(str::as_bytes));
