@@ -41,7 +41,9 @@ pub use error::CoreError;
 pub use identity::{IdentityKeyPair, verify_signature};
 pub use ids::{ChannelId, DeviceId, delivery_proof_digest, device_binding_challenge, device_id_for_key, dm_channel_id};
 pub use keystore::{KdfParams, open_with_key, open_with_password, seal_with_key, seal_with_password};
-pub use mls::{AddOutcome, CommitOutcome, ExternalJoin, JoinedGroup, MemberInfo, MlsClient, MlsSuite, Processed};
+pub use mls::{
+    AddOutcome, CommitOutcome, ExternalJoin, JoinedGroup, MemberInfo, MlsClient, MlsSuite, Processed, StateChanges,
+};
 pub use opaque::{
     ClientLogin, ClientLoginOutput, ClientRegistration, OpaqueParams, OpaqueServerSetup, ServerLogin,
     server_registration_finish, server_registration_start,

@@ -90,6 +90,19 @@ pub(crate) struct Local {
     pub store: LocalStore,
 }
 
+impl Local {
+    /// Applies `change` together with the MLS storage entries changed since the last persist,
+    /// in one transaction; returns what [`LocalStore::apply`] returns. If the write fails, the
+    /// same entries are written by the next persist.
+    pub fn persist(&mut self, change: crate::store::Change<'_>) -> Result<bool> {
+        let changes = self.mls.state_changes()?;
+        let change = crate::store::Change { mls: Some(&changes), ..change };
+        let fresh = self.store.apply(change)?;
+        self.mls.mark_persisted(&changes)?;
+        Ok(fresh)
+    }
+}
+
 impl Account {
     pub fn lock(&self) -> Result<MutexGuard<'_, Local>> {
         self.local.lock().map_err(|_| SdkError::Poisoned)
@@ -218,8 +231,16 @@ impl QpcClient {
         let server_signing_key =
             <[u8; 32]>::try_from(info.signing_key.as_ref()).map_err(|_| SdkError::Protocol("server signing key"))?;
         let store = LocalStore::open(&self.inner.config.state_dir.join(DATABASE_FILE), secrets.storage_key.clone())?;
-        let mls = match store.mls_state()? {
+        let entries = store.mls_entries()?;
+        let snapshot = if entries.is_empty() { store.mls_state()? } else { None };
+        let mls = match snapshot {
+            // A snapshot of an earlier version: its entries are written (and it is dropped) by
+            // the first change.
             Some(state) => MlsClient::restore(&secrets.identity, &secrets.username, MlsSuite::default(), &state)?,
+            // Persisted entry by entry: the current layout.
+            None if !entries.is_empty() => {
+                MlsClient::restore_entries(&secrets.identity, &secrets.username, MlsSuite::default(), entries)?
+            }
             None => MlsClient::new(&secrets.identity, &secrets.username, MlsSuite::default())?,
         };
         let account = Account {
@@ -282,9 +303,8 @@ impl QpcClient {
                 packages.push(Bytes::from(local.mls.generate_key_package()?));
             }
             let last_resort = Bytes::from(local.mls.generate_last_resort_key_package()?);
-            let state = local.mls.export_state()?;
             // The private keys are on disk before their key packages are handed out.
-            local.store.apply(crate::store::Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
+            local.persist(crate::store::Change { durable: true, ..Default::default() })?;
             v1::UploadKeyPackagesRequest { key_packages: packages, last_resort }
         };
         let _: v1::UploadKeyPackagesResponse = self.rpc().call(method::UPLOAD_KEY_PACKAGES, &request).await?;

@@ -306,8 +306,7 @@ impl ConversationHandle {
                 let mut local = account.lock()?;
                 let proposal = local.mls.leave_group(&self.id.0)?;
                 let epoch = local.mls.epoch(&self.id.0)?;
-                let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
+                local.persist(Change { durable: true, ..Default::default() })?;
                 (proposal, epoch)
             };
             let sent: std::result::Result<v1::EnqueueResponse, _> = self
@@ -410,8 +409,7 @@ impl QpcClient {
             let mut local = account.lock()?;
             if !local.mls.has_group(&id.0)? {
                 local.mls.create_group(&id.0)?;
-                let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+                local.persist(Change::default())?;
             }
         }
         self.add_users(id, &[peer.to_owned()]).await?;
@@ -444,9 +442,7 @@ impl QpcClient {
         {
             let mut local = account.lock()?;
             local.mls.create_group(&id.0)?;
-            let state = local.mls.export_state()?;
-            local.store.apply(Change {
-                mls_state: Some(&state),
+            local.persist(Change {
                 conversation: Some(ConversationRow {
                     group_name: Some(name.to_owned()),
                     ..ConversationRow::new(id, KIND_GROUP, name.to_owned(), None)
@@ -489,8 +485,7 @@ impl QpcClient {
                 let before = local.mls.members(&id.0)?;
                 let outcome = build(&local.mls)?;
                 // Group changes are rare and must not be undone by a power cut: durable.
-                let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
+                local.persist(Change { durable: true, ..Default::default() })?;
                 (outcome, before)
             };
             let request = v1::BatchEnqueueRequest {
@@ -518,8 +513,7 @@ impl QpcClient {
                         Some(e)
                     }
                 };
-                let state = local.mls.export_state()?;
-                local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
+                local.persist(Change { durable: true, ..Default::default() })?;
                 failed
             };
             match failed {

@@ -55,18 +55,12 @@ impl QpcClient {
             match self.rpc().call::<_, v1::EnqueueResponse>(method::ENQUEUE, &request).await {
                 Ok(_) => {
                     let mut local = account.lock()?;
-                    let state = local.mls.export_state()?;
                     // The conversation row survives state loss; recreate it if it did not.
                     let row = match local.store.conversation(&conversation)? {
                         Some(_) => None,
                         None => Some(conversation_row(conversation, &account.username, &join.joined.members)),
                     };
-                    local.store.apply(Change {
-                        mls_state: Some(&state),
-                        conversation: row,
-                        durable: true,
-                        ..Default::default()
-                    })?;
+                    local.persist(Change { conversation: row, durable: true, ..Default::default() })?;
                     drop(local);
                     let epoch = join.joined.epoch;
                     let _ = self.inner.events.send(ClientEvent::EpochChanged { conversation, epoch });
@@ -88,8 +82,7 @@ impl QpcClient {
         let account = self.account()?;
         let mut local = account.lock()?;
         local.mls.delete_group(&conversation.0)?;
-        let state = local.mls.export_state()?;
-        local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+        local.persist(Change::default())?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! that tell subscribers. Typing indicators arrive here too, mostly as ephemeral pushes that
 //! never touch the queue.
 
-use quicprochat_core::mls::Processed;
+use quicprochat_core::mls::{Processed, StateChanges};
 use quicprochat_proto::v1;
 
 use crate::app_message::{self, Body, UNSUPPORTED_TEXT};
@@ -30,13 +30,13 @@ pub(crate) struct Inbound<'a> {
 pub(crate) fn apply_application(
     store: &mut LocalStore,
     inbound: Inbound<'_>,
-    mls_state: &[u8],
+    mls: &StateChanges,
     cursor: u64,
     now_ms: u64,
 ) -> Result<Vec<ClientEvent>> {
     let Inbound { conversation, sender, plaintext } = inbound;
     let decoded = app_message::decode(plaintext);
-    let base = || Change { mls_state: Some(mls_state), cursor: Some(cursor), ..Default::default() };
+    let base = || Change { mls: Some(mls), cursor: Some(cursor), ..Default::default() };
     // A target that exists in this conversation (`None` otherwise).
     let target = |store: &LocalStore, id: &MessageId| -> Result<Option<Target>> {
         Ok(store.target(id)?.filter(|t| t.conversation == conversation))
@@ -178,8 +178,7 @@ impl QpcClient {
                     return Ok(());
                 }
             };
-            let state = local.mls.export_state()?;
-            local.store.apply(Change { mls_state: Some(&state), ..Default::default() })?;
+            local.persist(Change::default())?;
             match processed {
                 Processed::Application { sender, plaintext, .. } => match app_message::decode(&plaintext).body {
                     Body::Typing(started) => Some(ClientEvent::Typing {
@@ -249,7 +248,7 @@ mod tests {
 
     fn apply(store: &mut LocalStore, conversation: ConversationId, sender: &str, plaintext: &[u8]) -> Vec<ClientEvent> {
         let inbound = Inbound { conversation, sender, plaintext };
-        apply_application(store, inbound, b"mls state", 1, 1_000).unwrap()
+        apply_application(store, inbound, &StateChanges::default(), 1, 1_000).unwrap()
     }
 
     fn text(store: &LocalStore) -> String {

@@ -153,10 +153,9 @@ impl QpcClient {
         let mut local = account.lock()?;
         let ciphertext = local.mls.encrypt(&conversation.0, plaintext)?;
         let epoch = local.mls.epoch(&conversation.0)?;
-        let state = local.mls.export_state()?;
         // On disk before the ciphertext leaves: a ratchet step lost to a power cut would
         // encrypt the next message with the same key and nonce.
-        local.store.apply(Change { mls_state: Some(&state), durable: true, ..Default::default() })?;
+        local.persist(Change { durable: true, ..Default::default() })?;
         Ok((ciphertext, epoch))
     }
 

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::error::Result;
 use crate::{ConversationId, DeliveryState, Message, MessageId, MessageKind, Reaction, SdkError};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
+use quicprochat_core::mls::StateChanges;
 
 /// Migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -90,6 +91,14 @@ ALTER TABLE conversations ADD COLUMN group_name TEXT;
 ALTER TABLE conversations ADD COLUMN local_name TEXT;
 ALTER TABLE conversations ADD COLUMN left_ms INTEGER;
 ALTER TABLE conversations ADD COLUMN read_rowid INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 7: MLS state entry by entry (openmls storage keys), each value sealed; written with what
+    // else the operation changed, replacing the whole-state snapshot in `meta`.
+    r#"
+CREATE TABLE IF NOT EXISTS mls_entries (
+    key   BLOB PRIMARY KEY,
+    value BLOB NOT NULL
+);
 "#,
 ];
 
@@ -208,7 +217,8 @@ pub(crate) struct Target {
 /// Everything one processed envelope changes, written atomically.
 #[derive(Debug, Default)]
 pub(crate) struct Change<'a> {
-    pub mls_state: Option<&'a [u8]>,
+    /// MLS storage entries changed by the operation (see [`crate::client::Local::persist`]).
+    pub mls: Option<&'a StateChanges>,
     pub conversation: Option<ConversationRow>,
     pub message: Option<MessageRow<'a>>,
     pub effect: Option<Effect<'a>>,
@@ -282,6 +292,19 @@ impl LocalStore {
         sealed.map(|s| self.open_sealed(MLS_STATE.as_bytes(), &s)).transpose()
     }
 
+    /// The MLS storage entries, unsealed.
+    pub fn mls_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare("SELECT key, value FROM mls_entries")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, sealed) = row?;
+            let value = self.open_sealed(&mls_entry_aad(&key), &sealed)?;
+            out.push((key, value.to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn cursor(&self) -> Result<u64> {
         let v: Option<i64> =
             self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [CURSOR], |r| r.get(0)).optional()?;
@@ -290,7 +313,15 @@ impl LocalStore {
 
     /// Applies one change atomically. Returns false when the message was a duplicate.
     pub fn apply(&mut self, change: Change<'_>) -> Result<bool> {
-        let sealed_state = change.mls_state.map(|s| self.seal(MLS_STATE.as_bytes(), s)).transpose()?;
+        let sealed_entries = match change.mls {
+            Some(changes) => Some(
+                changes
+                    .upserts()
+                    .map(|(key, value)| Ok((key, self.seal(&mls_entry_aad(key), value)?)))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
         let sealed_body = change.message.as_ref().map(|m| self.seal(&m.id.0, m.text.as_bytes())).transpose()?;
         let sealed_attachment = match change.message.as_ref().and_then(|m| m.attachment.map(|a| (m.id, a))) {
             Some((id, a)) => Some(self.seal(&attachment_aad(&id), a)?),
@@ -307,8 +338,17 @@ impl LocalStore {
         // `unchecked_transaction` borrows the connection shared, beside `durable`; nothing else
         // uses it meanwhile (`&mut self`).
         let tx = self.conn.unchecked_transaction()?;
-        if let Some(state) = sealed_state {
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![MLS_STATE, state])?;
+        if let (Some(changes), Some(sealed)) = (change.mls, sealed_entries) {
+            let mut upsert = tx.prepare_cached("INSERT OR REPLACE INTO mls_entries (key, value) VALUES (?1, ?2)")?;
+            for (key, value) in sealed {
+                upsert.execute(params![key, value])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM mls_entries WHERE key = ?1")?;
+            for key in changes.deletes() {
+                delete.execute([key])?;
+            }
+            // A snapshot of an earlier version is superseded once its entries are written.
+            tx.execute("DELETE FROM meta WHERE key = ?1", [MLS_STATE])?;
         }
         if let Some(c) = &change.conversation {
             tx.execute(
@@ -791,6 +831,12 @@ fn migrate(conn: &Connection) -> Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+fn mls_entry_aad(key: &[u8]) -> Vec<u8> {
+    let mut aad = b"mls:".to_vec();
+    aad.extend_from_slice(key);
+    aad
 }
 
 fn raw_aad(id: &MessageId) -> Vec<u8> {

@@ -166,13 +166,7 @@ impl QpcClient {
                     row.peer = None;
                 }
                 let name = row.name.clone();
-                let state = local.mls.export_state()?;
-                local.store.apply(Change {
-                    mls_state: Some(&state),
-                    conversation: Some(row),
-                    cursor: Some(seq),
-                    ..Default::default()
-                })?;
+                local.persist(Change { conversation: Some(row), cursor: Some(seq), ..Default::default() })?;
                 Ok(vec![ClientEvent::ConversationCreated { conversation, name }])
             }
             v1::EnvelopeKind::Commit | v1::EnvelopeKind::Proposal | v1::EnvelopeKind::Application => {
@@ -196,31 +190,28 @@ impl QpcClient {
                     }
                     Err(e) => return skip(&mut local, &e.to_string()),
                 };
-                let state = local.mls.export_state()?;
                 match processed {
-                    Processed::Application { sender, plaintext, .. } => crate::inbound::apply_application(
-                        &mut local.store,
-                        Inbound { conversation, sender: &sender.username, plaintext: &plaintext },
-                        &state,
-                        seq,
-                        crate::store::now_ms(),
-                    ),
+                    Processed::Application { sender, plaintext, .. } => {
+                        let state = local.mls.state_changes()?;
+                        let events = crate::inbound::apply_application(
+                            &mut local.store,
+                            Inbound { conversation, sender: &sender.username, plaintext: &plaintext },
+                            &state,
+                            seq,
+                            crate::store::now_ms(),
+                        )?;
+                        local.mls.mark_persisted(&state)?;
+                        Ok(events)
+                    }
                     Processed::Commit { epoch, added, removed, .. } => {
                         let me_removed = removed.iter().any(|m| m.device_id == account.device_id);
-                        let state = if me_removed {
+                        if me_removed {
                             // This device is out of the group: its keys for it are useless now,
                             // and the conversation is no longer listed (its history stays).
                             local.store.mark_left(&conversation)?;
                             local.mls.delete_group(&group)?;
-                            local.mls.export_state()?
-                        } else {
-                            state
-                        };
-                        local.store.apply(Change {
-                            mls_state: Some(&state),
-                            cursor: Some(seq),
-                            ..Default::default()
-                        })?;
+                        }
+                        local.persist(Change { cursor: Some(seq), ..Default::default() })?;
                         let mut events: Vec<ClientEvent> = added
                             .into_iter()
                             .map(|m| ClientEvent::MemberJoined { conversation, username: m.username })
@@ -232,11 +223,7 @@ impl QpcClient {
                         Ok(events)
                     }
                     Processed::Proposal { .. } => {
-                        local.store.apply(Change {
-                            mls_state: Some(&state),
-                            cursor: Some(seq),
-                            ..Default::default()
-                        })?;
+                        local.persist(Change { cursor: Some(seq), ..Default::default() })?;
                         applied.proposal_in = Some(conversation);
                         Ok(Vec::new())
                     }

@@ -27,6 +27,7 @@
 //! Calls on the same group must not run concurrently: the caller serialises
 //! them (e.g. one lock per client).
 
+mod changes;
 mod credential;
 mod error_map;
 mod outcome;
@@ -54,6 +55,7 @@ use crate::error::CoreError;
 use crate::identity::IdentityKeyPair;
 use crate::ids::DeviceId;
 
+pub use changes::StateChanges;
 pub use credential::{
     CREDENTIAL_IDENTITY_VERSION, CredentialError, MAX_USERNAME_LEN, MemberInfo, decode_credential_identity,
     encode_credential_identity,
@@ -132,6 +134,8 @@ pub struct MlsClient {
     username: String,
     /// Groups in use, kept between calls (see `with_group`).
     groups: std::sync::Mutex<std::collections::HashMap<Vec<u8>, MlsGroup>>,
+    /// What the caller last persisted (see [`Self::state_changes`]).
+    persisted: std::sync::Mutex<changes::Persisted>,
 }
 
 impl fmt::Debug for MlsClient {
@@ -160,6 +164,7 @@ impl MlsClient {
             suite,
             username: username.to_owned(),
             groups: std::sync::Mutex::new(std::collections::HashMap::new()),
+            persisted: std::sync::Mutex::new(changes::Persisted::default()),
         })
     }
 
@@ -177,6 +182,38 @@ impl MlsClient {
         let values = state::decode(&identity.public_key(), state)?;
         *client.provider.storage().values.write().map_err(|_| CoreError::StorageLockPoisoned)? = values;
         Ok(client)
+    }
+
+    /// Restores a client from its storage entries, as persisted from
+    /// [`Self::state_changes`]; they count as persisted. The caller
+    /// vouches that they are this device's (e.g. they were sealed with its
+    /// key).
+    pub fn restore_entries(
+        identity: &IdentityKeyPair,
+        username: &str,
+        suite: MlsSuite,
+        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, CoreError> {
+        let client = Self::new(identity, username, suite)?;
+        let values: std::collections::HashMap<Vec<u8>, Vec<u8>> = entries.into_iter().collect();
+        *client.persisted.lock().map_err(|_| CoreError::StorageLockPoisoned)? = changes::Persisted::of(&values);
+        *client.provider.storage().values.write().map_err(|_| CoreError::StorageLockPoisoned)? = values;
+        Ok(client)
+    }
+
+    /// The storage entries changed since the last [`Self::mark_persisted`]
+    /// (since creation or restore from a snapshot: all of them; since
+    /// [`Self::restore_entries`]: none). Write them, then report them
+    /// persisted; changes never reported come back in the next call.
+    pub fn state_changes(&self) -> Result<StateChanges, CoreError> {
+        let values = self.provider.storage().values.read().map_err(|_| CoreError::StorageLockPoisoned)?;
+        Ok(self.persisted.lock().map_err(|_| CoreError::StorageLockPoisoned)?.changes(&values))
+    }
+
+    /// Records that `changes` (from [`Self::state_changes`]) are persisted.
+    pub fn mark_persisted(&self, changes: &StateChanges) -> Result<(), CoreError> {
+        self.persisted.lock().map_err(|_| CoreError::StorageLockPoisoned)?.apply(changes);
+        Ok(())
     }
 
     /// Snapshots the whole MLS storage: all groups, pending commits and

@@ -514,3 +514,36 @@ fn the_kept_group_and_storage_agree_after_successes_and_failures() {
     }
     send(&bob.client, &alice.client, b"four");
 }
+
+#[test]
+fn persisted_entries_restore_a_working_client() {
+    let (alice, bob) = two_party(MlsSuite::Classic);
+    // Everything is a change until persisted; then only what an operation touched.
+    let all = bob.client.state_changes().unwrap();
+    assert!(all.upserts().count() > 1);
+    let mut table: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+        all.upserts().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    bob.client.mark_persisted(&all).unwrap();
+    assert!(bob.client.state_changes().unwrap().is_empty());
+
+    send(&alice.client, &bob.client, b"one");
+    let changes = bob.client.state_changes().unwrap();
+    assert!(!changes.is_empty() && changes.upserts().count() < all.upserts().count());
+    for (k, v) in changes.upserts() {
+        table.insert(k.to_vec(), v.to_vec());
+    }
+    for k in changes.deletes() {
+        table.remove(k);
+    }
+    bob.client.mark_persisted(&changes).unwrap();
+
+    let restored = MlsClient::restore_entries(&bob.identity, "bob", MlsSuite::Classic, table).unwrap();
+    assert!(restored.state_changes().unwrap().is_empty(), "restored entries count as persisted");
+    assert_eq!(
+        restored.export_state().unwrap().as_slice(),
+        bob.client.export_state().unwrap().as_slice(),
+        "the persisted entries are the whole state"
+    );
+    send(&alice.client, &restored, b"two");
+    send(&restored, &alice.client, b"three");
+}

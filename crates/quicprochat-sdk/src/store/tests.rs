@@ -260,3 +260,41 @@ mod encrypted {
         assert!(!dir.path().join("state.db.encrypting").exists());
     }
 }
+
+#[test]
+fn mls_entries_replace_an_earlier_snapshot_and_restore_the_client() {
+    use quicprochat_core::identity::IdentityKeyPair;
+    use quicprochat_core::mls::{MlsClient, MlsSuite};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    // What an earlier version kept: one sealed snapshot in `meta`.
+    let snapshot = store.seal(MLS_STATE.as_bytes(), b"earlier snapshot").unwrap();
+    store.conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![MLS_STATE, snapshot]).unwrap();
+    assert!(store.mls_state().unwrap().is_some());
+
+    let identity = IdentityKeyPair::generate(&mut rand_core::OsRng);
+    let mls = MlsClient::new(&identity, "bob", MlsSuite::Classic).unwrap();
+    mls.generate_key_package().unwrap();
+    let changes = mls.state_changes().unwrap();
+    assert!(!changes.is_empty());
+    store.apply(Change { mls: Some(&changes), ..Default::default() }).unwrap();
+    mls.mark_persisted(&changes).unwrap();
+    assert!(store.mls_state().unwrap().is_none(), "the snapshot is superseded");
+
+    // Only what changed is written next time, and deletions go too.
+    mls.generate_key_package().unwrap();
+    let more = mls.state_changes().unwrap();
+    assert!(!more.is_empty());
+    assert!(more.upserts().all(|(key, _)| changes.upserts().all(|(written, _)| written != key)), "nothing rewritten");
+    store.apply(Change { mls: Some(&more), ..Default::default() }).unwrap();
+
+    drop(store);
+    let store = open(&dir);
+    let restored =
+        MlsClient::restore_entries(&identity, "bob", MlsSuite::Classic, store.mls_entries().unwrap()).unwrap();
+    assert_eq!(restored.export_state().unwrap().as_slice(), mls.export_state().unwrap().as_slice());
+    // Entries are sealed: another key cannot read them.
+    let other = LocalStore::open(&dir.path().join("state.db"), Zeroizing::new([9u8; 32]));
+    assert!(other.is_err() || other.unwrap().mls_entries().is_err());
+}
