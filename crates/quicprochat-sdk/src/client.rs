@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub send_lock: tokio::sync::Mutex<()>,
     /// Wakes the background sender (a send is waiting, the connection is back).
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// The highest queue sequence applied from a push, for the acknowledging task.
+    pub ack: tokio::sync::watch::Sender<u64>,
     /// Who is typing where (see `typing.rs`).
     pub typing: Mutex<crate::typing::TypingTracker>,
     /// Wakes the typing timer when an indicator starts.
@@ -143,6 +145,7 @@ impl QpcClient {
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 send_lock: tokio::sync::Mutex::new(()),
                 outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
+                ack: tokio::sync::watch::Sender::new(0),
                 typing: Mutex::new(crate::typing::TypingTracker::default()),
                 typing_wakeup: Arc::new(tokio::sync::Notify::new()),
                 #[cfg(feature = "test-util")]
@@ -259,6 +262,7 @@ impl QpcClient {
         self.spawn_push_listener()?;
         self.spawn_expiry_timer()?;
         self.spawn_typing_timer()?;
+        self.spawn_acker()?;
         self.sync().await?;
         // Sends queued in an earlier run (offline, or cut off by a crash) go out now.
         self.spawn_outbox_sender()?;
@@ -567,6 +571,8 @@ async fn listen(weak: &Weak<Inner>, rpc: &RpcClient) -> String {
                 Ok(v1::MessageNotification { seq: 0, envelope: Some(queued), .. }) => {
                     client.receive_ephemeral(&queued).await
                 }
+                // The envelope inline: applied at once when it is the next one.
+                Ok(v1::MessageNotification { envelope: Some(queued), .. }) => client.receive_pushed(&queued).await,
                 _ => client.sync().await.map(|_| ()),
             },
             event::KEY_PACKAGES_LOW => client.top_up_key_packages().await,

@@ -87,13 +87,7 @@ impl QpcClient {
                         None => lost.push((group, 1)),
                     }
                 }
-                for event in events {
-                    if matches!(&event, ClientEvent::MessageReceived { message, .. } if message.expires_at_ms.is_some())
-                    {
-                        self.inner.expiry_wakeup.notify_one();
-                    }
-                    self.emit_inbound(event);
-                }
+                self.emit_applied(events);
             }
             // Stored (and on disk: one fsync per page) first, acknowledged second: a crash or a
             // power cut in between only re-reads, never loses.
@@ -101,6 +95,66 @@ impl QpcClient {
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
         }
         Ok(Pass { processed, proposed, lost })
+    }
+
+    /// Applies an application message pushed with its envelope inline, without reading the
+    /// queue: when it is the next one after the cursor, it is applied, made durable and
+    /// acknowledged in the background (see [`QpcClient::spawn_acker`]). Anything else — a gap
+    /// before it, a handshake message, a Welcome — goes through [`QpcClient::sync`].
+    pub(crate) async fn receive_pushed(&self, queued: &v1::QueuedEnvelope) -> Result<()> {
+        let is_application = queued.envelope.as_ref().is_some_and(|e| e.kind == v1::EnvelopeKind::Application as i32);
+        if is_application {
+            let guard = self.inner.sync_lock.lock().await;
+            let account = self.account()?;
+            if account.lock()?.store.cursor()?.checked_add(1) == Some(queued.seq) {
+                let Applied { events, lost_in, .. } = self.apply(account, queued, None)?;
+                account.lock()?.store.make_durable()?;
+                self.inner.ack.send_if_modified(|up_to| {
+                    let newer = queued.seq > *up_to;
+                    *up_to = (*up_to).max(queued.seq);
+                    newer
+                });
+                drop(guard);
+                self.emit_applied(events);
+                if let Some(conversation) = lost_in {
+                    self.heal(conversation, 1).await;
+                }
+                return Ok(());
+            }
+        }
+        self.sync().await.map(drop)
+    }
+
+    /// Tells subscribers what applying envelopes did.
+    fn emit_applied(&self, events: Vec<ClientEvent>) {
+        for event in events {
+            if matches!(&event, ClientEvent::MessageReceived { message, .. } if message.expires_at_ms.is_some()) {
+                self.inner.expiry_wakeup.notify_one();
+            }
+            self.emit_inbound(event);
+        }
+    }
+
+    /// Starts the task that acknowledges envelopes applied from pushes, so receiving never
+    /// waits for the server's answer: it sends `Ack` for the highest sequence applied, once per
+    /// change (several pushes applied meanwhile share one `Ack`). A failed `Ack` is left to the
+    /// next one, or to the next [`QpcClient::sync`]; the server re-sends only what this device
+    /// already stored, and the cursor skips it.
+    pub(crate) fn spawn_acker(&self) -> Result<()> {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let mut pending = self.inner.ack.subscribe();
+        let mut tasks = self.inner.tasks.lock().map_err(|_| SdkError::Poisoned)?;
+        tasks.spawn(async move {
+            while pending.changed().await.is_ok() {
+                let up_to_seq = *pending.borrow_and_update();
+                let Some(inner) = weak.upgrade() else { return };
+                let rpc = QpcClient { inner }.rpc();
+                if let Err(e) = rpc.call::<_, v1::AckResponse>(method::ACK, &v1::AckRequest { up_to_seq }).await {
+                    tracing::debug!(error = %e, "acknowledging pushed envelopes failed; the next sync does it");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The kind of a channel, as the server records it: `None` when the server does not know it

@@ -183,3 +183,37 @@ async fn a_typing_indicator_ends_by_itself_or_with_the_message() {
     received(&mut bob, "done").await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pushed_messages_are_acknowledged_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let alice_dm = alice.client.dm("bob").await.unwrap();
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    for i in 0..5 {
+        alice_dm.send_text(&format!("m{i}")).await.unwrap();
+    }
+    for i in 0..5 {
+        received(&mut bob, &format!("m{i}")).await;
+    }
+    // Stored on bob's device and acknowledged: the server's queues empty out.
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join(quicprochat_server::files::DATABASE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let queued: i64 = db.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)).unwrap();
+        if queued == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{queued} envelopes never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bob.client.sync().await.unwrap(), 0, "nothing is read twice");
+    assert_eq!(bob.client.conversations().unwrap()[0].unread, 5);
+    server.shutdown().await.unwrap();
+}
