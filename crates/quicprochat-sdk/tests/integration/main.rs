@@ -7,6 +7,7 @@ mod dm;
 mod echo_bot;
 mod export;
 mod group;
+mod killed;
 mod outbox;
 mod rich;
 
