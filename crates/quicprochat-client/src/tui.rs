@@ -72,13 +72,14 @@ impl App {
         App { me: me.to_owned(), page: 10, ..App::default() }
     }
 
-    /// Replaces the sidebar's conversations, keeping unread counts and the selection.
-    pub fn set_conversations(&mut self, list: Vec<(ConversationId, String, u64)>) {
-        let old = std::mem::take(&mut self.conversations);
+    /// Replaces the sidebar's conversations with their unread counts (as the SDK keeps them,
+    /// across restarts), keeping the selection; the selected one is being read.
+    pub fn set_conversations(&mut self, list: Vec<(ConversationId, String, u64, u32)>) {
+        let selected = self.selected;
         self.conversations = list
             .into_iter()
-            .map(|(id, name, epoch)| {
-                let unread = old.iter().find(|e| e.id == id).map_or(0, |e| e.unread);
+            .map(|(id, name, epoch, unread)| {
+                let unread = if Some(id) == selected { 0 } else { unread as usize };
                 Entry { id, name, unread, epoch }
             })
             .collect();
@@ -375,11 +376,12 @@ async fn submit(client: &QpcClient, session: &mut Session, app: &mut App, line: 
     false
 }
 
-/// Makes `id` current in the session and on screen, and marks its latest message read.
+/// Makes `id` current in the session and on screen, and marks it read (one receipt for the
+/// messages that were unread).
 async fn open(client: &QpcClient, session: &mut Session, app: &mut App, id: ConversationId) {
     let Ok(Some(c)) = client.conversation(id) else { return };
-    if let Some(last) = c.messages(1).unwrap_or_default().last() {
-        acknowledge(client, &c, last).await;
+    if let Err(e) = c.mark_all_read().await {
+        tracing::debug!(error = %e, "read receipt not sent");
     }
     session.current = Some(c);
     app.select(id, history(session));
@@ -400,7 +402,7 @@ fn refresh(client: &QpcClient, app: &mut App) {
         .into_iter()
         .map(|info| {
             let epoch = client.conversation(info.id).ok().flatten().and_then(|c| c.epoch().ok()).unwrap_or(0);
-            (info.id, info.name, epoch)
+            (info.id, info.name, epoch, info.unread)
         })
         .collect();
     app.set_conversations(entries);
@@ -493,7 +495,7 @@ mod tests {
 
     fn app() -> App {
         let mut app = App::new("alice");
-        app.set_conversations(vec![(BOB, "bob".into(), 1), (TEAM, "team".into(), 4)]);
+        app.set_conversations(vec![(BOB, "bob".into(), 1, 0), (TEAM, "team".into(), 4, 0)]);
         app.select(BOB, vec!["a1b2c3 [alice] hi bob".into()]);
         app
     }
@@ -561,9 +563,18 @@ mod tests {
     }
 
     #[test]
+    fn unread_counts_come_from_the_sdk_and_the_selected_one_is_read() {
+        let mut app = app();
+        app.set_conversations(vec![(BOB, "bob".into(), 1, 5), (TEAM, "team".into(), 4, 3)]);
+        let s = screen(&app);
+        assert!(s.contains("team (3)"), "{s}");
+        assert!(!s.contains("bob (5)"), "the selected conversation is being read: {s}");
+    }
+
+    #[test]
     fn conversations_that_vanish_are_deselected() {
         let mut app = app();
-        app.set_conversations(vec![(TEAM, "team".into(), 4)]);
+        app.set_conversations(vec![(TEAM, "team".into(), 4, 2)]);
         assert_eq!(app.selected, None);
         assert!(app.lines.is_empty());
         assert!(screen(&app).contains("no conversation"));
