@@ -3,24 +3,18 @@
 
 use std::time::Duration;
 
-use quicprochat_sdk::{ClientEvent, ConversationId, QpcClient, SdkError, TYPING_TIMEOUT};
+use quicprochat_sdk::{ClientEvent, ConversationHandle, ConversationId, SdkError, TYPING_TIMEOUT};
 use quicprochat_server::RunningServer;
-use tokio::sync::broadcast;
 
-use crate::{client, next_event, start_server};
+use crate::{Member, member, next_event, start_server};
 
-struct Member {
-    client: QpcClient,
-    events: broadcast::Receiver<ClientEvent>,
-    _dir: tempfile::TempDir,
-}
-
-async fn member(server: &RunningServer, name: &str) -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let client = client(server, dir.path()).await;
-    let events = client.subscribe();
-    client.register(name, b"pw").await.unwrap();
-    Member { client, events, _dir: dir }
+/// Alice and bob, registered, with alice's DM to bob (bob has joined it).
+async fn dm_pair(server: &RunningServer) -> (Member, Member, ConversationHandle) {
+    let alice = member(server, "alice").await;
+    let mut bob = member(server, "bob").await;
+    let alice_dm = alice.client.dm("bob").await.unwrap();
+    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    (alice, bob, alice_dm)
 }
 
 /// Waits for the group's name to arrive; returns what this device shows.
@@ -82,10 +76,7 @@ async fn a_groups_name_reaches_invitees_and_a_group_of_two_is_a_group() {
 async fn unread_counts_follow_reading_and_replying() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
-    let mut alice = member(&server, "alice").await;
-    let mut bob = member(&server, "bob").await;
-    let alice_dm = alice.client.dm("bob").await.unwrap();
-    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    let (mut alice, mut bob, alice_dm) = dm_pair(&server).await;
     let bob_dm = bob.client.dm("alice").await.unwrap();
 
     let mut ids = Vec::new();
@@ -160,10 +151,7 @@ async fn leaving_or_being_removed_unlists_the_conversation() {
 async fn a_typing_indicator_ends_by_itself_or_with_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
-    let alice = member(&server, "alice").await;
-    let mut bob = member(&server, "bob").await;
-    let alice_dm = alice.client.dm("bob").await.unwrap();
-    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    let (_alice, mut bob, alice_dm) = dm_pair(&server).await;
     let typing = |e: &ClientEvent| matches!(e, ClientEvent::Typing { .. });
 
     // Started and never stopped (the stop was lost): it ends after the timeout.
@@ -188,10 +176,7 @@ async fn a_typing_indicator_ends_by_itself_or_with_the_message() {
 async fn pushed_messages_are_acknowledged_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
-    let alice = member(&server, "alice").await;
-    let mut bob = member(&server, "bob").await;
-    let alice_dm = alice.client.dm("bob").await.unwrap();
-    next_event(&mut bob.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    let (_alice, mut bob, alice_dm) = dm_pair(&server).await;
     for i in 0..5 {
         alice_dm.send_text(&format!("m{i}")).await.unwrap();
     }

@@ -1,23 +1,8 @@
 //! Group conversations: creation with members, invites, concurrent invites.
 
-use quicprochat_sdk::{ClientEvent, ConversationId, QpcClient};
-use tokio::sync::broadcast;
+use quicprochat_sdk::{ClientEvent, ConversationId};
 
-use crate::{client, next_event, received_text, start_server};
-
-struct Member {
-    client: QpcClient,
-    events: broadcast::Receiver<ClientEvent>,
-    _dir: tempfile::TempDir,
-}
-
-async fn member(server: &quicprochat_server::RunningServer, name: &str) -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let client = client(server, dir.path()).await;
-    let events = client.subscribe();
-    client.register(name, b"pw").await.unwrap();
-    Member { client, events, _dir: dir }
-}
+use crate::{Member, member, next_event, received_text, start_server};
 
 async fn joined(m: &mut Member) -> ConversationId {
     match next_event(&mut m.events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await {

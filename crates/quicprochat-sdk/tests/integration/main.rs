@@ -49,6 +49,23 @@ pub async fn next_event(
     }
 }
 
+/// A registered user with its client and its event stream.
+#[derive(Debug)]
+pub struct Member {
+    pub client: QpcClient,
+    pub events: broadcast::Receiver<ClientEvent>,
+    _dir: tempfile::TempDir,
+}
+
+/// Registers `name` with a client of its own.
+pub async fn member(server: &RunningServer, name: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(server, dir.path()).await;
+    let events = client.subscribe();
+    client.register(name, b"pw").await.unwrap();
+    Member { client, events, _dir: dir }
+}
+
 pub fn received_text(e: &ClientEvent) -> Option<(&str, &str)> {
     match e {
         ClientEvent::MessageReceived { message, .. } => Some((message.sender.as_str(), message.text.as_str())),
