@@ -55,6 +55,10 @@ impl From<quicprochat_core::mls::CommitOutcome> for PendingCommit {
 /// How often a commit whose outcome is unknown is resent (with backoff: about 6 s in all).
 const HANDSHAKE_SEND_TRIES: u32 = 5;
 
+/// The largest commit-with-Welcomes request sent at once: three quarters of the default frame
+/// limit, leaving room for the envelope around it.
+const MAX_BATCH_BYTES: usize = quicprochat_rpc::DEFAULT_MAX_PAYLOAD as usize / 4 * 3;
+
 /// How often a commit is rebuilt after losing a race.
 const MAX_COMMIT_ATTEMPTS: u32 = 5;
 
@@ -581,7 +585,8 @@ impl QpcClient {
         Ok(epoch)
     }
 
-    /// Adds every device of `users` to group `id` in one commit with its Welcomes. A commit that
+    /// Adds every device of `users` to group `id` in one commit with its Welcomes (several when they
+    /// would not fit in one request, see `add_key_packages`). A commit that
     /// loses a race (CONFLICT) is dropped, the winner's commit is fetched and applied, and the
     /// add is built again on the new epoch with the same key packages.
     pub(crate) async fn add_users(&self, id: ConversationId, users: &[String]) -> Result<u64> {
@@ -600,21 +605,42 @@ impl QpcClient {
             }
             claimed.extend(kps.key_packages);
         }
+        self.add_key_packages(id, &claimed).await
+    }
+
+    /// Adds the devices of `claimed` in one commit, or in several when their Welcomes (one copy
+    /// per device, each with the ratchet tree) would not fit in one request: the devices are
+    /// then split in halves, each added by its own commit.
+    async fn add_key_packages(&self, id: ConversationId, claimed: &[v1::DeviceKeyPackage]) -> Result<u64> {
         let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
-        self.commit_change(id, |mls| {
-            let outcome = mls.add_members(&id.0, &packages)?;
-            let welcome = Bytes::from(outcome.welcome);
-            Ok(PendingCommit {
-                commit: outcome.commit,
-                epoch_before: outcome.epoch_before,
-                group_info: outcome.group_info,
-                // Each added device gets the Welcome; nobody else does.
-                welcomes: claimed
-                    .iter()
-                    .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: welcome.clone() })
-                    .collect(),
+        let too_large = std::cell::Cell::new(false);
+        let added = self
+            .commit_change(id, |mls| {
+                let outcome = mls.add_members(&id.0, &packages)?;
+                let batch = outcome.commit.len() + outcome.group_info.len() + outcome.welcome.len() * claimed.len();
+                if batch > MAX_BATCH_BYTES && claimed.len() > 1 {
+                    mls.clear_pending_commit(&id.0)?;
+                    too_large.set(true);
+                    return Err(SdkError::Protocol("a commit's Welcomes do not fit in one request"));
+                }
+                let welcome = Bytes::from(outcome.welcome);
+                Ok(PendingCommit {
+                    commit: outcome.commit,
+                    epoch_before: outcome.epoch_before,
+                    group_info: outcome.group_info,
+                    // Each added device gets the Welcome; nobody else does.
+                    welcomes: claimed
+                        .iter()
+                        .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: welcome.clone() })
+                        .collect(),
+                })
             })
-        })
-        .await
+            .await;
+        if !too_large.get() {
+            return added;
+        }
+        let (first, second) = claimed.split_at(claimed.len() / 2);
+        Box::pin(self.add_key_packages(id, first)).await?;
+        Box::pin(self.add_key_packages(id, second)).await
     }
 }
