@@ -13,8 +13,9 @@
 //!
 //! Entries can be large (a group of 1000 X-Wing members keeps about 23 MB of past epochs' message
 //! secrets in one entry, rewritten by every message), so a changed value is copied out of the
-//! storage once: [`StateChanges`] and, once reported persisted, [`Persisted`] share that copy, and
-//! it is wiped once, when neither needs it any more.
+//! storage once: [`StateChanges`] and, once reported persisted, [`Persisted`] share that copy. The
+//! copy it replaces is not wiped and freed but kept for the next round, which writes the next
+//! copy over it: a large entry then costs one comparison and one copy per operation.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,21 +66,26 @@ impl fmt::Debug for StateChanges {
 #[derive(Default)]
 pub(super) struct Persisted {
     entries: HashMap<Vec<u8>, SharedValue>,
+    /// Copies replaced by the last [`Self::apply`], to be overwritten by the next
+    /// [`Self::changes`]; any left over are wiped at the next `apply`.
+    spare: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl Persisted {
     /// A copy of `values`, all of them persisted.
     pub fn of(values: &HashMap<Vec<u8>, Vec<u8>>) -> Self {
-        Self { entries: values.iter().map(|(k, v)| (k.clone(), Arc::new(Zeroizing::new(v.clone())))).collect() }
+        let entries = values.iter().map(|(k, v)| (k.clone(), Arc::new(Zeroizing::new(v.clone())))).collect();
+        Self { entries, spare: Vec::new() }
     }
 
     /// The differences from `values` (the storage now), sorted by key.
-    pub fn changes(&self, values: &HashMap<Vec<u8>, Vec<u8>>) -> StateChanges {
-        let mut upserts: Vec<(Vec<u8>, SharedValue)> = values
-            .iter()
-            .filter(|(key, value)| self.entries.get(*key).is_none_or(|old| old.as_slice() != value.as_slice()))
-            .map(|(key, value)| (key.clone(), Arc::new(Zeroizing::new(value.clone()))))
-            .collect();
+    pub fn changes(&mut self, values: &HashMap<Vec<u8>, Vec<u8>>) -> StateChanges {
+        let mut upserts: Vec<(Vec<u8>, SharedValue)> = Vec::new();
+        for (key, value) in values {
+            if self.entries.get(key).is_none_or(|old| old.as_slice() != value.as_slice()) {
+                upserts.push((key.clone(), Arc::new(self.copy_of(value))));
+            }
+        }
         let mut deletes: Vec<Vec<u8>> = self.entries.keys().filter(|key| !values.contains_key(*key)).cloned().collect();
         upserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         deletes.sort_unstable();
@@ -88,11 +94,39 @@ impl Persisted {
 
     /// Records `changes` as persisted, sharing their copies of the values.
     pub fn apply(&mut self, changes: &StateChanges) {
+        self.spare.clear();
         for (key, value) in &changes.upserts {
-            self.entries.insert(key.clone(), Arc::clone(value));
+            if let Some(old) = self.entries.insert(key.clone(), Arc::clone(value))
+                && let Ok(old) = Arc::try_unwrap(old)
+            {
+                self.spare.push(old);
+            }
         }
         for key in &changes.deletes {
             self.entries.remove(key);
+        }
+    }
+
+    /// A secret copy of `value`, written over the smallest spare copy that holds it without
+    /// growing (growing would free the old buffer unwiped) and is at most twice its size. Whatever
+    /// the spare held beyond `value` stays in its capacity until the copy is dropped, which wipes
+    /// the whole capacity.
+    fn copy_of(&mut self, value: &[u8]) -> Zeroizing<Vec<u8>> {
+        let fit = self
+            .spare
+            .iter()
+            .enumerate()
+            .filter(|(_, spare)| (value.len()..=value.len().saturating_mul(2)).contains(&spare.capacity()))
+            .min_by_key(|(_, spare)| spare.capacity())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => {
+                let mut copy = self.spare.swap_remove(i);
+                copy.clear();
+                copy.extend_from_slice(value);
+                copy
+            }
+            None => Zeroizing::new(value.to_vec()),
         }
     }
 }
@@ -120,5 +154,31 @@ mod tests {
         // The persisted copy is the one handed out, not another.
         assert!(changes.upserts.iter().all(|(key, value)| Arc::ptr_eq(value, &persisted.entries[key])));
         assert_eq!(format!("{changes:?}"), "StateChanges { upserts: 2, deletes: 1 }");
+    }
+
+    #[test]
+    fn a_replaced_copy_is_overwritten_by_the_next_change() {
+        let mut persisted = Persisted::of(&map(&[(b"a", &[1; 1000])]));
+        let first = persisted.changes(&map(&[(b"a", &[2; 1000])]));
+        persisted.apply(&first);
+        drop(first);
+        assert_eq!(persisted.spare.len(), 1);
+        let spare_at = persisted.spare[0].as_ptr();
+
+        // A shorter value goes into the spare buffer; its old tail is not part of the value.
+        let second = persisted.changes(&map(&[(b"a", &[3; 600])]));
+        let (_, value) = second.upserts().next().unwrap();
+        assert_eq!(value, &[3; 600][..]);
+        assert_eq!(value.as_ptr(), spare_at);
+        assert!(persisted.spare.is_empty());
+
+        // Not reported persisted: the same change comes back, in a fresh copy.
+        let again = persisted.changes(&map(&[(b"a", &[3; 600])]));
+        assert_eq!(again.upserts().next().unwrap().1, &[3; 600][..]);
+        persisted.apply(&again);
+        assert!(persisted.changes(&map(&[(b"a", &[3; 600])])).is_empty());
+        // Spares of one round are wiped at the next.
+        persisted.apply(&StateChanges::default());
+        assert!(persisted.spare.is_empty());
     }
 }
