@@ -10,8 +10,11 @@
 // A benchmark that fails should stop loudly, like a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{config, group_sizes};
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use quicprochat_core::{
@@ -23,21 +26,6 @@ use rand::rngs::OsRng;
 const GROUP: &[u8] = b"bench-group-0001";
 /// Size of the application message benchmarked.
 const MESSAGE: [u8; 1024] = [0x61; 1024];
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-fn group_sizes() -> Vec<usize> {
-    let mut sizes = vec![10, 100];
-    if std::env::var("QPC_BENCH_LARGE").is_ok_and(|value| value == "1") {
-        sizes.push(1000);
-    }
-    sizes
-}
 
 fn suites() -> [(MlsSuite, &'static str); 2] {
     [(MlsSuite::XWing, "xwing"), (MlsSuite::Classic, "classic")]

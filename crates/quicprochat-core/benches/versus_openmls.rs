@@ -21,8 +21,11 @@
 // A benchmark that fails should stop loudly, like a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{config, group_sizes};
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -48,21 +51,6 @@ const MESSAGE: [u8; 1024] = [0x61; 1024];
 const MAX_PAST_EPOCHS: usize = 5;
 const OUT_OF_ORDER_TOLERANCE: u32 = 32;
 const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-fn group_sizes() -> Vec<usize> {
-    let mut sizes = vec![10, 100];
-    if std::env::var("QPC_BENCH_LARGE").is_ok_and(|value| value == "1") {
-        sizes.push(1000);
-    }
-    sizes
-}
 
 fn suites() -> [(MlsSuite, Ciphersuite, &'static str); 2] {
     [
