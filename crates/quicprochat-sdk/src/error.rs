@@ -128,7 +128,7 @@ pub enum SdkError {
     #[error("local store: {0}")]
     LocalStore(#[from] rusqlite::Error),
     /// Local file I/O failed.
-    #[error("local state ({path}): {source}")]
+    #[error("local state ({path})", path = path.display())]
     Io {
         /// The file.
         path: std::path::PathBuf,
