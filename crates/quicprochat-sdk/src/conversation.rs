@@ -148,6 +148,7 @@ impl ConversationHandle {
                     attachment,
                     expires_at_ms,
                     unsupported: None,
+                    sender_device: Some(account.device_id.0),
                 }),
                 None,
             ),

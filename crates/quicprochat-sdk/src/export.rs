@@ -82,7 +82,8 @@ pub struct TranscriptRecord {
     pub conversation: ConversationId,
     /// The sender's username.
     pub sender: String,
-    /// The sending device, when the exporting device knew it (its own messages).
+    /// The sending device as MLS authenticated it (`None` for messages from others stored before
+    /// devices were recorded).
     pub sender_device: Option<[u8; 16]>,
     /// What the message said (see the module docs for files, edits and deletions). An archive
     /// written by quicprochat always holds UTF-8; other bytes are shown as U+FFFD.
@@ -227,7 +228,11 @@ fn archive_record(store: &LocalStore, m: &Message, me: DeviceId) -> Result<Archi
     Ok(ArchiveRecord {
         timestamp_ms: m.sent_at_ms,
         channel_id: ChannelId(m.conversation.0),
-        sender_device: if m.outgoing { me } else { DeviceId(UNKNOWN_DEVICE) },
+        // Incoming messages stored before the device was recorded have none.
+        sender_device: match m.outgoing {
+            true => me,
+            false => DeviceId(store.sender_device(&m.id)?.unwrap_or(UNKNOWN_DEVICE)),
+        },
         sender: m.sender.clone(),
         body: text.into_bytes(),
     })

@@ -21,6 +21,8 @@ pub(crate) struct Inbound<'a> {
     pub sender: &'a str,
     /// The decrypted `AppMessage` bytes.
     pub plaintext: &'a [u8],
+    /// The sender's device, as MLS authenticated it.
+    pub sender_device: [u8; 16],
 }
 
 /// Applies an application message from the queue: writes its effect together with the MLS
@@ -34,7 +36,7 @@ pub(crate) fn apply_application(
     cursor: u64,
     now_ms: u64,
 ) -> Result<Vec<ClientEvent>> {
-    let Inbound { conversation, sender, plaintext } = inbound;
+    let Inbound { conversation, sender, plaintext, sender_device } = inbound;
     let decoded = app_message::decode(plaintext);
     let base = || Change { mls: Some(mls), cursor: Some(cursor), ..Default::default() };
     // A target that exists in this conversation (`None` otherwise).
@@ -139,6 +141,7 @@ pub(crate) fn apply_application(
             attachment: attachment.as_deref(),
             expires_at_ms: (timer > 0).then(|| now_ms + u64::from(timer) * 1000),
             unsupported,
+            sender_device: Some(sender_device),
         }),
         ..base()
     })?;
@@ -247,7 +250,7 @@ mod tests {
     }
 
     fn apply(store: &mut LocalStore, conversation: ConversationId, sender: &str, plaintext: &[u8]) -> Vec<ClientEvent> {
-        let inbound = Inbound { conversation, sender, plaintext };
+        let inbound = Inbound { conversation, sender, plaintext, sender_device: [9; 16] };
         apply_application(store, inbound, &StateChanges::default(), 1, 1_000).unwrap()
     }
 

@@ -100,6 +100,10 @@ CREATE TABLE IF NOT EXISTS mls_entries (
     value BLOB NOT NULL
 );
 "#,
+    // 8: which device sent a message (as MLS authenticated it), for transcript exports.
+    r#"
+ALTER TABLE messages ADD COLUMN sender_device BLOB;
+"#,
 ];
 
 const MLS_STATE: &str = "mls_state";
@@ -177,6 +181,8 @@ pub(crate) struct MessageRow<'a> {
     pub expires_at_ms: Option<u64>,
     /// Set for a message this version cannot interpret.
     pub unsupported: Option<Unsupported<'a>>,
+    /// The sending device, as MLS authenticated it.
+    pub sender_device: Option<[u8; 16]>,
 }
 
 /// A message kept although this version cannot interpret it.
@@ -362,7 +368,8 @@ impl LocalStore {
         if let (Some(m), Some(body)) = (&change.message, sealed_body) {
             fresh = tx.execute(
                 "INSERT OR IGNORE INTO messages (id, conversation, sender, body, sent_at_ms, stored_ms, outgoing, \
-                 attachment, expires_ms, unsupported, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 attachment, expires_ms, unsupported, raw, sender_device) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     m.id.0.as_slice(),
                     m.conversation.0.as_slice(),
@@ -375,6 +382,7 @@ impl LocalStore {
                     m.expires_at_ms.map(to_i64),
                     m.unsupported.map(|u| u.body_field.unwrap_or(0)),
                     sealed_raw,
+                    m.sender_device.as_ref().map(|d| d.as_slice()),
                 ],
             )? == 1;
             if fresh && m.outgoing {
@@ -558,6 +566,17 @@ impl LocalStore {
             .optional()?
             .flatten();
         sealed.map(|s| self.open_sealed(&raw_aad(id), &s)).transpose()
+    }
+
+    /// The device that sent a stored message, when known (not for messages stored before
+    /// version 8 of the local database).
+    pub fn sender_device(&self, id: &MessageId) -> Result<Option<[u8; 16]>> {
+        let device: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT sender_device FROM messages WHERE id = ?1", [id.0.as_slice()], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(device.and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok()))
     }
 
     /// The encoded `FileBody` of a message, if it shares a file.

@@ -249,7 +249,12 @@ impl QpcClient {
                         let state = local.mls.state_changes()?;
                         let events = crate::inbound::apply_application(
                             &mut local.store,
-                            Inbound { conversation, sender: &sender.username, plaintext: &plaintext },
+                            Inbound {
+                                conversation,
+                                sender: &sender.username,
+                                plaintext: &plaintext,
+                                sender_device: sender.device_id.0,
+                            },
                             &state,
                             seq,
                             crate::store::now_ms(),

@@ -71,7 +71,8 @@ fn export_then_verify_without_server_or_account() {
     assert_eq!(v["messages"][0]["sender"], "alice");
     assert_eq!(v["messages"][0]["text"], "hi bob");
     assert_eq!(v["messages"][0]["sender_device"].as_str().unwrap().len(), 32, "alice's own device");
-    assert!(v["messages"][1]["sender_device"].is_null(), "bob's device is not known to alice");
+    assert_eq!(v["messages"][1]["sender_device"].as_str().unwrap().len(), 32, "bob's device, as MLS authenticated it");
+    assert_ne!(v["messages"][1]["sender_device"], v["messages"][0]["sender_device"]);
     assert_eq!(v["messages"][1]["conversation"], v["messages"][0]["conversation"]);
 
     // Every conversation, as JSON.

@@ -92,6 +92,7 @@ mod tests {
                 attachment: None,
                 expires_at_ms: None,
                 unsupported: None,
+                sender_device: None,
             };
             store.apply(Change { message: Some(message), ..Default::default() }).unwrap();
         }
@@ -132,6 +133,7 @@ mod tests {
             attachment: None,
             expires_at_ms: None,
             unsupported: None,
+            sender_device: None,
         };
         store.apply(Change { message: Some(late), ..Default::default() }).unwrap();
         assert_eq!(all(&store, Some(&DM), end, 2), ["m1", "m3", "m4"]);

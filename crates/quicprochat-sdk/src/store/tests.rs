@@ -25,6 +25,7 @@ fn row<'a>(id: u8, sender: &'a str, text: &'a str) -> MessageRow<'a> {
         attachment: None,
         expires_at_ms: None,
         unsupported: None,
+        sender_device: Some([id; 16]),
     }
 }
 

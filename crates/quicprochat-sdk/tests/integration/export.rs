@@ -79,12 +79,12 @@ async fn export_then_verify_and_every_kind_of_damage_is_named() {
     let file = &verified.records[3].text;
     assert!(file.starts_with("[file] notes.txt (8 bytes, encrypted blob SHA-256 "), "{file}");
     assert_eq!(file.rsplit(' ').next().unwrap().trim_end_matches(')').len(), 64, "{file}");
-    let alice_device = alice.device_id().unwrap();
+    let (alice_device, bob_device) = (alice.device_id().unwrap(), bob.device_id().unwrap());
     for r in &verified.records {
         assert_eq!(r.conversation, alice_dm.id());
         assert!(r.timestamp_ms > 0);
-        let device = if r.sender == "alice" { Some(alice_device) } else { None };
-        assert_eq!(r.sender_device, device, "alice's own device is recorded, bob's is not known here");
+        let device = if r.sender == "alice" { alice_device } else { bob_device };
+        assert_eq!(r.sender_device, Some(device), "each record names the device MLS authenticated");
     }
     assert!(verified.records.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms), "oldest first");
     // The same transcript has the same head hash under another password and salt.
