@@ -27,11 +27,18 @@ async fn node(schema: &PgSchema) -> TestServer {
     TestServer { server: quicprochat_server::start(config).await.unwrap(), dir }
 }
 
+/// The payload of the next pushed message that is not a Welcome: a Welcome enqueued on the other
+/// node before this device subscribed may still be announced, late, by the cross-node bus.
 async fn pushed(stream: &mut PushStream) -> Vec<u8> {
-    let frame = tokio::time::timeout(WAIT, stream.next()).await.expect("no push arrived").unwrap().unwrap();
-    assert_eq!(frame.event_type, event::MESSAGE_NOTIFICATION);
-    let note = v1::MessageNotification::decode(frame.payload).unwrap();
-    note.envelope.unwrap().envelope.unwrap().payload.to_vec()
+    loop {
+        let frame = tokio::time::timeout(WAIT, stream.next()).await.expect("no push arrived").unwrap().unwrap();
+        assert_eq!(frame.event_type, event::MESSAGE_NOTIFICATION);
+        let note = v1::MessageNotification::decode(frame.payload).unwrap();
+        let envelope = note.envelope.unwrap().envelope.unwrap();
+        if envelope.kind != v1::EnvelopeKind::Welcome as i32 {
+            return envelope.payload.to_vec();
+        }
+    }
 }
 
 async fn subscribe(rpc: &RpcClient) {
