@@ -31,6 +31,15 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// Waits for every measuring loop and adds up their latencies; `started` is when they began.
+    pub async fn collect(mut loops: JoinSet<anyhow::Result<Latencies>>, started: Instant) -> anyhow::Result<Self> {
+        let mut latencies = Latencies::default();
+        while let Some(done) = loops.join_next().await {
+            latencies.extend(done??);
+        }
+        Ok(Self { ops: latencies.len() as u64, elapsed: started.elapsed(), latencies })
+    }
+
     pub fn per_sec(&self) -> f64 {
         if self.elapsed.is_zero() { 0.0 } else { self.ops as f64 / self.elapsed.as_secs_f64() }
     }
@@ -79,12 +88,7 @@ pub async fn echo(load: Load, pin: Option<&str>) -> anyhow::Result<(Throughput, 
             });
         }
     }
-    let mut result = Throughput::default();
-    while let Some(done) = loops.join_next().await {
-        result.latencies.extend(done??);
-    }
-    result.elapsed = started.elapsed();
-    result.ops = result.latencies.len() as u64;
+    let result = Throughput::collect(loops, started).await?;
     let usage = delta(before, server.usage()?);
     server.stop().await;
     Ok((result, usage))

@@ -406,12 +406,7 @@ where
             anyhow::Ok(latencies)
         });
     }
-    let mut result = Throughput::default();
-    while let Some(done) = loops.join_next().await {
-        result.latencies.extend(done??);
-    }
-    result.elapsed = started.elapsed();
-    result.ops = result.latencies.len() as u64;
+    let result = Throughput::collect(loops, started).await?;
     Ok((result, delta(before, server.usage()?)))
 }
 
