@@ -125,20 +125,23 @@ impl<'c> Durable<'c> {
         Ok(Self { conn: Some(conn) })
     }
 
+    /// Back to NORMAL, reporting a failure to switch.
     fn end(mut self) -> Result<()> {
-        if let Some(conn) = self.conn.take() {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.reset()
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        match self.conn.take() {
+            Some(conn) => Ok(conn.pragma_update(None, "synchronous", "NORMAL")?),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl Drop for Durable<'_> {
     /// Back to NORMAL also when the transaction failed.
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.pragma_update(None, "synchronous", "NORMAL");
-        }
+        let _ = self.reset();
     }
 }
 
