@@ -363,6 +363,14 @@ impl QpcClient {
         Ok(self.account()?.device_id.0)
     }
 
+    /// The session token of the logged-in account, bound to this device: for load tools and
+    /// tests that drive the protocol directly (`Resume` on a connection of their own). The
+    /// session outlives [`Self::close`], which does not log out.
+    #[cfg(feature = "test-util")]
+    pub fn session_token(&self) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self.account()?.session_token.clone())
+    }
+
     /// Conversations this device is in (not those it left or was removed from), oldest first,
     /// each with its unread count.
     pub fn conversations(&self) -> Result<Vec<ConversationInfo>> {
