@@ -5,6 +5,7 @@
 
 mod baseline;
 mod process;
+mod raw;
 mod report;
 mod roles;
 mod scenarios;
@@ -92,7 +93,14 @@ enum Command {
     /// Raw SQLite insert loop with the store's durability settings.
     SqliteBaseline(Common),
     /// Sender/receiver pairs through qpc-server (login, DM, MLS, enqueue, push, decrypt, ack).
-    Relay(Common),
+    Relay {
+        #[command(flatten)]
+        common: Common,
+        /// Measure the server's path: the SDK sets up the DMs, then bare RPC connections on the
+        /// same sessions enqueue PrivateMessage-shaped payloads and read pushes (no client MLS).
+        #[arg(long)]
+        raw: bool,
+    },
     /// One group of `--clients` members; one sender at `--rate` messages per second.
     Fanout {
         #[command(flatten)]
@@ -100,6 +108,10 @@ enum Command {
         /// Messages per second from the sender.
         #[arg(long, default_value_t = 20)]
         rate: u32,
+        /// Measure the server's push path: the SDK sets up the group, then a bare RPC sender and
+        /// one bare RPC subscriber per member (no client MLS).
+        #[arg(long)]
+        raw: bool,
     },
     /// OPAQUE logins per second (connect + login) and server CPU per login.
     Login(Common),
@@ -144,11 +156,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::EchoBaseline(c) => echo_baseline(&c).await?.print(c.output()),
         Command::PushBaseline { common: c, rate } => push_baseline(&c, rate).await?.print(c.output()),
         Command::SqliteBaseline(c) => sqlite_baseline(&c).await?.print(c.output()),
-        Command::Relay(c) => {
-            scenarios::relay(c.load()?, c.pin.as_deref(), c.cluster().as_ref()).await?.print(c.output())
+        Command::Relay { common: c, raw } => {
+            let (load, pin, cluster) = (c.load()?, c.pin.as_deref(), c.cluster());
+            let report = if raw {
+                raw::relay(load, pin, cluster.as_ref()).await?
+            } else {
+                scenarios::relay(load, pin, cluster.as_ref()).await?
+            };
+            report.print(c.output())
         }
-        Command::Fanout { common: c, rate } => {
-            scenarios::fanout(c.load()?, rate, c.pin.as_deref()).await?.print(c.output())
+        Command::Fanout { common: c, rate, raw } => {
+            let (load, pin) = (c.load()?, c.pin.as_deref());
+            let report =
+                if raw { raw::fanout(load, rate, pin).await? } else { scenarios::fanout(load, rate, pin).await? };
+            report.print(c.output())
         }
         Command::Login(c) => scenarios::login_scenario(c.load()?, c.pin.as_deref()).await?.print(c.output()),
         Command::Connect(c) => scenarios::connect(c.load()?, c.pin.as_deref()).await?.print(c.output()),

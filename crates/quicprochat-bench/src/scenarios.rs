@@ -21,16 +21,23 @@ use crate::report::{Figure, Latencies, Report, latency_figures};
 /// server's work is what is measured).
 const PASSWORD: &[u8] = b"bench password";
 
+/// SDK registrations running at once while a large group is set up.
+const SETUP_CONCURRENCY: usize = 8;
+
 /// A logged-in SDK client with its event stream and state dir.
-struct Member {
-    client: QpcClient,
+pub(crate) struct Member {
+    pub client: QpcClient,
     events: broadcast::Receiver<ClientEvent>,
     _dir: tempfile::TempDir,
 }
 
-async fn member(server: &ServerProcess, name: &str) -> anyhow::Result<Member> {
+pub(crate) async fn member(server: &ServerProcess, name: &str) -> anyhow::Result<Member> {
+    member_at(server.addr, server.cert_der.clone(), name).await
+}
+
+async fn member_at(addr: std::net::SocketAddr, cert_der: Vec<u8>, name: &str) -> anyhow::Result<Member> {
     let dir = tempfile::tempdir()?;
-    let mut config = ClientConfig::new(server.addr, Trust::PinnedCertificate(server.cert_der.clone()), dir.path());
+    let mut config = ClientConfig::new(addr, Trust::PinnedCertificate(cert_der), dir.path());
     config.kdf = KdfStrength::InsecureTestOnly;
     let client = QpcClient::connect(config).await?;
     let events = client.subscribe();
@@ -38,7 +45,41 @@ async fn member(server: &ServerProcess, name: &str) -> anyhow::Result<Member> {
     Ok(Member { client, events, _dir: dir })
 }
 
-async fn joined(m: &mut Member) -> anyhow::Result<ConversationId> {
+/// Registers `count` members named `member0`, `member1`, …, [`SETUP_CONCURRENCY`] at a time,
+/// handing each to `finish` as soon as it is registered (e.g. to close it); returns what
+/// `finish` made of them, in order. Progress goes to stderr.
+pub(crate) async fn register_members<T, F>(server: &ServerProcess, count: usize, finish: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, Member) -> anyhow::Result<T> + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let (finish, slots) = (Arc::new(finish), Arc::new(Semaphore::new(SETUP_CONCURRENCY)));
+    let mut tasks = JoinSet::new();
+    for i in 0..count {
+        let (finish, slots, addr, cert) =
+            (Arc::clone(&finish), Arc::clone(&slots), server.addr, server.cert_der.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            let m = member_at(addr, cert, &format!("member{i}")).await?;
+            anyhow::Ok((i, finish(i, m)?))
+        });
+    }
+    let mut done: Vec<Option<T>> = std::iter::repeat_with(|| None).take(count).collect();
+    // Every tenth of a large group, or once at the end.
+    let (mut registered, step) = (0, if count >= 100 { count / 10 } else { count.max(1) });
+    while let Some(joined) = tasks.join_next().await {
+        let (i, made) = joined??;
+        done[i] = Some(made);
+        registered += 1;
+        if registered % step == 0 || registered == count {
+            eprintln!("qpc-bench: {registered}/{count} members registered ({:.1} s)", started.elapsed().as_secs_f64());
+        }
+    }
+    done.into_iter().map(|m| m.context("a member was not registered")).collect()
+}
+
+pub(crate) async fn joined(m: &mut Member) -> anyhow::Result<ConversationId> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -78,7 +119,7 @@ pub struct Cluster {
 
 /// Starts the `qpc` servers of a run: one on its embedded store, or `cluster.nodes` on a fresh
 /// PostgreSQL schema (returned, to drop afterwards).
-async fn start_nodes(
+pub(crate) async fn start_nodes(
     pin: Option<&str>,
     cluster: Option<&Cluster>,
 ) -> anyhow::Result<(Vec<ServerProcess>, Option<String>)> {
@@ -95,13 +136,28 @@ async fn start_nodes(
     Ok((nodes, Some(schema)))
 }
 
-async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(&cluster.db_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// What `nodes` used since `before` (one reading per node), all together: CPU summed, memory of
+/// the largest.
+pub(crate) fn nodes_usage(
+    nodes: &[ServerProcess],
+    before: Vec<crate::report::ProcessUsage>,
+) -> anyhow::Result<crate::report::ProcessUsage> {
+    let mut usage = crate::report::ProcessUsage::default();
+    for (node, before) in nodes.iter().zip(before) {
+        let used = delta(before, node.usage()?);
+        usage.cpu_secs += used.cpu_secs;
+        usage.rss_kib = usage.rss_kib.max(used.rss_kib);
+    }
+    Ok(usage)
 }
 
 /// `relay`: `clients` sender/receiver pairs, each in its own DM, `in_flight` messages
@@ -193,13 +249,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     // Messages per second over the span from the first send to the last receipt.
     ours.elapsed = last.duration_since(started);
     ours.ops = ours.latencies.len() as u64;
-    // All nodes together: CPU summed, memory of the largest.
-    let mut usage = crate::report::ProcessUsage::default();
-    for (node, before) in nodes.iter().zip(before) {
-        let used = delta(before, node.usage()?);
-        usage.cpu_secs += used.cpu_secs;
-        usage.rss_kib = usage.rss_kib.max(used.rss_kib);
-    }
+    let usage = nodes_usage(&nodes, before)?;
     let node_count = nodes.len();
     for node in nodes {
         node.stop().await;
@@ -250,10 +300,7 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
         baseline::push(subscribers, rate, load, pin).await?;
 
     let server = ServerProcess::spawn("qpc", pin).await?;
-    let mut members = Vec::new();
-    for i in 0..=subscribers {
-        members.push(member(&server, &format!("member{i}")).await?);
-    }
+    let mut members = register_members(&server, subscribers + 1, |_, m| Ok(m)).await?;
     let names: Vec<String> = (1..=subscribers).map(|i| format!("member{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let group = members[0].client.create_group("bench", &refs).await?;

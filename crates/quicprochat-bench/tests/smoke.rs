@@ -52,6 +52,23 @@ fn relay_and_fanout_run_against_a_real_server() {
 }
 
 #[test]
+fn raw_relay_and_fanout_run_against_a_real_server() {
+    let relay = &run(&["relay", "--raw", "--in-flight", "2"])[0];
+    assert_eq!(relay["scenario"], "relay --raw");
+    assert!(
+        figure(relay, "relay messages/s vs echo")["value"].as_f64().unwrap() > 0.0,
+        "messages were relayed: {relay}"
+    );
+    assert!(figure(relay, "Enqueue vs echo latency p50")["baseline"].as_f64().is_some());
+    assert!(figure(relay, "send→receive vs echo latency p99")["value"].as_f64().unwrap() > 0.0);
+    let fanout = &run(&["fanout", "--raw", "--rate", "10"])[0];
+    assert_eq!(fanout["scenario"], "fanout --raw");
+    assert!(figure(fanout, "push latency max")["value"].as_f64().unwrap() > 0.0, "pushes arrived: {fanout}");
+    assert!(figure(fanout, "push latency p99")["baseline"].as_f64().is_some());
+    assert!(figure(fanout, "Enqueue latency p50")["value"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn login_connect_and_idle_run() {
     let login = &run(&["login"])[0];
     assert!(figure(login, "connect+login/s vs handshakes/s")["value"].as_f64().unwrap() > 0.0);
