@@ -36,6 +36,10 @@ const HEADER_LEN: usize = PRIVATE_MESSAGE.len() + 4 + 8;
 const DRAIN: Duration = Duration::from_secs(10);
 /// Receiver connections opened at once during setup.
 const CONNECT_CONCURRENCY: usize = 16;
+/// Sender index of the warm-up message every sender enqueues before the measurement.
+const WARM_UP: u32 = u32::MAX;
+/// How long the receivers may take to read and acknowledge the warm-up.
+const WARM_UP_WAIT: Duration = Duration::from_secs(300);
 
 /// What every raw report says about itself.
 const RAW_NOTE: &str = "raw: the SDK set up accounts, devices and channels, then closed; the measured clients are \
@@ -162,11 +166,31 @@ impl Arrivals {
         self.0.send_modify(|n| *n += 1);
     }
 
-    /// Until `expected` have arrived or `until` has passed.
-    async fn wait_for(&self, expected: u64, until: Instant) {
+    /// Until `expected` have arrived (true) or `until` has passed (false).
+    async fn wait_for(&self, expected: u64, until: Instant) -> bool {
         let mut arrived = self.0.subscribe();
         let _ = tokio::time::timeout_at(until.into(), arrived.wait_for(|n| *n >= expected)).await;
+        *self.0.borrow() >= expected
     }
+}
+
+/// Every sender enqueues one warm-up message, and every receiver reads and acknowledges it
+/// before the measurement starts: its push stream is open then (as the push baseline's are),
+/// and what the setup left in its queue (the Welcome, the group's commits) is deleted by that
+/// Ack, not by the first measured one.
+async fn warm_up(senders: &[&Sender], receivers: usize, warmed: &Arrivals) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for sender in senders {
+        sender.send(&sender.request(payload(WARM_UP, 0, HEADER_LEN))).await?;
+    }
+    let expected = receivers as u64;
+    if !warmed.wait_for(expected, Instant::now() + WARM_UP_WAIT).await {
+        anyhow::bail!("only {} of {expected} receivers acknowledged the warm-up message", *warmed.0.borrow());
+    }
+    if started.elapsed() > Duration::from_secs(1) {
+        eprintln!("qpc-bench: warm-up read and acknowledged in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -177,9 +201,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Reads `rpc`'s push stream until `stop`, handing every message of this run to `on_message`
 /// (sender, number, when its frame was read), and acknowledges as the SDK does: `Ack(up_to_seq)`
 /// from a task of its own with at most one in flight, pushes read meanwhile coalesced into the
-/// next. An envelope too large to travel inline is read with `Peek`, as the SDK would. Returns
-/// how many Acks failed.
-async fn receive<F>(rpc: &RpcClient, mut stop: watch::Receiver<bool>, mut on_message: F) -> anyhow::Result<u64>
+/// next. An envelope too large to travel inline is read with `Peek`, as the SDK would. The
+/// warm-up message is acknowledged at once and counted in `warmed`. Returns how many Acks failed.
+async fn receive<F>(
+    rpc: &RpcClient,
+    mut stop: watch::Receiver<bool>,
+    warmed: &Arrivals,
+    mut on_message: F,
+) -> anyhow::Result<u64>
 where
     F: FnMut(u32, u64, Instant) -> anyhow::Result<()>,
 {
@@ -225,8 +254,15 @@ where
                 Some(queued) => queued,
                 None => peek_one(rpc, note.seq).await?,
             };
-            if let Some((sender, n)) = queued.envelope.as_ref().and_then(|e| parse(&e.payload)) {
-                on_message(sender, n, at)?;
+            match queued.envelope.as_ref().and_then(|e| parse(&e.payload)) {
+                Some((WARM_UP, _)) => {
+                    let request = v1::AckRequest { up_to_seq: note.seq };
+                    let _: v1::AckResponse = rpc.call(method::ACK, &request).await.context("Ack of the warm-up")?;
+                    warmed.one();
+                    continue;
+                }
+                Some((sender, n)) => on_message(sender, n, at)?,
+                None => {}
             }
             acks.send_if_modified(|up_to| {
                 let newer = note.seq > *up_to;
@@ -276,17 +312,41 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     let mut connections: Vec<RpcClient> = Vec::new();
 
     let sent_at: Arc<Mutex<HashMap<(u32, u64), Instant>>> = Arc::default();
-    let arrivals = Arrivals::new();
+    let (arrivals, warmed) = (Arrivals::new(), Arrivals::new());
     let (stop, stopping) = watch::channel(false);
+    let mut receivers = JoinSet::new();
+    let mut senders = Vec::new();
+    for (i, (sender, receiver)) in open.into_iter().enumerate() {
+        let window = Arc::new(Semaphore::new(load.in_flight));
+        let (sent_at, arrivals, warmed, stopping) =
+            (Arc::clone(&sent_at), arrivals.clone(), warmed.clone(), stopping.clone());
+        let released = Arc::clone(&window);
+        receivers.spawn(async move {
+            let (mut latencies, mut last) = (Latencies::default(), None);
+            let failed = receive(&receiver, stopping, &warmed, |from, n, at| {
+                let sent = sent_at.lock().map_err(poisoned)?.remove(&(from, n));
+                if let Some(sent) = sent {
+                    latencies.record(at.duration_since(sent));
+                    last = Some(at);
+                    released.add_permits(1);
+                    arrivals.one();
+                }
+                Ok(())
+            })
+            .await?;
+            anyhow::Ok((latencies, last, failed, receiver))
+        });
+        connections.push(sender.rpc.clone());
+        senders.push((u32::try_from(i)?, Arc::new(sender), window));
+    }
+    let all: Vec<&Sender> = senders.iter().map(|(_, s, _)| s.as_ref()).collect();
+    warm_up(&all, senders.len(), &warmed).await?;
+
     let before: Vec<_> = nodes.iter().map(ServerProcess::usage).collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
     let deadline = started + load.duration;
     let mut loops = JoinSet::new();
-    let mut receivers = JoinSet::new();
-    for (i, (sender, receiver)) in open.into_iter().enumerate() {
-        let index = u32::try_from(i)?;
-        connections.push(sender.rpc.clone());
-        let (sender, window) = (Arc::new(sender), Arc::new(Semaphore::new(load.in_flight)));
+    for (index, sender, window) in senders {
         let next = Arc::new(AtomicU64::new(0));
         for _ in 0..load.in_flight {
             let (sender, window, next, sent_at) =
@@ -310,22 +370,6 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
                 anyhow::Ok(latencies)
             });
         }
-        let (sent_at, arrivals, stopping) = (Arc::clone(&sent_at), arrivals.clone(), stopping.clone());
-        receivers.spawn(async move {
-            let (mut latencies, mut last) = (Latencies::default(), started);
-            let failed = receive(&receiver, stopping, |from, n, at| {
-                let sent = sent_at.lock().map_err(poisoned)?.remove(&(from, n));
-                if let Some(sent) = sent {
-                    latencies.record(at.duration_since(sent));
-                    last = at;
-                    window.add_permits(1);
-                    arrivals.one();
-                }
-                Ok(())
-            })
-            .await?;
-            anyhow::Ok((latencies, last, failed, receiver))
-        });
     }
     let mut enqueue = Throughput::collect(loops, started).await?;
     let sent = enqueue.ops;
@@ -335,7 +379,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     while let Some(done) = receivers.join_next().await {
         let (latencies, at, failed, receiver) = done??;
         ours.latencies.extend(latencies);
-        last = last.max(at);
+        last = last.max(at.unwrap_or(started));
         failed_acks += failed;
         connections.push(receiver);
     }
@@ -402,8 +446,8 @@ enum Registered {
 }
 
 /// `fanout --raw`: one group of `clients` members set up by the SDK; a raw sender enqueues
-/// `rate` messages per second into it, and every other member's raw receiver records its push
-/// latency (send to receipt), against the push baseline with as many subscribers.
+/// `rate` messages per second into it (open loop), and every other member's raw receiver records
+/// its push latency (send to receipt), against the push baseline with as many subscribers.
 pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<Report> {
     let subscribers = load.clients.saturating_sub(1).max(1);
     let rate = rate.max(1);
@@ -459,14 +503,16 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
 
     let count = (f64::from(rate) * load.duration.as_secs_f64()).ceil().max(1.0) as u64;
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let arrivals = Arrivals::new();
+    let (arrivals, warmed) = (Arrivals::new(), Arrivals::new());
     let (stop, stopping) = watch::channel(false);
     let mut receivers = JoinSet::new();
+    let listening = listeners.len();
     for receiver in listeners {
-        let (sent_at, arrivals, stopping) = (Arc::clone(&sent_at), arrivals.clone(), stopping.clone());
+        let (sent_at, arrivals, warmed, stopping) =
+            (Arc::clone(&sent_at), arrivals.clone(), warmed.clone(), stopping.clone());
         receivers.spawn(async move {
             let mut latencies = Latencies::default();
-            let failed = receive(&receiver, stopping, |from, n, at| {
+            let failed = receive(&receiver, stopping, &warmed, |from, n, at| {
                 let sent = if from == 0 { sent_at.lock().map_err(poisoned)?.get(&n).copied() } else { None };
                 if let Some(sent) = sent {
                     latencies.record(at.duration_since(sent));
@@ -478,17 +524,29 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
             anyhow::Ok((latencies, failed, receiver))
         });
     }
+    warm_up(&[&sender], listening, &warmed).await?;
     let before = server.usage()?;
-    let mut enqueue = Latencies::default();
+    // Open loop: each message goes out at its tick, answered or not the one before, so the
+    // server gets the offered rate even when it falls behind.
+    let (sender, mut sends) = (Arc::new(sender), JoinSet::new());
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(rate)));
+    let sending = Instant::now();
     for n in 0..count {
         tick.tick().await;
+        let (sender, sent_at) = (Arc::clone(&sender), Arc::clone(&sent_at));
         let request = sender.request(payload(0, n, load.payload));
-        let t = Instant::now();
-        sent_at.lock().map_err(poisoned)?.insert(n, t);
-        sender.send(&request).await?;
-        enqueue.record(t.elapsed());
+        sends.spawn(async move {
+            let t = Instant::now();
+            sent_at.lock().map_err(poisoned)?.insert(n, t);
+            sender.send(&request).await?;
+            anyhow::Ok(t.elapsed())
+        });
     }
+    let mut enqueue = Latencies::default();
+    while let Some(done) = sends.join_next().await {
+        enqueue.record(done??);
+    }
+    let answered_in = sending.elapsed();
     let expected = count * subscribers as u64;
     arrivals.wait_for(expected, Instant::now() + DRAIN).await;
     let _ = stop.send(true);
@@ -510,11 +568,18 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
     let mut notes = vec![
         RAW_NOTE.to_owned(),
         format!(
-            "{rate} messages/s to {subscribers} members = {} deliveries/s; push latency is from the sender's \
-             Enqueue to the receiver reading the push frame",
-            u64::from(rate) * subscribers as u64
+            "{rate} messages/s to {subscribers} members = {} deliveries/s, sent open-loop (each at its tick); the \
+             last of {count} Enqueues was answered {:.2} s after the first went out; push latency is from the \
+             sender's Enqueue to the receiver reading the push frame",
+            u64::from(rate) * subscribers as u64,
+            answered_in.as_secs_f64()
         ),
-        format!("setup: {} members registered, group created in {:.1} s", subscribers + 1, created_in.as_secs_f64()),
+        format!(
+            "setup: {} members registered, group created in {:.1} s; server RSS {} MiB after it",
+            subscribers + 1,
+            created_in.as_secs_f64(),
+            before.rss_kib / 1024
+        ),
     ];
     if (ours.len() as u64) < expected {
         notes.push(format!("{} of {expected} deliveries measured", ours.len()));
