@@ -4,6 +4,8 @@
 # the text between the qpc-bench markers with the results, the machine and the commands.
 #
 # Sizes can be overridden: CLIENTS=8 DURATION=20 scripts/bench.sh
+# relay and fanout run twice: with SDK clients (end to end) and with --raw (the server's path:
+# bare RPC clients on SDK-made sessions, no client MLS), fanout --raw at FANOUT_MEMBERS too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,13 +38,18 @@ trap 'rm -f "$out"' EXIT
   echo "  $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; $(rustc --version)."
   echo "- Every server under test runs as its own process; the load generator and all clients run in"
   echo "  the qpc-bench process on the same machine, so on 2 CPUs they compete with the server."
+  echo "- \`relay --raw\` and \`fanout --raw\` replace the SDK clients of the measured traffic by bare RPC"
+  echo "  connections on the same sessions (payloads shaped like MLS PrivateMessages, no client-side MLS"
+  echo "  or storage): the server's path."
   echo "- Ratios are ours ÷ baseline, measured in the same run at the same concurrency."
   echo
   "$bench" echo-baseline "${common[@]}" --clients "$CLIENTS"
   "$bench" push-baseline "${common[@]}" --clients "$FANOUT_MEMBERS" --rate "$FANOUT_RATE"
   "$bench" sqlite-baseline "${common[@]}" --clients 1
   "$bench" relay "${common[@]}" --clients "$CLIENTS"
+  "$bench" relay --raw "${common[@]}" --clients "$CLIENTS"
   "$bench" fanout "${common[@]}" --clients "$FANOUT_MEMBERS" --rate "$FANOUT_RATE"
+  "$bench" fanout --raw "${common[@]}" --clients "$FANOUT_MEMBERS" --rate "$FANOUT_RATE"
   "$bench" login "${common[@]}" --clients "$CLIENTS"
   "$bench" connect "${common[@]}" --clients "$CLIENTS"
   "$bench" idle "${common[@]}" --clients "$IDLE"
