@@ -90,6 +90,10 @@ impl From<StoreError> for ServiceError {
             StoreError::BlobChunkOutOfRange => ServiceError::BadRequest("chunk runs past the blob's total size".into()),
             // Passing trouble of a shared database: the client may simply retry.
             StoreError::Contended { .. } => ServiceError::Unavailable("the database (busy)"),
+            StoreError::NotCommitted(err) => {
+                tracing::warn!(error = %err, "a group commit failed");
+                ServiceError::Unavailable("the database")
+            }
             StoreError::ConnectionPool(err) => {
                 tracing::warn!(error = %err, "no database connection");
                 ServiceError::Unavailable("the database")

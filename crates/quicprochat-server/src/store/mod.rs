@@ -90,6 +90,10 @@ pub enum StoreError {
     /// The blocking worker could not run the operation.
     #[error("store worker failed: {0}")]
     Worker(String),
+    /// The write ran, but the transaction it shared with other writes (group commit) failed
+    /// to commit: nothing of it was stored.
+    #[error("the write was not committed: {0}")]
+    NotCommitted(String),
     /// PostgreSQL refused or failed a statement, or the connection broke.
     #[error("postgresql: {0}")]
     Postgres(#[from] tokio_postgres::Error),

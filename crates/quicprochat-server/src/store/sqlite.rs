@@ -158,10 +158,154 @@ const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 /// connections. SQLite runs one write transaction at a time anyway; in WAL mode reads run
 /// beside it and see every committed write, so reads (peek, lookups, sessions) never wait
 /// for a write or for each other.
+///
+/// Writes are durable when they return (`synchronous = FULL`: the WAL is synced at every
+/// commit), and committed in groups: the writes waiting for the connection share one
+/// transaction, each in its own savepoint, so concurrent requests share one sync (see
+/// [`Writer`]).
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Writer>,
     readers: Arc<Readers>,
+}
+
+/// Most writes committed in one transaction; the rest wait for the next.
+const MAX_GROUP: usize = 256;
+
+/// The writer connection and the writes waiting for it.
+///
+/// Group commit: every write is queued, then a task on the blocking pool takes the connection
+/// and runs *all* queued writes in one `IMMEDIATE` transaction, each inside its own savepoint,
+/// and commits once. A write that fails is rolled back to its savepoint and answered with its
+/// error; the others are answered when the commit is durable (or all with the commit's error).
+/// A task that finds the queue empty has had its write taken by an earlier one and stops.
+struct Writer {
+    connection: Mutex<Connection>,
+    queue: Mutex<Vec<Box<dyn Write>>>,
+}
+
+/// A queued write: runs once inside the group's transaction, answers once.
+trait Write: Send {
+    /// Runs the write; whether it succeeded (a failed one is rolled back to its savepoint).
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller: the write's own error, or its result once `committed` says the
+    /// group's transaction is durable.
+    fn answer(self: Box<Self>, committed: Result<(), &StoreError>);
+}
+
+struct Queued<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Write for Queued<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else { return false };
+        let result = work(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &StoreError>) {
+        let answer = match (self.result, committed) {
+            (Some(Err(own)), _) => Err(own),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(e)) => Err(StoreError::NotCommitted(e.to_string())),
+            (None, Ok(())) => Err(StoreError::NotCommitted("the write did not run".into())),
+        };
+        // The caller may have gone (its request was cancelled): nothing to tell.
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl Writer {
+    fn new(connection: Connection) -> Self {
+        Self { connection: Mutex::new(connection), queue: Mutex::new(Vec::new()) }
+    }
+
+    fn enqueue(&self, write: Box<dyn Write>) -> Result<(), StoreError> {
+        self.queue.lock().map_err(|_| StoreError::Worker("write queue lock poisoned".into()))?.push(write);
+        Ok(())
+    }
+
+    /// Takes the connection and commits the queued writes (blocking; on the blocking pool).
+    fn commit_queued(&self) {
+        let mut conn = match self.connection.lock() {
+            Ok(conn) => conn,
+            Err(_) => return self.answer_all(&StoreError::Worker("connection lock poisoned".into())),
+        };
+        let group: Vec<Box<dyn Write>> = match self.queue.lock() {
+            Ok(mut queue) => {
+                let take = queue.len().min(MAX_GROUP);
+                queue.drain(..take).collect()
+            }
+            Err(_) => return,
+        };
+        if group.is_empty() {
+            return;
+        }
+        metrics::histogram!("qpc_store_group_commit_size").record(group.len() as f64);
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return answer(group, Err(&e.into())),
+        };
+        let mut done = Vec::with_capacity(group.len());
+        let mut broken = None;
+        for mut write in group {
+            if broken.is_some() {
+                done.push(write);
+                continue;
+            }
+            match tx.savepoint() {
+                Ok(mut savepoint) => {
+                    if write.apply(&savepoint) {
+                        if let Err(e) = savepoint.commit() {
+                            broken = Some(StoreError::from(e));
+                        }
+                    } else {
+                        savepoint.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+                        if let Err(e) = savepoint.finish() {
+                            broken = Some(StoreError::from(e));
+                        }
+                    }
+                }
+                Err(e) => broken = Some(e.into()),
+            }
+            // Some failures (a full disk, an I/O error) end the whole transaction: what ran
+            // before is gone, and what follows must not run outside it.
+            if broken.is_none() && tx.is_autocommit() {
+                broken = Some(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()));
+            }
+            done.push(write);
+        }
+        let committed = match broken {
+            Some(e) => {
+                drop(tx);
+                Err(e)
+            }
+            None => tx.commit().map_err(StoreError::from),
+        };
+        answer(done, committed.as_ref().map(|_| ()));
+    }
+
+    /// Answers every queued write with `error` (the connection is unusable).
+    fn answer_all(&self, error: &StoreError) {
+        if let Ok(mut queue) = self.queue.lock() {
+            answer(queue.drain(..).collect(), Err(error));
+        }
+    }
+}
+
+fn answer(group: Vec<Box<dyn Write>>, committed: Result<(), &StoreError>) {
+    for write in group {
+        write.answer(committed);
+    }
 }
 
 /// The read-only connections; a read takes the first free one.
@@ -204,6 +348,9 @@ impl SqliteStore {
         unlock(&writer, key)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
+        // An accepted write survives a power cut, not only a crash: the WAL is synced at every
+        // commit. Group commit (see `Writer`) shares that sync among concurrent writes.
+        writer.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut writer)?;
         let connections = (0..read_connections.max(1))
             .map(|_| {
@@ -217,24 +364,33 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Writer::new(writer)),
             readers: Arc::new(Readers { connections, next: AtomicUsize::new(0) }),
         })
     }
 
     /// Runs `f` with the writer connection on the blocking pool: every method that changes
     /// something.
+    ///
+    /// `f` runs inside a transaction shared with other writes (see [`Writer`]): everything it
+    /// did is committed when it returns `Ok` and rolled back when it returns an error. It must
+    /// not begin or end transactions itself.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let started = std::time::Instant::now();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.enqueue(Box::new(Queued { work: Some(f), result: None, reply }))?;
         let writer = Arc::clone(&self.writer);
-        timed("write", move || {
-            let mut guard = writer.lock().map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
+        tokio::task::spawn_blocking(move || writer.commit_queued())
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        // Answered by this task or by an earlier one that took the write into its group.
+        let result = answer.await.map_err(|_| StoreError::Worker("the writer stopped before answering".into()))?;
+        metrics::histogram!("qpc_store_operation_seconds", "kind" => "write").record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Runs `f` with a free read-only connection on the blocking pool (or, when all are busy,
@@ -522,8 +678,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             tx.execute(
                 "DELETE FROM idempotency WHERE device_id IN (SELECT id FROM devices WHERE user_id = ?1)",
                 [user.0.as_slice()],
@@ -548,7 +703,6 @@ impl AccountStore for SqliteStore {
                 "DELETE FROM channels WHERE NOT EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = channels.id)",
                 [],
             )?;
-            tx.commit()?;
             if !existed {
                 return Ok(None);
             }
@@ -589,8 +743,7 @@ impl AccountStore for SqliteStore {
 #[async_trait]
 impl DeviceStore for SqliteStore {
     async fn upsert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             let owner: Option<Vec<u8>> = tx
                 .query_row("SELECT user_id FROM devices WHERE id = ?1", [d.id.0.as_slice()], |r| r.get(0))
                 .optional()?;
@@ -613,7 +766,6 @@ impl DeviceStore for SqliteStore {
                     })?;
                 }
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -649,8 +801,7 @@ impl DeviceStore for SqliteStore {
         packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<u32, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO key_packages (device_id, key_package, last_resort) VALUES (?1, ?2, ?3)",
@@ -671,15 +822,13 @@ impl DeviceStore for SqliteStore {
                 [device.0.as_slice()],
                 |r| r.get(0),
             )?;
-            tx.commit()?;
             Ok(u32::try_from(count).unwrap_or(u32::MAX))
         })
         .await
     }
 
     async fn claim_key_packages(&self, user: UserId) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             let devices: Vec<Vec<u8>> = {
                 let mut stmt =
                     tx.prepare_cached("SELECT id FROM devices WHERE user_id = ?1 ORDER BY created_ms, id")?;
@@ -713,7 +862,6 @@ impl DeviceStore for SqliteStore {
                     });
                 }
             }
-            tx.commit()?;
             Ok(out)
         })
         .await
@@ -755,26 +903,33 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn delete_device(&self, user: UserId, device: DeviceId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
+            // Checked first: a write that returns `Ok` is committed, whatever it changed.
+            let owned = tx
+                .query_row(
+                    "SELECT 1 FROM devices WHERE id = ?1 AND user_id = ?2",
+                    params![device.0.as_slice(), user.0.as_slice()],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !owned {
+                return Ok(None);
+            }
             let sessions: Vec<Vec<u8>> = {
                 let mut stmt = tx.prepare_cached("DELETE FROM sessions WHERE device_id = ?1 RETURNING token_hash")?;
                 stmt.query_map([device.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
             tx.execute("DELETE FROM idempotency WHERE device_id = ?1", [device.0.as_slice()])?;
             // Queue, key packages, memberships, hybrid key and endpoint cascade.
-            let n = tx.execute(
+            tx.execute(
                 "DELETE FROM devices WHERE id = ?1 AND user_id = ?2",
                 params![device.0.as_slice(), user.0.as_slice()],
             )?;
-            if n == 0 {
-                return Ok(None);
-            }
             tx.execute(
                 "DELETE FROM envelopes WHERE NOT EXISTS (SELECT 1 FROM queue q WHERE q.envelope = envelopes.seq)",
                 [],
             )?;
-            tx.commit()?;
             sessions.into_iter().map(|h| blob32(h, "sessions.token_hash")).collect::<Result<_, _>>().map(Some)
         })
         .await
@@ -896,24 +1051,34 @@ fn entry_from(parts: EntryColumns) -> Result<QueuedEntry, StoreError> {
     })
 }
 
+/// `execute` with the statement cached on the connection: the hot paths parse no SQL twice.
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` with the statement cached on the connection.
+fn one<T, P, F>(conn: &Connection, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+where
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Appends an envelope row to one device's queue, returning its per-device sequence number.
-fn push_to_queue(
-    tx: &rusqlite::Transaction<'_>,
-    device: &DeviceId,
-    envelope_seq: i64,
-    max_depth: u32,
-) -> Result<u64, StoreError> {
-    let depth: i64 =
-        tx.query_row("SELECT COUNT(*) FROM queue WHERE device_id = ?1", [device.0.as_slice()], |r| r.get(0))?;
+fn push_to_queue(tx: &Connection, device: &DeviceId, envelope_seq: i64, max_depth: u32) -> Result<u64, StoreError> {
+    let depth: i64 = one(tx, "SELECT COUNT(*) FROM queue WHERE device_id = ?1", [device.0.as_slice()], |r| r.get(0))?;
     if depth >= i64::from(max_depth) {
         return Err(StoreError::QueueFull);
     }
-    let seq: i64 = tx.query_row(
+    let seq: i64 = one(
+        tx,
         "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
         [device.0.as_slice()],
         |r| r.get(0),
     )?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO queue (device_id, seq, envelope) VALUES (?1, ?2, ?3)",
         params![device.0.as_slice(), seq, envelope_seq],
     )?;
@@ -921,13 +1086,14 @@ fn push_to_queue(
 }
 
 fn insert_envelope(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &[u8; 16],
     batch: &EnqueueBatch,
     kind: EnvelopeKind,
     payload: &[u8],
 ) -> Result<i64, StoreError> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO envelopes (id, channel_id, kind, epoch, payload, created_ms, expires_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -953,14 +1119,14 @@ fn find_replay(
     if key.is_empty() {
         return Ok(None);
     }
-    let earlier: Option<(i64, i64, Vec<u8>, i64)> = conn
-        .query_row(
-            "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
+    let earlier: Option<(i64, i64, Vec<u8>, i64)> = one(
+        conn,
+        "SELECT envelope, epoch_after, envelope_id, created_ms FROM idempotency \
              WHERE device_id = ?1 AND key = ?2 AND created_ms >= ?3",
-            params![sender.0.as_slice(), key, u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+        params![sender.0.as_slice(), key, u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()?;
     earlier
         .map(|(seq, epoch, id, created)| {
             Ok(EnqueueOutcome {
@@ -975,14 +1141,12 @@ fn find_replay(
         .transpose()
 }
 
-fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-
-    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms)? {
+fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
+    if let Some(outcome) = find_replay(tx, &b.sender, &b.idempotency_key, b.now_ms)? {
         return Ok(outcome);
     }
-    let (current_epoch, retention): (i64, i64) = tx
-        .query_row("SELECT epoch, retention_secs FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| {
+    let (current_epoch, retention): (i64, i64) =
+        one(tx, "SELECT epoch, retention_secs FROM channels WHERE id = ?1", [b.channel.0.as_slice()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?
@@ -992,14 +1156,14 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         // The channel's disappearing-messages setting applies when the sender set no TTL.
         b.expires_ms = Some(b.now_ms + i64_to_u64(retention) * 1000);
     }
-    let is_member: bool = tx
-        .query_row(
-            "SELECT 1 FROM channel_members WHERE channel_id = ?1 AND device_id = ?2",
-            params![b.channel.0.as_slice(), b.sender.0.as_slice()],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
+    let is_member: bool = one(
+        tx,
+        "SELECT 1 FROM channel_members WHERE channel_id = ?1 AND device_id = ?2",
+        params![b.channel.0.as_slice(), b.sender.0.as_slice()],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some();
     if !is_member {
         return Err(StoreError::NotMember);
     }
@@ -1010,7 +1174,8 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
             return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
         }
         epoch += 1;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE channels SET epoch = ?2, group_info = COALESCE(?3, group_info) WHERE id = ?1",
             params![b.channel.0.as_slice(), u64_to_i64(epoch), b.group_info],
         )?;
@@ -1025,7 +1190,7 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         stmt.query_map([b.channel.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
     };
 
-    let envelope_seq = insert_envelope(&tx, &b.envelope_id, &b, b.kind, &b.payload)?;
+    let envelope_seq = insert_envelope(tx, &b.envelope_id, &b, b.kind, &b.payload)?;
     let mut deliveries = Vec::new();
     for m in members {
         let device = DeviceId(blob16(m, "channel_members.device_id")?);
@@ -1035,28 +1200,29 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
         // Handshake messages are never refused for depth: a group must always be able to
         // remove a device that stopped reading.
         let depth = if b.kind == EnvelopeKind::Application { b.max_queue_depth } else { u32::MAX };
-        let seq = push_to_queue(&tx, &device, envelope_seq, depth)?;
+        let seq = push_to_queue(tx, &device, envelope_seq, depth)?;
         deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
     }
 
     if deliveries.is_empty() {
         // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
         // sequence number, which AUTOINCREMENT never reuses.
-        tx.execute("DELETE FROM envelopes WHERE seq = ?1", [envelope_seq])?;
+        exec(tx, "DELETE FROM envelopes WHERE seq = ?1", [envelope_seq])?;
     }
 
     if let Some(tracking) = &b.tracking {
         // Membership follows the MLS tree: the commit went to the members before it (so a
         // removed device learns of its removal); from now on only the tree's devices receive.
         // Compare-and-swap: two proposals validated against the same state must not both land.
-        let swapped = tx.execute(
+        let swapped = exec(
+            tx,
             "UPDATE channels SET tracker = ?2 WHERE id = ?1 AND tracker IS ?3",
             params![b.channel.0.as_slice(), tracking.tracker, tracking.tracker_before],
         )?;
         if swapped == 0 {
             return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
         }
-        tx.execute("DELETE FROM channel_members WHERE channel_id = ?1", [b.channel.0.as_slice()])?;
+        exec(tx, "DELETE FROM channel_members WHERE channel_id = ?1", [b.channel.0.as_slice()])?;
         let mut add = tx.prepare_cached(
             "INSERT OR IGNORE INTO channel_members (channel_id, device_id) \
              SELECT ?1, id FROM devices WHERE id = ?2",
@@ -1067,26 +1233,26 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
     }
 
     for w in &b.welcomes {
-        let known: bool = tx
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [w.device.0.as_slice()], |_| Ok(()))
-            .optional()?
-            .is_some();
+        let known: bool =
+            one(tx, "SELECT 1 FROM devices WHERE id = ?1", [w.device.0.as_slice()], |_| Ok(())).optional()?.is_some();
         if !known {
             return Err(StoreError::UnknownDevice);
         }
-        tx.execute(
+        exec(
+            tx,
             "INSERT OR IGNORE INTO channel_members (channel_id, device_id) VALUES (?1, ?2)",
             params![b.channel.0.as_slice(), w.device.0.as_slice()],
         )?;
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
-        let welcome_seq = insert_envelope(&tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
-        let seq = push_to_queue(&tx, &w.device, welcome_seq, u32::MAX)?;
+        let welcome_seq = insert_envelope(tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
+        let seq = push_to_queue(tx, &w.device, welcome_seq, u32::MAX)?;
         deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
     }
 
     if !b.idempotency_key.is_empty() {
-        tx.execute(
+        exec(
+            tx,
             "INSERT OR REPLACE INTO idempotency (device_id, key, envelope, envelope_id, epoch_after, created_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -1099,7 +1265,6 @@ fn enqueue_tx(conn: &mut Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, 
             ],
         )?;
     }
-    tx.commit()?;
     Ok(EnqueueOutcome {
         seq: i64_to_u64(envelope_seq),
         envelope_id: b.envelope_id,
@@ -1125,8 +1290,7 @@ fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: 
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     async fn create_channel(&self, c: NewChannel) -> Result<bool, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             let created = tx.execute(
                 "INSERT OR IGNORE INTO channels (id, kind, epoch, created_ms) VALUES (?1, ?2, 0, ?3)",
                 params![c.id.0.as_slice(), c.kind.as_i64(), u64_to_i64(c.now_ms)],
@@ -1137,7 +1301,6 @@ impl DeliveryStore for SqliteStore {
                     params![c.id.0.as_slice(), c.first_member.0.as_slice()],
                 )?;
             }
-            tx.commit()?;
             Ok(created)
         })
         .await
@@ -1217,8 +1380,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             // Queue entries go with their envelope (ON DELETE CASCADE), acked or not.
             let purged = tx.execute(
                 "DELETE FROM envelopes WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
@@ -1228,7 +1390,6 @@ impl DeliveryStore for SqliteStore {
                 "DELETE FROM idempotency WHERE created_ms < ?1",
                 [u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
             )?;
-            tx.commit()?;
             Ok(purged as u64)
         })
         .await
@@ -1269,8 +1430,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             let released: Vec<i64> = {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING envelope")?;
@@ -1286,7 +1446,6 @@ impl DeliveryStore for SqliteStore {
                 gc.execute([seq])?;
             }
             drop(gc);
-            tx.commit()?;
             Ok(removed as u64)
         })
         .await
@@ -1310,7 +1469,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let writer = Arc::clone(&store.writer);
         let holder = std::thread::spawn(move || {
-            let _held = writer.lock().unwrap();
+            let _held = writer.connection.lock().unwrap();
             locked_tx.send(()).unwrap();
             let _ = release_rx.recv();
         });
@@ -1325,5 +1484,71 @@ mod tests {
         assert!(store.user_by_name("bob").await.unwrap().is_some());
         let refused = store.read(|conn| Ok(conn.execute("DELETE FROM users", [])?)).await;
         assert!(refused.is_err(), "read connections are read-only");
+    }
+
+    /// Writes queued while the connection is busy commit as one group; one that fails is
+    /// rolled back alone and the others are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("db"), 1, None).unwrap();
+
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = Arc::clone(&store.writer);
+        let holder = std::thread::spawn(move || {
+            let _held = writer.connection.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+
+        let alice = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_user("alice", b"a".to_vec(), 1).await }
+        });
+        // Writes something, then fails: what it wrote must not survive.
+        let failing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .run(|conn| {
+                        conn.execute(
+                            "INSERT INTO users (id, username, opaque_record, created_ms) VALUES (x'00', 'mallory', x'00', 1)",
+                            [],
+                        )?;
+                        Err::<(), _>(StoreError::NotFound("on purpose"))
+                    })
+                    .await
+            }
+        });
+        let bob = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_user("bob", b"b".to_vec(), 2).await }
+        });
+        let duplicate = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_user("bob", b"b2".to_vec(), 3).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.writer.queue.lock().unwrap().len() < 4 {
+            assert!(std::time::Instant::now() < deadline, "the four writes were not queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+
+        assert_eq!(alice.await.unwrap().unwrap().username, "alice");
+        assert!(matches!(failing.await.unwrap(), Err(StoreError::NotFound("on purpose"))));
+        let (first, second) = (bob.await.unwrap(), duplicate.await.unwrap());
+        assert!(first.is_ok() != second.is_ok(), "exactly one of the two bobs is stored: {first:?} / {second:?}");
+        assert!(matches!(first.err().or(second.err()), Some(StoreError::AlreadyExists("user"))));
+        assert!(store.user_by_name("alice").await.unwrap().is_some());
+        assert!(store.user_by_name("bob").await.unwrap().is_some());
+        assert!(store.user_by_name("mallory").await.unwrap().is_none(), "the failed write was rolled back");
+        // Every write was durable when it returned: a fresh connection sees them all.
+        let fresh = Connection::open(dir.path().join("db")).unwrap();
+        let users: i64 = fresh.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)).unwrap();
+        assert_eq!(users, 2);
     }
 }

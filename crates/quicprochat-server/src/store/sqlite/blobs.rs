@@ -3,7 +3,7 @@
 //! `blob_refs`. Chunks go with their blob by `ON DELETE CASCADE`, in the deleting transaction.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, i64_to_u64, u64_to_i64};
 use crate::store::types::{BlobPiece, ChunkStep, join_blob_pieces};
@@ -27,10 +27,9 @@ fn blob_in(conn: &Connection, id: [u8; 32]) -> Result<Option<BlobRecord>, StoreE
         .optional()?)
 }
 
-fn write_chunk(conn: &mut Connection, chunk: BlobChunk) -> Result<BlobRecord, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn write_chunk(tx: &Connection, chunk: BlobChunk) -> Result<BlobRecord, StoreError> {
     let id = chunk.id.as_slice();
-    let stored = match blob_in(&tx, chunk.id)? {
+    let stored = match blob_in(tx, chunk.id)? {
         Some(stored) => stored,
         // The first chunk creates the upload.
         None => {
@@ -45,7 +44,7 @@ fn write_chunk(conn: &mut Connection, chunk: BlobChunk) -> Result<BlobRecord, St
                 u64_to_i64(chunk.now_ms),
                 u64_to_i64(chunk.expires_ms)
             ])?;
-            blob_in(&tx, chunk.id)?.ok_or(StoreError::NotFound("blob"))?
+            blob_in(tx, chunk.id)?.ok_or(StoreError::NotFound("blob"))?
         }
     };
     // Rolled back with the rest when the chunk is refused.
@@ -77,7 +76,6 @@ fn write_chunk(conn: &mut Connection, chunk: BlobChunk) -> Result<BlobRecord, St
             stored
         }
     };
-    tx.commit()?;
     Ok(record)
 }
 
@@ -133,9 +131,8 @@ impl BlobStore for SqliteStore {
     }
 
     async fn import_blob_chunk(&self, id: [u8; 32], offset: u64, data: Vec<u8>) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let blob = blob_in(&tx, id)?.ok_or(StoreError::NotFound("blob"))?;
+        self.run(move |tx| {
+            let blob = blob_in(tx, id)?.ok_or(StoreError::NotFound("blob"))?;
             let end = offset.checked_add(data.len() as u64);
             if data.is_empty() || end.is_none_or(|end| end > blob.received) {
                 return Err(StoreError::BlobChunkOutOfRange);
@@ -144,7 +141,6 @@ impl BlobStore for SqliteStore {
                 "INSERT OR IGNORE INTO blob_chunks (blob_id, byte_offset, data) VALUES (?1, ?2, ?3)",
                 params![id.as_slice(), u64_to_i64(offset), data],
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await
