@@ -155,13 +155,13 @@ pub async fn push(
 }
 
 /// `sqlite-baseline`: single inserts of `payload` bytes, each its own transaction, with the
-/// store's settings (WAL, `synchronous = NORMAL`), for the duration.
+/// store's durability (WAL, `synchronous = FULL`: one sync per commit), for the duration.
 pub async fn sqlite(load: Load) -> anyhow::Result<Throughput> {
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir()?;
         let conn = rusqlite::Connection::open(dir.path().join("baseline.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch("CREATE TABLE envelopes (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)")?;
         let payload = vec![0x5a; load.payload];
         let mut insert = conn.prepare("INSERT INTO envelopes (payload) VALUES (?1)")?;

@@ -93,12 +93,13 @@ pub async fn login_finish(
     let token = Zeroizing::new(random_bytes::<32>());
     let token_hash = quicprochat_core::ids::session_token_hash(token.as_slice());
     let expires_ms = now + state.limits.session_ttl.as_millis() as u64;
-    state
-        .store
-        .create_session(SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms })
-        .await?;
+    // The audit records the verified proof; written beside the session, the two writes share
+    // one commit (see the SQLite store's group commit) instead of waiting for two.
+    let session = SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms };
+    let (created, ()) =
+        tokio::join!(state.store.create_session(session), state.audit(AuditKind::LoginSucceeded, Some(user_id), None));
+    created?;
     tracing::info!(user = ?user_id, "login");
-    state.audit(AuditKind::LoginSucceeded, Some(user_id), None).await;
     metrics::counter!("qpc_logins_total", "outcome" => "ok").increment(1);
     Ok(LoginOutcome { session: Session { token_hash, user_id, username, device_id: None, expires_ms }, token })
 }
