@@ -1,7 +1,7 @@
 //! The embedded default store: one SQLite file in the data dir, WAL mode, schema migrations.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::at_rest::DbKey;
@@ -162,7 +162,9 @@ const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 /// Writes are durable when they return (`synchronous = FULL`: the WAL is synced at every
 /// commit), and committed in groups: the writes waiting for the connection share one
 /// transaction, each in its own savepoint, so concurrent requests share one sync (see
-/// [`Writer`]).
+/// [`Writer`]). The one exception is `Ack`, whose loss in a power cut only means a
+/// redelivery the client already deduplicates: a group of acks alone commits without a sync
+/// and becomes durable with the next synced commit.
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<Writer>,
@@ -175,17 +177,38 @@ const MAX_GROUP: usize = 256;
 /// The writer connection and the writes waiting for it.
 ///
 /// Group commit: every write is queued, then a task on the blocking pool takes the connection
-/// and runs *all* queued writes in one `IMMEDIATE` transaction, each inside its own savepoint,
+/// and runs the queued writes (up to [`MAX_GROUP`]) in one `IMMEDIATE` transaction, each inside its own savepoint,
 /// and commits once. A write that fails is rolled back to its savepoint and answered with its
 /// error; the others are answered when the commit is durable (or all with the commit's error).
-/// A task that finds the queue empty has had its write taken by an earlier one and stops.
+///
+/// One task is scheduled at a time: a write queued while one is scheduled and has not yet
+/// taken the queue rides with it; a write queued after it took the queue schedules the next.
 struct Writer {
-    connection: Mutex<Connection>,
+    connection: Mutex<WriterConnection>,
     queue: Mutex<Vec<Box<dyn Write>>>,
+    /// A commit task is scheduled and has not taken the queue yet.
+    scheduled: AtomicBool,
+}
+
+/// The connection and whether its commits sync (`synchronous = FULL`).
+struct WriterConnection {
+    conn: Connection,
+    syncs: bool,
+}
+
+/// How a write must reach the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced before the caller hears of it.
+    Synced,
+    /// Committed without a sync of its own: a power cut may lose it (not a crash of the process).
+    Relaxed,
 }
 
 /// A queued write: runs once inside the group's transaction, answers once.
 trait Write: Send {
+    /// Whether the write needs its commit synced.
+    fn durability(&self) -> Durability;
     /// Runs the write; whether it succeeded (a failed one is rolled back to its savepoint).
     fn apply(&mut self, conn: &Connection) -> bool;
     /// Answers the caller: the write's own error, or its result once `committed` says the
@@ -194,6 +217,7 @@ trait Write: Send {
 }
 
 struct Queued<T, F> {
+    durability: Durability,
     work: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
@@ -204,6 +228,10 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn apply(&mut self, conn: &Connection) -> bool {
         let Some(work) = self.work.take() else { return false };
         let result = work(conn);
@@ -225,73 +253,55 @@ where
 }
 
 impl Writer {
+    /// `connection` must sync its commits (`synchronous = FULL`).
     fn new(connection: Connection) -> Self {
-        Self { connection: Mutex::new(connection), queue: Mutex::new(Vec::new()) }
+        Self {
+            connection: Mutex::new(WriterConnection { conn: connection, syncs: true }),
+            queue: Mutex::new(Vec::new()),
+            scheduled: AtomicBool::new(false),
+        }
     }
 
-    fn enqueue(&self, write: Box<dyn Write>) -> Result<(), StoreError> {
+    /// Queues `write` and makes sure a commit task will take it.
+    fn submit(self: &Arc<Self>, write: Box<dyn Write>) -> Result<(), StoreError> {
         self.queue.lock().map_err(|_| StoreError::Worker("write queue lock poisoned".into()))?.push(write);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            let writer = Arc::clone(self);
+            // Detached: a caller that stops waiting cancels nobody's commit.
+            drop(tokio::task::spawn_blocking(move || writer.commit_queued()));
+        }
         Ok(())
     }
 
-    /// Takes the connection and commits the queued writes (blocking; on the blocking pool).
+    /// Takes the connection and commits the queued writes, a group at a time (blocking; on the
+    /// blocking pool).
     fn commit_queued(&self) {
-        let mut conn = match self.connection.lock() {
-            Ok(conn) => conn,
-            Err(_) => return self.answer_all(&StoreError::Worker("connection lock poisoned".into())),
-        };
-        let group: Vec<Box<dyn Write>> = match self.queue.lock() {
-            Ok(mut queue) => {
-                let take = queue.len().min(MAX_GROUP);
-                queue.drain(..take).collect()
-            }
-            Err(_) => return,
-        };
-        if group.is_empty() {
-            return;
-        }
-        metrics::histogram!("qpc_store_group_commit_size").record(group.len() as f64);
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => return answer(group, Err(&e.into())),
-        };
-        let mut done = Vec::with_capacity(group.len());
-        let mut broken = None;
-        for mut write in group {
-            if broken.is_some() {
-                done.push(write);
-                continue;
-            }
-            match tx.savepoint() {
-                Ok(mut savepoint) => {
-                    if write.apply(&savepoint) {
-                        if let Err(e) = savepoint.commit() {
-                            broken = Some(StoreError::from(e));
-                        }
-                    } else {
-                        savepoint.set_drop_behavior(rusqlite::DropBehavior::Rollback);
-                        if let Err(e) = savepoint.finish() {
-                            broken = Some(StoreError::from(e));
-                        }
-                    }
+        loop {
+            let mut conn = match self.connection.lock() {
+                Ok(conn) => conn,
+                Err(_) => {
+                    self.scheduled.store(false, Ordering::SeqCst);
+                    return self.answer_all(&StoreError::Worker("connection lock poisoned".into()));
                 }
-                Err(e) => broken = Some(e.into()),
+            };
+            // From here on a newly queued write schedules the next task; what is queued now is ours.
+            self.scheduled.store(false, Ordering::SeqCst);
+            let (group, more) = match self.queue.lock() {
+                Ok(mut queue) => {
+                    let take = queue.len().min(MAX_GROUP);
+                    let group: Vec<Box<dyn Write>> = queue.drain(..take).collect();
+                    (group, !queue.is_empty())
+                }
+                Err(_) => return,
+            };
+            if !group.is_empty() {
+                commit_group(&mut conn, group);
             }
-            // Some failures (a full disk, an I/O error) end the whole transaction: what ran
-            // before is gone, and what follows must not run outside it.
-            if broken.is_none() && tx.is_autocommit() {
-                broken = Some(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()));
+            // Writes beyond this group that no task was scheduled for are this task's too.
+            if !more || self.scheduled.swap(true, Ordering::SeqCst) {
+                return;
             }
-            done.push(write);
         }
-        let committed = match broken {
-            Some(e) => {
-                drop(tx);
-                Err(e)
-            }
-            None => tx.commit().map_err(StoreError::from),
-        };
-        answer(done, committed.as_ref().map(|_| ()));
     }
 
     /// Answers every queued write with `error` (the connection is unusable).
@@ -300,6 +310,59 @@ impl Writer {
             answer(queue.drain(..).collect(), Err(error));
         }
     }
+}
+
+/// Runs `group` in one transaction, each write in its own savepoint, commits, and answers.
+fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
+    metrics::histogram!("qpc_store_group_commit_size").record(group.len() as f64);
+    let sync = group.iter().any(|w| w.durability() == Durability::Synced);
+    if conn.syncs != sync {
+        if let Err(e) = conn.conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" }) {
+            return answer(group, Err(&e.into()));
+        }
+        conn.syncs = sync;
+    }
+    let mut tx = match conn.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return answer(group, Err(&e.into())),
+    };
+    let mut done = Vec::with_capacity(group.len());
+    let mut broken = None;
+    for mut write in group {
+        if broken.is_some() {
+            done.push(write);
+            continue;
+        }
+        match tx.savepoint() {
+            Ok(mut savepoint) => {
+                if write.apply(&savepoint) {
+                    if let Err(e) = savepoint.commit() {
+                        broken = Some(StoreError::from(e));
+                    }
+                } else {
+                    savepoint.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+                    if let Err(e) = savepoint.finish() {
+                        broken = Some(StoreError::from(e));
+                    }
+                }
+            }
+            Err(e) => broken = Some(e.into()),
+        }
+        // Some failures (a full disk, an I/O error) end the whole transaction: what ran
+        // before is gone, and what follows must not run outside it.
+        if broken.is_none() && tx.is_autocommit() {
+            broken = Some(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()));
+        }
+        done.push(write);
+    }
+    let committed = match broken {
+        Some(e) => {
+            drop(tx);
+            Err(e)
+        }
+        None => tx.commit().map_err(StoreError::from),
+    };
+    answer(done, committed.as_ref().map(|_| ()));
 }
 
 fn answer(group: Vec<Box<dyn Write>>, committed: Result<(), &StoreError>) {
@@ -380,14 +443,27 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write(Durability::Synced, f).await
+    }
+
+    /// [`Self::run`] for a write whose loss in a power cut costs nothing but a repeat (an
+    /// `Ack`): it is synced with the next synced commit, not before it returns.
+    async fn run_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(Durability::Relaxed, f).await
+    }
+
+    async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let started = std::time::Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer.enqueue(Box::new(Queued { work: Some(f), result: None, reply }))?;
-        let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || writer.commit_queued())
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?;
-        // Answered by this task or by an earlier one that took the write into its group.
+        self.writer.submit(Box::new(Queued { durability, work: Some(f), result: None, reply }))?;
         let result = answer.await.map_err(|_| StoreError::Worker("the writer stopped before answering".into()))?;
         metrics::histogram!("qpc_store_operation_seconds", "kind" => "write").record(started.elapsed().as_secs_f64());
         result
@@ -1085,6 +1161,48 @@ fn push_to_queue(tx: &Connection, device: &DeviceId, envelope_seq: i64, max_dept
     Ok(i64_to_u64(seq))
 }
 
+/// Queues envelope `envelope_seq` for every member device of the channel but the sender, in
+/// three statements whatever the group's size (depth check, sequence numbers, queue rows);
+/// returns each recipient with its queue sequence number.
+fn fan_out(tx: &Connection, b: &EnqueueBatch, envelope_seq: i64) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+    let (channel, sender) = (b.channel.0.as_slice(), b.sender.0.as_slice());
+    // Handshake messages are never refused for depth: a group must always be able to remove a
+    // device that stopped reading.
+    if b.kind == EnvelopeKind::Application {
+        let full = one(
+            tx,
+            "SELECT 1 FROM channel_members m WHERE m.channel_id = ?1 AND m.device_id <> ?2 \
+             AND (SELECT COUNT(*) FROM queue q WHERE q.device_id = m.device_id) >= ?3 LIMIT 1",
+            params![channel, sender, i64::from(b.max_queue_depth)],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+        if full {
+            return Err(StoreError::QueueFull);
+        }
+    }
+    exec(
+        tx,
+        "UPDATE devices SET next_seq = next_seq + 1 \
+         WHERE id IN (SELECT device_id FROM channel_members WHERE channel_id = ?1 AND device_id <> ?2)",
+        params![channel, sender],
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO queue (device_id, seq, envelope) SELECT id, next_seq - 1, ?3 FROM devices \
+         WHERE id IN (SELECT device_id FROM channel_members WHERE channel_id = ?1 AND device_id <> ?2) \
+         RETURNING device_id, seq",
+    )?;
+    let rows = insert
+        .query_map(params![channel, sender, envelope_seq], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (device, seq) = row?;
+        out.push((DeviceId(blob16(device, "queue.device_id")?), i64_to_u64(seq)));
+    }
+    Ok(out)
+}
+
 fn insert_envelope(
     tx: &Connection,
     id: &[u8; 16],
@@ -1185,22 +1303,9 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
     }
 
-    let members: Vec<Vec<u8>> = {
-        let mut stmt = tx.prepare_cached("SELECT device_id FROM channel_members WHERE channel_id = ?1")?;
-        stmt.query_map([b.channel.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?
-    };
-
     let envelope_seq = insert_envelope(tx, &b.envelope_id, &b, b.kind, &b.payload)?;
     let mut deliveries = Vec::new();
-    for m in members {
-        let device = DeviceId(blob16(m, "channel_members.device_id")?);
-        if device == b.sender {
-            continue;
-        }
-        // Handshake messages are never refused for depth: a group must always be able to
-        // remove a device that stopped reading.
-        let depth = if b.kind == EnvelopeKind::Application { b.max_queue_depth } else { u32::MAX };
-        let seq = push_to_queue(tx, &device, envelope_seq, depth)?;
+    for (device, seq) in fan_out(tx, &b, envelope_seq)? {
         deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
     }
 
@@ -1430,7 +1535,9 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
-        self.run(move |tx| {
+        // Lost in a power cut, an ack means the entries are delivered again, and the client
+        // deduplicates them: not worth a sync of its own.
+        self.run_relaxed(move |tx| {
             let released: Vec<i64> = {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING envelope")?;
