@@ -45,7 +45,7 @@ const WARM_UP_WAIT: Duration = Duration::from_secs(300);
 const RAW_NOTE: &str = "raw: the SDK set up accounts, devices and channels, then closed; the measured clients are \
 bare RPC connections that Resume those sessions. Payloads are shaped like an MLS PrivateMessage (the server \
 checks only the wire format and never decrypts, so it does the work of a real message); no client-side MLS or \
-storage. Receivers acknowledge like the SDK: Ack(up_to_seq) from a background task, coalesced, one in flight";
+storage. Receivers acknowledge like the SDK: Ack(up_to_seq) from a background task, one in flight, at least 250 ms apart (the SDK's ACK_COALESCE), pushes read meanwhile coalesced";
 
 /// A payload of `size` bytes (at least the header) from sender `sender`, message `n`.
 fn payload(sender: u32, n: u64, size: usize) -> Vec<u8> {
@@ -200,8 +200,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Reads `rpc`'s push stream until `stop`, handing every message of this run to `on_message`
 /// (sender, number, when its frame was read), and acknowledges as the SDK does: `Ack(up_to_seq)`
-/// from a task of its own with at most one in flight, pushes read meanwhile coalesced into the
-/// next. An envelope too large to travel inline is read with `Peek`, as the SDK would. The
+/// from a task of its own with at most one in flight and at least `ACK_COALESCE` between two,
+/// pushes read meanwhile coalesced into the next. An envelope too large to travel inline is read with `Peek`, as the SDK would. The
 /// warm-up message is acknowledged at once and counted in `warmed`. Returns how many Acks failed.
 async fn receive<F>(
     rpc: &RpcClient,
@@ -222,6 +222,7 @@ where
                 if rpc.call::<_, v1::AckResponse>(method::ACK, &v1::AckRequest { up_to_seq }).await.is_err() {
                     failed += 1;
                 }
+                tokio::time::sleep(quicprochat_sdk::ACK_COALESCE).await;
             }
             failed
         })

@@ -11,6 +11,11 @@ use crate::inbound::Inbound;
 use crate::store::{Change, ConversationRow};
 use crate::{ClientEvent, ConversationId, SdkError};
 
+/// Least time between two background `Ack`s of pushed envelopes: the first is sent at once, and
+/// envelopes applied within this time after it are acknowledged together by the next. An
+/// unacknowledged envelope is at worst delivered again, and skipped by the cursor.
+pub const ACK_COALESCE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Envelopes per page.
 const PAGE: u32 = 100;
 /// Rounds of "sync, then commit received proposals" in one `sync` call.
@@ -152,6 +157,9 @@ impl QpcClient {
                 if let Err(e) = rpc.call::<_, v1::AckResponse>(method::ACK, &v1::AckRequest { up_to_seq }).await {
                     tracing::debug!(error = %e, "acknowledging pushed envelopes failed; the next sync does it");
                 }
+                // What arrives meanwhile shares the next Ack: a busy group costs the server a
+                // few Acks a second per member, not one per message.
+                tokio::time::sleep(ACK_COALESCE).await;
             }
         });
         Ok(())
