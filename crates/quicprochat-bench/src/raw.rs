@@ -416,10 +416,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
         ),
     ];
     if let Some(cluster) = cluster {
-        notes.push(format!(
-            "{node_count} node(s) on PostgreSQL ({}); senders on the first node, receivers on the last; server CPU summed",
-            if cluster.nodes > 1 { "cross-node push over LISTEN/NOTIFY" } else { "one node" }
-        ));
+        notes.push(scenarios::cluster_note(cluster, node_count));
     }
     if ours.ops < sent {
         notes.push(format!("{} of {sent} messages arrived within {} s after the run", ours.ops, DRAIN.as_secs()));
@@ -428,15 +425,11 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
         notes.push(format!("{failed_acks} Ack calls failed"));
     }
     Ok(Report {
-        scenario: "relay --raw",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
-        payload_bytes: load.payload,
-        in_flight: load.in_flight,
         figures,
         server: Some(usage),
         baseline_server: Some(echo_usage),
         notes,
+        ..Report::of("relay --raw", load)
     })
 }
 
@@ -592,15 +585,12 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
         notes.push(format!("{failed_acks} Ack calls failed"));
     }
     Ok(Report {
-        scenario: "fanout --raw",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
-        payload_bytes: load.payload,
         in_flight: 0,
         figures,
         server: Some(usage),
         baseline_server: Some(push_usage),
         notes,
+        ..Report::of("fanout --raw", load)
     })
 }
 

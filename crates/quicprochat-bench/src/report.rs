@@ -107,6 +107,23 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+impl Report {
+    /// A report of `scenario` run at `load`, with no figures, usage or notes yet.
+    pub fn of(scenario: &'static str, load: crate::baseline::Load) -> Self {
+        Self {
+            scenario,
+            clients: load.clients,
+            duration_secs: load.duration.as_secs_f64(),
+            payload_bytes: load.payload,
+            in_flight: load.in_flight,
+            figures: Vec::new(),
+            server: None,
+            baseline_server: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// How reports are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {

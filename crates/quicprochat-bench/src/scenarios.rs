@@ -160,6 +160,14 @@ pub(crate) fn nodes_usage(
     Ok(usage)
 }
 
+/// The note of a relay run on a cluster of `node_count` nodes.
+pub(crate) fn cluster_note(cluster: &Cluster, node_count: usize) -> String {
+    format!(
+        "{node_count} node(s) on PostgreSQL ({}); senders on the first node, receivers on the last; server CPU summed",
+        if cluster.nodes > 1 { "cross-node push over LISTEN/NOTIFY" } else { "one node" }
+    )
+}
+
 /// `relay`: `clients` sender/receiver pairs, each in its own DM, `in_flight` messages
 /// outstanding per pair; compared with the echo and SQLite baselines at the same load. With a
 /// cluster, senders and receivers sit on different nodes (cross-node push).
@@ -271,25 +279,12 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     figures.push(Figure::new("sqlite insert latency p50", "ms", sqlite_latency.p50_ms));
     let mut notes = Vec::new();
     if let Some(cluster) = cluster {
-        notes.push(format!(
-            "{node_count} node(s) on PostgreSQL ({}); senders on the first node, receivers on the last; server CPU summed",
-            if cluster.nodes > 1 { "cross-node push over LISTEN/NOTIFY" } else { "one node" }
-        ));
+        notes.push(cluster_note(cluster, node_count));
     }
     if ours.ops < sent {
         notes.push(format!("{} of {sent} messages arrived within 10 s after the run", ours.ops));
     }
-    Ok(Report {
-        scenario: "relay",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
-        payload_bytes: load.payload,
-        in_flight: load.in_flight,
-        figures,
-        server: Some(usage),
-        baseline_server: Some(echo_usage),
-        notes,
-    })
+    Ok(Report { figures, server: Some(usage), baseline_server: Some(echo_usage), notes, ..Report::of("relay", load) })
 }
 
 /// `fanout`: one group of `clients` members; member 0 sends `rate` messages per second; every
@@ -363,15 +358,12 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
     ));
     let mut push_latencies = push_latencies;
     Ok(Report {
-        scenario: "fanout",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
-        payload_bytes: load.payload,
         in_flight: 0,
         figures: latency_figures("push", ours.summary(), Some(push_latencies.summary())),
         server: Some(usage),
         baseline_server: Some(push_usage),
         notes,
+        ..Report::of("fanout", load)
     })
 }
 
@@ -472,17 +464,7 @@ pub async fn connect(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
         Figure::new("server CPU per handshake", "ms", per),
     ];
     figures.extend(latency_figures("connect", handshakes.latencies.summary(), None));
-    Ok(Report {
-        scenario: "connect",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
-        payload_bytes: 0,
-        in_flight: 1,
-        figures,
-        server: Some(usage),
-        baseline_server: None,
-        notes: Vec::new(),
-    })
+    Ok(Report { payload_bytes: 0, in_flight: 1, figures, server: Some(usage), ..Report::of("connect", load) })
 }
 
 /// `login`: connect + OPAQUE login per iteration, against connect + `Health` (the handshake
@@ -516,15 +498,12 @@ pub async fn login_scenario(load: Load, pin: Option<&str>) -> anyhow::Result<Rep
     ];
     figures.extend(latency_figures("connect+login", logins.latencies.summary(), None));
     Ok(Report {
-        scenario: "login",
-        clients: load.clients,
-        duration_secs: load.duration.as_secs_f64(),
         payload_bytes: 0,
         in_flight: 1,
         figures,
         server: Some(login_usage),
         baseline_server: Some(handshake_usage),
-        notes: Vec::new(),
+        ..Report::of("login", load)
     })
 }
 
@@ -548,8 +527,6 @@ pub async fn idle(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
     server.stop().await;
     let ours = after.rss_kib.saturating_sub(before) as f64 / load.clients.max(1) as f64;
     Ok(Report {
-        scenario: "idle",
-        clients: load.clients,
         duration_secs: 0.0,
         payload_bytes: 0,
         in_flight: 0,
@@ -557,9 +534,9 @@ pub async fn idle(load: Load, pin: Option<&str>) -> anyhow::Result<Report> {
             Figure::new("server memory per idle authenticated connection", "KiB", ours).against(raw_per_connection),
         ],
         server: Some(after),
-        baseline_server: None,
         notes: vec![
             "baseline: an established raw QUIC connection (same TLS and transport settings) on the echo server".into(),
         ],
+        ..Report::of("idle", load)
     })
 }
