@@ -1565,6 +1565,33 @@ mod tests {
 
     use super::*;
 
+    /// The writer connection held by another thread, as by a long write, until released.
+    struct HeldWriter {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl HeldWriter {
+        /// Returns once the connection is held.
+        fn new(store: &SqliteStore) -> Self {
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let writer = Arc::clone(&store.writer);
+            let holder = std::thread::spawn(move || {
+                let _held = writer.connection.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            locked_rx.recv().unwrap();
+            Self { release, holder }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.holder.join().unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_wait_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
@@ -1572,19 +1599,10 @@ mod tests {
         store.create_user("alice", b"record".to_vec(), 1).await.unwrap();
 
         // A write in progress: another thread holds the writer connection until told to stop.
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let writer = Arc::clone(&store.writer);
-        let holder = std::thread::spawn(move || {
-            let _held = writer.connection.lock().unwrap();
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-        });
-        locked_rx.recv().unwrap();
+        let held = HeldWriter::new(&store);
         let found = tokio::time::timeout(Duration::from_secs(10), store.user_by_name("alice")).await;
         assert_eq!(found.expect("a read completes while the writer is busy").unwrap().unwrap().username, "alice");
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
+        held.release();
 
         // Readers see every committed write and refuse to write themselves.
         store.create_user("bob", b"record".to_vec(), 2).await.unwrap();
@@ -1600,15 +1618,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(&dir.path().join("db"), 1, None).unwrap();
 
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let writer = Arc::clone(&store.writer);
-        let holder = std::thread::spawn(move || {
-            let _held = writer.connection.lock().unwrap();
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-        });
-        locked_rx.recv().unwrap();
+        let held = HeldWriter::new(&store);
 
         let alice = tokio::spawn({
             let store = store.clone();
@@ -1642,8 +1652,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the four writes were not queued");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
+        held.release();
 
         assert_eq!(alice.await.unwrap().unwrap().username, "alice");
         assert!(matches!(failing.await.unwrap(), Err(StoreError::NotFound("on purpose"))));
