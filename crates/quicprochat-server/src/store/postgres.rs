@@ -190,6 +190,24 @@ CREATE TABLE blob_refs (
 CREATE INDEX blob_refs_by_user ON blob_refs(user_id);
 INSERT INTO blob_refs (blob_id, user_id) SELECT b.id, d.user_id FROM blobs b JOIN devices d ON d.id = b.uploader;
 "#,
+    // Each device counts its queue, so that checking depth does not count rows: raised by the
+    // enqueue that allocates the sequence number, lowered by this trigger whatever deletes the
+    // rows (ack, expiry, cascades). It locks the devices in id order, as an enqueue does.
+    r#"
+ALTER TABLE devices ADD COLUMN queue_depth BIGINT NOT NULL DEFAULT 0;
+UPDATE devices d SET queue_depth = (SELECT COUNT(*) FROM queue q WHERE q.device_id = d.id);
+CREATE FUNCTION queue_depth_down() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM 1 FROM devices WHERE id IN (SELECT device_id FROM gone) ORDER BY id FOR NO KEY UPDATE;
+    UPDATE devices d SET queue_depth = d.queue_depth - g.n
+        FROM (SELECT device_id, COUNT(*) AS n FROM gone GROUP BY device_id) AS g
+        WHERE d.id = g.device_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER queue_depth_down AFTER DELETE ON queue REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_depth_down();
+"#,
 ];
 
 /// Idempotency records are honoured for this long (as in `SqliteStore`; the conformance suite
@@ -1109,26 +1127,27 @@ async fn enqueue_tx(
     let mut deliveries = Vec::new();
     if !recipients.is_empty() {
         let ids: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
+        // Sequence numbers and depths in one statement: each device counts its queue
+        // (`queue_depth`, lowered by a trigger when rows go), so the check costs one row per
+        // recipient, not the length of its queue.
+        let allocated = rows(
+            &tx,
+            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
+             RETURNING id, next_seq - 1, queue_depth - 1",
+            &[&ids],
+        )
+        .await?;
         // Handshake messages are never refused for depth: a group must always be able to
-        // remove a device that stopped reading.
+        // remove a device that stopped reading. A refusal rolls the transaction back.
         if b.kind == EnvelopeKind::Application {
-            let deepest = count(
-                &tx,
-                "SELECT COALESCE(MAX(n), 0) FROM \
-                 (SELECT COUNT(*) AS n FROM queue WHERE device_id = ANY($1) GROUP BY device_id) AS depths",
-                &[&ids],
-            )
-            .await?;
+            let mut deepest = 0;
+            for r in &allocated {
+                deepest = deepest.max(r.try_get::<_, i64>(2)?);
+            }
             if deepest >= i64::from(b.max_queue_depth) {
                 return Err(StoreError::QueueFull);
             }
         }
-        let allocated = rows(
-            &tx,
-            "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ANY($1) RETURNING id, next_seq - 1",
-            &[&ids],
-        )
-        .await?;
         let mut seqs = std::collections::HashMap::with_capacity(allocated.len());
         for r in &allocated {
             seqs.insert(get16(r, 0, "devices.id")?, r.try_get::<_, i64>(1)?);
@@ -1193,11 +1212,15 @@ async fn enqueue_tx(
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(&tx, &wid, b, EnvelopeKind::Welcome, &w.payload, expires_ms).await?;
-        let seq: i64 =
-            row(&tx, "UPDATE devices SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1", &[&device])
-                .await?
-                .ok_or(StoreError::UnknownDevice)?
-                .try_get(0)?;
+        let seq: i64 = row(
+            &tx,
+            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = $1 \
+                 RETURNING next_seq - 1",
+            &[&device],
+        )
+        .await?
+        .ok_or(StoreError::UnknownDevice)?
+        .try_get(0)?;
         exec(&tx, "INSERT INTO queue (device_id, seq, envelope) VALUES ($1, $2, $3)", &[&device, &seq, &welcome_seq])
             .await?;
         deliveries.push((w.device, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
@@ -1361,8 +1384,7 @@ impl DeliveryStore for PostgresStore {
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
         let r = reading!(self, client => row(
             &client,
-            "SELECT (SELECT COUNT(*) FROM queue), \
-             (SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM queue GROUP BY device_id) AS depths)",
+            "SELECT COALESCE(SUM(queue_depth), 0)::BIGINT, COALESCE(MAX(queue_depth), 0) FROM devices",
             &[],
         ))?
         .ok_or(StoreError::Corrupt("queue"))?;

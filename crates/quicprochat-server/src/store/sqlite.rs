@@ -152,6 +152,15 @@ CREATE TABLE blob_refs (
 CREATE INDEX blob_refs_by_user ON blob_refs(user_id);
 INSERT INTO blob_refs (blob_id, user_id) SELECT b.id, d.user_id FROM blobs b JOIN devices d ON d.id = b.uploader;
 "#,
+    // Each device counts its queue, so that checking depth does not count rows: raised by
+    // the enqueue that allocates the sequence number, lowered here whatever deletes the row.
+    r#"
+ALTER TABLE devices ADD COLUMN queue_depth INTEGER NOT NULL DEFAULT 0;
+UPDATE devices SET queue_depth = (SELECT COUNT(*) FROM queue WHERE queue.device_id = devices.id);
+CREATE TRIGGER queue_depth_down AFTER DELETE ON queue BEGIN
+    UPDATE devices SET queue_depth = queue_depth - 1 WHERE id = OLD.device_id;
+END;
+"#,
 ];
 
 /// Idempotency records are honoured for this long.
@@ -948,14 +957,12 @@ where
 }
 
 /// Appends an envelope row to one device's queue, returning its per-device sequence number.
-fn push_to_queue(tx: &Connection, device: &DeviceId, envelope_seq: i64, max_depth: u32) -> Result<u64, StoreError> {
-    let depth: i64 = one(tx, "SELECT COUNT(*) FROM queue WHERE device_id = ?1", [device.0.as_slice()], |r| r.get(0))?;
-    if depth >= i64::from(max_depth) {
-        return Err(StoreError::QueueFull);
-    }
+/// Never refused for depth (it carries a Welcome).
+fn push_to_queue(tx: &Connection, device: &DeviceId, envelope_seq: i64) -> Result<u64, StoreError> {
     let seq: i64 = one(
         tx,
-        "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+        "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ?1 \
+         RETURNING next_seq - 1",
         [device.0.as_slice()],
         |r| r.get(0),
     )?;
@@ -968,32 +975,31 @@ fn push_to_queue(tx: &Connection, device: &DeviceId, envelope_seq: i64, max_dept
 }
 
 /// Queues envelope `envelope_seq` for every member device of the channel but the sender, in
-/// three statements whatever the group's size (depth check, sequence numbers, queue rows);
+/// two statements whatever the group's size (sequence numbers and depths, then queue rows);
 /// returns each recipient with its queue sequence number.
+///
+/// Each device counts its queue in `devices.queue_depth`: raised here with the sequence
+/// number, lowered by a trigger whenever a queue row goes (ack, expiry, deletion). Checking
+/// depth is then one read per recipient however long the queues are; a count of the rows
+/// made every message cost the length of every recipient's queue, which grows while a
+/// device is offline.
 fn fan_out(tx: &Connection, b: &EnqueueBatch, envelope_seq: i64) -> Result<Vec<(DeviceId, u64)>, StoreError> {
     let (channel, sender) = (b.channel.0.as_slice(), b.sender.0.as_slice());
-    // Handshake messages are never refused for depth: a group must always be able to remove a
-    // device that stopped reading.
-    if b.kind == EnvelopeKind::Application {
-        let full = one(
-            tx,
-            "SELECT 1 FROM channel_members m WHERE m.channel_id = ?1 AND m.device_id <> ?2 \
-             AND (SELECT COUNT(*) FROM queue q WHERE q.device_id = m.device_id) >= ?3 LIMIT 1",
-            params![channel, sender, i64::from(b.max_queue_depth)],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-        if full {
-            return Err(StoreError::QueueFull);
-        }
-    }
-    exec(
-        tx,
-        "UPDATE devices SET next_seq = next_seq + 1 \
-         WHERE id IN (SELECT device_id FROM channel_members WHERE channel_id = ?1 AND device_id <> ?2)",
-        params![channel, sender],
+    let mut allocate = tx.prepare_cached(
+        "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 \
+         WHERE id IN (SELECT device_id FROM channel_members WHERE channel_id = ?1 AND device_id <> ?2) \
+         RETURNING queue_depth - 1",
     )?;
+    let depths = allocate.query_map(params![channel, sender], |r| r.get::<_, i64>(0))?;
+    let mut deepest = 0;
+    for depth in depths {
+        deepest = deepest.max(depth?);
+    }
+    // Handshake messages are never refused for depth: a group must always be able to remove a
+    // device that stopped reading. A refusal rolls this write back, counts included.
+    if b.kind == EnvelopeKind::Application && deepest >= i64::from(b.max_queue_depth) {
+        return Err(StoreError::QueueFull);
+    }
     let mut insert = tx.prepare_cached(
         "INSERT INTO queue (device_id, seq, envelope) SELECT id, next_seq - 1, ?3 FROM devices \
          WHERE id IN (SELECT device_id FROM channel_members WHERE channel_id = ?1 AND device_id <> ?2) \
@@ -1157,7 +1163,7 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
-        let seq = push_to_queue(tx, &w.device, welcome_seq, u32::MAX)?;
+        let seq = push_to_queue(tx, &w.device, welcome_seq)?;
         deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
     }
 
@@ -1279,11 +1285,10 @@ impl DeliveryStore for SqliteStore {
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
         self.read(|conn| {
-            let total: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
-            let deepest: i64 = conn.query_row(
-                "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM queue GROUP BY device_id)",
+            let (total, deepest): (i64, i64) = conn.query_row(
+                "SELECT COALESCE(SUM(queue_depth), 0), COALESCE(MAX(queue_depth), 0) FROM devices",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok((i64_to_u64(total), i64_to_u64(deepest)))
         })

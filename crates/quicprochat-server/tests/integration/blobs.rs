@@ -258,7 +258,12 @@ async fn blob_files_of_an_earlier_version_are_imported_at_start() {
     std::fs::write(blobs.join(hex::encode(&orphan)), b"a blob nobody knows").unwrap();
     {
         let db = rusqlite::Connection::open(dir.path().join(quicprochat_server::files::DATABASE)).unwrap();
-        db.execute_batch("DROP TABLE blob_chunks; DROP TABLE blob_refs; PRAGMA user_version = 6;").unwrap();
+        // As before the migration that moved blobs into the database (and the one after it).
+        db.execute_batch(
+            "DROP TRIGGER queue_depth_down; ALTER TABLE devices DROP COLUMN queue_depth; \
+             DROP TABLE blob_chunks; DROP TABLE blob_refs; PRAGMA user_version = 6;",
+        )
+        .unwrap();
     }
 
     let server = TestServer { server: start_in(dir.path()).await, dir };

@@ -114,9 +114,14 @@ async fn blob_files_of_an_earlier_version_are_imported_into_postgres() {
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join(hex::encode(&id)), &data).unwrap();
     let db = schema.client().await;
-    db.batch_execute("DROP TABLE blob_chunks; DROP TABLE blob_refs; DELETE FROM schema_version WHERE version = 4")
-        .await
-        .unwrap();
+    // As before the migration that moved blobs into the database (and the one after it).
+    db.batch_execute(
+        "DROP TRIGGER queue_depth_down ON queue; DROP FUNCTION queue_depth_down(); \
+         ALTER TABLE devices DROP COLUMN queue_depth; DROP TABLE blob_chunks; DROP TABLE blob_refs; \
+         DELETE FROM schema_version WHERE version >= 4",
+    )
+    .await
+    .unwrap();
 
     let server = TestServer { server: start_on(&schema, dir.path()).await, dir };
     assert!(!blobs.exists(), "imported and removed");

@@ -99,6 +99,14 @@ fn payloads(entries: &[quicprochat_server::store::QueuedEntry]) -> Vec<&[u8]> {
     entries.iter().map(|e| e.payload.as_slice()).collect()
 }
 
+/// Every device's queue count (`devices.queue_depth`, which the depth check reads) matches
+/// its queue's rows.
+async fn depths_match_queues(f: &Fixture) {
+    let off =
+        "SELECT COUNT(*) FROM devices d WHERE d.queue_depth <> (SELECT COUNT(*) FROM queue q WHERE q.device_id = d.id)";
+    assert_eq!(f.probe.count(off).await, 0, "a device's queue_depth drifted from its queue");
+}
+
 pub async fn accounts_and_sessions(f: Fixture) {
     let s = &f.store;
     let alice = account(s, "alice").await;
@@ -463,6 +471,21 @@ pub async fn full_queues_refuse_application_messages_only(f: Fixture) {
     s.enqueue(batch(chan(1), b1, EnvelopeKind::Application, 2, b"reply")).await.unwrap();
     assert_eq!(s.queue_depth().await.unwrap(), (5, 4));
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = X'33'").await, 0);
+    depths_match_queues(&f).await;
+
+    // An ack makes room again, and so does an expired envelope's purge.
+    s.ack(b1, 2).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), (3, 2));
+    s.enqueue(limited(b"3")).await.unwrap();
+    let mut expiring = limited(b"soon");
+    expiring.expires_ms = Some(NOW + 10);
+    assert!(matches!(s.enqueue(expiring.clone()).await, Err(StoreError::QueueFull)));
+    s.ack(b1, 3).await.unwrap();
+    s.enqueue(expiring).await.unwrap();
+    assert!(matches!(s.enqueue(limited(b"4")).await, Err(StoreError::QueueFull)));
+    s.purge_expired(NOW + 10).await.unwrap();
+    s.enqueue(limited(b"4")).await.unwrap();
+    depths_match_queues(&f).await;
 }
 
 pub async fn peek_reads_and_ack_deletes(f: Fixture) {
@@ -502,6 +525,7 @@ pub async fn peek_reads_and_ack_deletes(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 0);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 0);
     assert!(s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap().is_empty());
+    depths_match_queues(&f).await;
 }
 
 pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
@@ -539,6 +563,7 @@ pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
     let (p1, p2) = tokio::join!(s1.purge_expired(NOW + 70_000), s2.purge_expired(NOW + 70_000));
     assert_eq!(p1.unwrap() + p2.unwrap(), 10);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 3);
+    depths_match_queues(&f).await;
 }
 
 /// Chunk `data` of blob `id` (of `total` bytes) at `offset`, sent by `uploader`, expiring a day
@@ -783,6 +808,7 @@ pub async fn deleting_a_device_takes_its_queue_and_sessions(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 2);
     s.ack(b1, u64::MAX).await.unwrap();
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 0);
+    depths_match_queues(&f).await;
 }
 
 pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
@@ -846,6 +872,7 @@ pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM audit_log").await, 1);
     assert!(s.delete_account(alice).await.unwrap().is_none());
     assert!(s.user_by_name("bob").await.unwrap().is_some());
+    depths_match_queues(&f).await;
 }
 
 pub async fn the_audit_log_records_every_kind(f: Fixture) {
@@ -929,6 +956,7 @@ pub async fn concurrent_senders_get_gapless_per_device_sequences(f: Fixture) {
         }
     }
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE kind = 1").await, 40);
+    depths_match_queues(&f).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance case for a backend; `$fixture` is an async
