@@ -25,6 +25,9 @@ pub const PUSH_PUBLISH: u16 = 2;
 pub const DB_URL_ENV: &str = "QPC_BENCH_DB_URL";
 /// Environment of a `qpc` role: the PostgreSQL schema shared by the nodes of one run.
 pub const DB_SCHEMA_ENV: &str = "QPC_BENCH_DB_SCHEMA";
+/// Environment of a `qpc` role: serve the server's Prometheus metrics on this TCP address
+/// (`QPC_BENCH_METRICS=127.0.0.1:9100 qpc-bench relay --raw …`, then scrape it during the run).
+pub const METRICS_ENV: &str = "QPC_BENCH_METRICS";
 /// Frames queued per push subscriber before new ones are dropped (as the server's push queue).
 const PUSH_QUEUE: usize = 1024;
 
@@ -67,6 +70,13 @@ async fn wait_for_stdin_close() {
 /// The real server, dev mode, with limits out of the way of a load test: the rates and queue
 /// depth that protect a production server would otherwise be what is measured.
 async fn start_qpc(dir: &Path) -> anyhow::Result<quicprochat_server::RunningServer> {
+    if let Ok(addr) = std::env::var(METRICS_ENV) {
+        let addr: SocketAddr = addr.parse().with_context(|| format!("{METRICS_ENV}={addr}"))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+    }
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, dir);
     let unlimited = Rate { per_minute: u32::MAX / 2, burst: u32::MAX / 2 };
     config.limits.enqueue_rate = unlimited;
