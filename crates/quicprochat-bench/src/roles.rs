@@ -83,10 +83,6 @@ async fn start_qpc(dir: &Path) -> anyhow::Result<quicprochat_server::RunningServ
     config.limits.auth_rate = unlimited;
     config.limits.lookup_rate = unlimited;
     config.limits.max_queue_depth = u32::MAX / 2;
-    // A Welcome carries the ratchet tree (X-Wing public keys are 1.2 KB each): on the way to
-    // 1000 members it outgrows the default 1 MiB payload limit, and `fanout` could not build
-    // its group of 1000.
-    config.limits.max_payload = 4 << 20;
     config.rpc = ServerOptions { transport: transport(), ..ServerOptions::default() };
     // Set by the parent for cluster runs: every node on one PostgreSQL schema.
     if let Ok(url) = std::env::var(DB_URL_ENV) {

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use ratelimit::Rate;
-pub use state::{Clock, Limits};
+pub use state::{Clock, DEFAULT_MAX_PAYLOAD, Limits};
 
 use crate::state::AppState;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreBackend};

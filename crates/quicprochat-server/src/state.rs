@@ -38,6 +38,12 @@ impl std::fmt::Debug for Clock {
     }
 }
 
+/// Default largest envelope payload: 4 MiB. A Welcome carries the group's ratchet tree, about
+/// 1.5 KB per member with the default X-Wing suite, so this admits groups of about 2 500
+/// members (1 MiB stopped a group near 700); the request frame around it (8 MiB by default)
+/// still bounds what one request holds.
+pub const DEFAULT_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
 /// Limits and lifetimes the services enforce.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -80,7 +86,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_payload: 1024 * 1024,
+            max_payload: DEFAULT_MAX_PAYLOAD,
             max_key_packages_per_upload: 200,
             max_wait: Duration::from_secs(60),
             resolve_floor: Duration::from_millis(5),

@@ -19,7 +19,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// Default and largest page of a peek.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
-/// Default byte budget of a peek.
+/// Default and largest byte budget of a peek. A page holds at most this many payload bytes,
+/// or one entry however large (up to the payload limit), so it fits a response frame; an
+/// unbounded budget would also let one request load a whole queue into memory.
 const DEFAULT_PAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// Most welcomes in one batch.
 const MAX_WELCOMES: usize = 1000;
@@ -267,7 +269,7 @@ fn accepted(state: &AppState, channel: ChannelId, o: &EnqueueOutcome) -> Accepte
 
 fn page(limit: u32, max_bytes: u64) -> (u32, u64) {
     let limit = if limit == 0 { DEFAULT_PAGE } else { limit.min(MAX_PAGE) };
-    let bytes = if max_bytes == 0 { DEFAULT_PAGE_BYTES } else { max_bytes };
+    let bytes = if max_bytes == 0 { DEFAULT_PAGE_BYTES } else { max_bytes.min(DEFAULT_PAGE_BYTES) };
     (limit, bytes)
 }
 

@@ -318,20 +318,28 @@ async fn payloads_over_the_limit_are_refused_and_large_ones_are_pushed_by_seq_on
     let (channel, _mls) = dm_with(&alice, "alice", "bob").await;
     subscribe(&bob).await;
     let info: v1::ServerInfoResponse = alice.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.unwrap();
-    assert_eq!(info.max_payload_bytes, 1024 * 1024, "the default envelope limit is 1 MiB");
+    const LIMIT: usize = 4 * 1024 * 1024;
+    assert_eq!(info.max_payload_bytes as usize, LIMIT, "the default envelope limit is 4 MiB");
 
     // `private` adds a 4-byte header.
     let sized = |len: usize| app(&channel, &vec![0x5A; len - 4]);
-    for len in [64 * 1024, 64 * 1024 + 1, 1024 * 1024] {
+    for len in [64 * 1024, 64 * 1024 + 1, LIMIT] {
         enqueue(&alice, &sized(len)).await.unwrap();
     }
-    let r = enqueue(&alice, &sized(1024 * 1024 + 1)).await;
+    let r = enqueue(&alice, &sized(LIMIT + 1)).await;
     assert_eq!(rpc_error(r).status, Status::PayloadTooLarge);
 
-    // The queue has them all, whole.
-    let queued = peek(&bob).await[1..].to_vec();
+    // The queue has them all, whole, in two pages: a page holds at most 4 MiB of payloads
+    // (or one entry), whatever budget the client asks for.
+    let first: v1::PeekResponse =
+        bob.call(method::PEEK, &v1::PeekRequest { max_bytes: u64::MAX, ..Default::default() }).await.unwrap();
+    let after_seq = first.envelopes.last().unwrap().seq;
+    let second: v1::PeekResponse =
+        bob.call(method::PEEK, &v1::PeekRequest { after_seq, ..Default::default() }).await.unwrap();
+    assert_eq!((first.envelopes.len(), second.envelopes.len()), (3, 1));
+    let queued: Vec<_> = first.envelopes[1..].iter().chain(&second.envelopes).cloned().collect();
     let lens: Vec<usize> = queued.iter().map(|e| payload_of(e).len()).collect();
-    assert_eq!(lens, vec![64 * 1024, 64 * 1024 + 1, 1024 * 1024]);
+    assert_eq!(lens, vec![64 * 1024, 64 * 1024 + 1, LIMIT]);
     // Pushes name the queue entry; up to 64 KiB the envelope travels inline.
     let mut push = accept_push(&bob).await;
     let note = next_note(&mut push).await;
@@ -404,7 +412,7 @@ async fn batch_enqueue_refuses_what_breaks_its_rules() {
     assert_eq!(rpc_error(send(alice.clone(), not_commit).await).status, Status::BadRequest);
 
     // A Welcome over the payload limit.
-    let huge = batch(&channel, add.commit.clone(), vec![(bob_dev.clone(), vec![0u8; 1024 * 1024 + 1])], vec![]);
+    let huge = batch(&channel, add.commit.clone(), vec![(bob_dev.clone(), vec![0u8; 4 * 1024 * 1024 + 1])], vec![]);
     assert_eq!(rpc_error(send(alice.clone(), huge).await).status, Status::PayloadTooLarge);
 
     // No such channel.
