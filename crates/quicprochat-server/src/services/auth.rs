@@ -7,7 +7,7 @@ use super::{normalize_username, random_bytes};
 use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::{AppState, PendingLogin};
-use crate::store::{AuditKind, SessionRecord, UserId};
+use crate::store::{AuditEvent, AuditKind, SessionRecord, UserId};
 
 /// Revocations of sessions whose expiry is unknown are remembered this long past now (every
 /// session lives at most `session_ttl`, which this comfortably exceeds for the default).
@@ -93,12 +93,18 @@ pub async fn login_finish(
     let token = Zeroizing::new(random_bytes::<32>());
     let token_hash = quicprochat_core::ids::session_token_hash(token.as_slice());
     let expires_ms = now + state.limits.session_ttl.as_millis() as u64;
-    // The audit records the verified proof; written beside the session, the two writes share
-    // one commit (see the SQLite store's group commit) instead of waiting for two.
+    // The session and the audit record of the verified proof are written together, without
+    // waiting for a sync: a power cut may undo the login whole, and the client logs in again.
     let session = SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms };
-    let (created, ()) =
-        tokio::join!(state.store.create_session(session), state.audit(AuditKind::LoginSucceeded, Some(user_id), None));
-    created?;
+    let event = AuditEvent {
+        at_ms: now,
+        kind: AuditKind::LoginSucceeded,
+        user: Some(user_id),
+        device: None,
+        method: None,
+        status: None,
+    };
+    state.store.record_login(session, event).await?;
     tracing::info!(user = ?user_id, "login");
     metrics::counter!("qpc_logins_total", "outcome" => "ok").increment(1);
     Ok(LoginOutcome { session: Session { token_hash, user_id, username, device_id: None, expires_ms }, token })

@@ -142,6 +142,11 @@ pub trait AccountStore: Send + Sync {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Persists a new session.
     async fn create_session(&self, session: SessionRecord) -> Result<(), StoreError>;
+    /// Persists a login: its new session and its audit event, in one transaction that a
+    /// power cut (not a crash) may lose once it has returned. A login lost that way is undone
+    /// whole, session and audit entry together, and the client logs in again; in exchange a
+    /// login does not wait for a sync of its own.
+    async fn record_login(&self, session: SessionRecord, event: AuditEvent) -> Result<(), StoreError>;
     /// Loads a session by the SHA-256 of its token.
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
     /// Binds a device to a session.

@@ -634,19 +634,11 @@ impl AccountStore for PostgresStore {
     }
 
     async fn create_session(&self, s: SessionRecord) -> Result<(), StoreError> {
-        let device = s.device_id.map(|d| d.0.to_vec());
-        retrying!(self, client => exec(
-            &client,
-            "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &s.token_hash.as_slice(),
-                &s.user_id.0.as_slice(),
-                &device,
-                &u64_to_i64(s.created_ms),
-                &u64_to_i64(s.expires_ms),
-            ],
-        ))?;
-        Ok(())
+        retrying!(self, client => insert_session(&client, &s))
+    }
+
+    async fn record_login(&self, s: SessionRecord, event: AuditEvent) -> Result<(), StoreError> {
+        retrying!(self, client => record_login_tx(&mut client, &s, &event))
     }
 
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
@@ -679,14 +671,7 @@ impl AccountStore for PostgresStore {
     }
 
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let user = event.user.map(|u| u.0.to_vec());
-        let device = event.device.map(|d| d.0.to_vec());
-        retrying!(self, client => exec(
-            &client,
-            "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&u64_to_i64(event.at_ms), &event.kind.as_str(), &user, &device, &event.method, &event.status],
-        ))?;
-        Ok(())
+        retrying!(self, client => insert_audit(&client, &event))
     }
 
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
@@ -701,6 +686,46 @@ impl AccountStore for PostgresStore {
     async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
         retrying!(self, client => delete_account_tx(&mut client, user))
     }
+}
+
+async fn insert_session<C: GenericClient>(c: &C, s: &SessionRecord) -> Result<(), StoreError> {
+    let device = s.device_id.map(|d| d.0.to_vec());
+    exec(
+        c,
+        "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &s.token_hash.as_slice(),
+            &s.user_id.0.as_slice(),
+            &device,
+            &u64_to_i64(s.created_ms),
+            &u64_to_i64(s.expires_ms),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_audit<C: GenericClient>(c: &C, event: &AuditEvent) -> Result<(), StoreError> {
+    let user = event.user.map(|u| u.0.to_vec());
+    let device = event.device.map(|d| d.0.to_vec());
+    exec(
+        c,
+        "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&u64_to_i64(event.at_ms), &event.kind.as_str(), &user, &device, &event.method, &event.status],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A login's session and audit event in one transaction whose commit does not wait for the
+/// WAL flush (see [`AccountStore::record_login`]).
+async fn record_login_tx(client: &mut Object, s: &SessionRecord, event: &AuditEvent) -> Result<(), StoreError> {
+    let tx = begin(client).await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+    insert_session(&tx, s).await?;
+    insert_audit(&tx, event).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {

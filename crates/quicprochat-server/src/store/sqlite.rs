@@ -511,18 +511,13 @@ impl AccountStore for SqliteStore {
     }
 
     async fn create_session(&self, s: SessionRecord) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            conn.execute(
-                "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    s.token_hash.as_slice(),
-                    s.user_id.0.as_slice(),
-                    s.device_id.map(|d| d.0.to_vec()),
-                    u64_to_i64(s.created_ms),
-                    u64_to_i64(s.expires_ms)
-                ],
-            )?;
-            Ok(())
+        self.run(move |conn| insert_session(conn, &s)).await
+    }
+
+    async fn record_login(&self, s: SessionRecord, event: AuditEvent) -> Result<(), StoreError> {
+        self.run_relaxed(move |conn| {
+            insert_session(conn, &s)?;
+            insert_audit(conn, &event)
         })
         .await
     }
@@ -605,22 +600,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            conn.execute(
-                "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    u64_to_i64(event.at_ms),
-                    event.kind.as_str(),
-                    event.user.map(|u| u.0.to_vec()),
-                    event.device.map(|d| d.0.to_vec()),
-                    event.method,
-                    event.status,
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.run(move |conn| insert_audit(conn, &event)).await
     }
 
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool, StoreError> {
@@ -954,6 +934,37 @@ where
     F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 {
     conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            s.token_hash.as_slice(),
+            s.user_id.0.as_slice(),
+            s.device_id.map(|d| d.0.to_vec()),
+            u64_to_i64(s.created_ms),
+            u64_to_i64(s.expires_ms)
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_audit(conn: &Connection, event: &AuditEvent) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO audit_log (at_ms, event, user_id, device_id, method, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            u64_to_i64(event.at_ms),
+            event.kind.as_str(),
+            event.user.map(|u| u.0.to_vec()),
+            event.device.map(|d| d.0.to_vec()),
+            event.method,
+            event.status,
+        ],
+    )?;
+    Ok(())
 }
 
 /// Appends an envelope row to one device's queue, returning its per-device sequence number.

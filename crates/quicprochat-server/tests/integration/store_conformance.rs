@@ -141,6 +141,28 @@ pub async fn accounts_and_sessions(f: Fixture) {
     assert!(s.delete_session([1; 32]).await.unwrap());
     assert!(!s.delete_session([1; 32]).await.unwrap());
     assert!(s.session([1; 32]).await.unwrap().is_none());
+
+    // A login writes its session and its audit event together; a duplicate token stores neither.
+    let login = AuditEvent {
+        at_ms: NOW,
+        kind: AuditKind::LoginSucceeded,
+        user: Some(alice),
+        device: None,
+        method: None,
+        status: None,
+    };
+    let fresh = SessionRecord {
+        token_hash: [3; 32],
+        user_id: alice,
+        device_id: None,
+        created_ms: NOW,
+        expires_ms: NOW + DAY_MS,
+    };
+    s.record_login(fresh.clone(), login).await.unwrap();
+    assert_eq!(s.session([3; 32]).await.unwrap().unwrap().user_id, alice);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM audit_log WHERE event = 'login_succeeded'").await, 1);
+    assert!(s.record_login(fresh, login).await.is_err());
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM audit_log WHERE event = 'login_succeeded'").await, 1);
 }
 
 pub async fn devices_hybrid_keys_and_endpoints(f: Fixture) {
