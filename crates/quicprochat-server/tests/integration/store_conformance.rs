@@ -127,7 +127,7 @@ pub async fn accounts_and_sessions(f: Fixture) {
         created_ms: NOW,
         expires_ms: NOW + DAY_MS,
     };
-    s.create_session(session).await.unwrap();
+    s.create_session(session.clone()).await.unwrap();
     let loaded = s.session([1; 32]).await.unwrap().unwrap();
     assert_eq!(
         (loaded.user_id, loaded.device_id, loaded.created_ms, loaded.expires_ms),
@@ -151,13 +151,7 @@ pub async fn accounts_and_sessions(f: Fixture) {
         method: None,
         status: None,
     };
-    let fresh = SessionRecord {
-        token_hash: [3; 32],
-        user_id: alice,
-        device_id: None,
-        created_ms: NOW,
-        expires_ms: NOW + DAY_MS,
-    };
+    let fresh = SessionRecord { token_hash: [3; 32], ..session };
     s.record_login(fresh.clone(), login).await.unwrap();
     assert_eq!(s.session([3; 32]).await.unwrap().unwrap().user_id, alice);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM audit_log WHERE event = 'login_succeeded'").await, 1);
