@@ -226,12 +226,7 @@ impl SqliteStore {
         // An accepted write survives a power cut, not only a crash: the WAL is synced at every
         // commit. Group commit (see `Writer`) shares that sync among concurrent writes.
         writer.pragma_update(None, "synchronous", "FULL")?;
-        // Checkpoints run beside the writer (see `writer::Checkpointer`); the writer's own is a backstop.
-        writer.pragma_update(None, "wal_autocheckpoint", writer::WRITER_AUTOCHECKPOINT_FRAMES)?;
         migrate(&mut writer)?;
-        let checkpointer = Connection::open(path)?;
-        unlock(&checkpointer, key)?;
-        configure(&checkpointer)?;
         let connections = (0..read_connections.max(1))
             .map(|_| {
                 let reader = Connection::open_with_flags(
@@ -244,7 +239,7 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Self {
-            writer: Arc::new(Writer::new(writer, checkpointer)?),
+            writer: Arc::new(Writer::new(writer)),
             readers: Arc::new(Readers { connections, next: AtomicUsize::new(0) }),
         })
     }
