@@ -174,9 +174,10 @@ const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 /// Writes are durable when they return (`synchronous = FULL`: the WAL is synced at every
 /// commit), and committed in groups: the writes waiting for the connection share one
 /// transaction, each in its own savepoint, so concurrent requests share one sync (see
-/// [`Writer`]). The one exception is `Ack`, whose loss in a power cut only means a
-/// redelivery the client already deduplicates: a group of acks alone commits without a sync
-/// and becomes durable with the next synced commit.
+/// [`Writer`]). Two exceptions commit without a sync of their own and become durable with
+/// the next synced commit or checkpoint: `Ack`, whose loss in a power cut only means a
+/// redelivery the client already deduplicates, and a login (its session and audit entry),
+/// whose loss means the client logs in again.
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<Writer>,
@@ -259,7 +260,7 @@ impl SqliteStore {
     }
 
     /// [`Self::run`] for a write whose loss in a power cut costs nothing but a repeat (an
-    /// `Ack`): it is synced with the next synced commit, not before it returns.
+    /// `Ack`, a login): it is synced with the next synced commit, not before it returns.
     async fn run_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
