@@ -189,9 +189,17 @@ impl AppState {
     /// Records an audit event. A failure to record is logged, not returned: the audited
     /// action already happened.
     pub async fn audit(&self, kind: crate::store::AuditKind, user: Option<UserId>, device: Option<DeviceId>) {
-        let event =
-            crate::store::AuditEvent { at_ms: self.clock.now_ms(), kind, user, device, method: None, status: None };
-        self.record_audit(event).await;
+        self.record_audit(self.audit_event(kind, user, device)).await;
+    }
+
+    /// An audit event of a service, stamped now, for a store write that records it itself.
+    pub fn audit_event(
+        &self,
+        kind: crate::store::AuditKind,
+        user: Option<UserId>,
+        device: Option<DeviceId>,
+    ) -> crate::store::AuditEvent {
+        crate::store::AuditEvent { at_ms: self.clock.now_ms(), kind, user, device, method: None, status: None }
     }
 
     /// Records an audit event of the middleware: `method` answered `status`.

@@ -7,7 +7,7 @@ use super::{normalize_username, random_bytes};
 use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::{AppState, PendingLogin};
-use crate::store::{AuditEvent, AuditKind, SessionRecord, UserId};
+use crate::store::{AuditKind, SessionRecord, UserId};
 
 /// Revocations of sessions whose expiry is unknown are remembered this long past now (every
 /// session lives at most `session_ttl`, which this comfortably exceeds for the default).
@@ -96,14 +96,7 @@ pub async fn login_finish(
     // The session and the audit record of the verified proof are written together, without
     // waiting for a sync: a power cut may undo the login whole, and the client logs in again.
     let session = SessionRecord { token_hash, user_id, device_id: None, created_ms: now, expires_ms };
-    let event = AuditEvent {
-        at_ms: now,
-        kind: AuditKind::LoginSucceeded,
-        user: Some(user_id),
-        device: None,
-        method: None,
-        status: None,
-    };
+    let event = state.audit_event(AuditKind::LoginSucceeded, Some(user_id), None);
     state.store.record_login(session, event).await?;
     tracing::info!(user = ?user_id, "login");
     metrics::counter!("qpc_logins_total", "outcome" => "ok").increment(1);
