@@ -72,10 +72,7 @@ async fn wait_for_stdin_close() {
 async fn start_qpc(dir: &Path) -> anyhow::Result<quicprochat_server::RunningServer> {
     if let Ok(addr) = std::env::var(METRICS_ENV) {
         let addr: SocketAddr = addr.parse().with_context(|| format!("{METRICS_ENV}={addr}"))?;
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("serving metrics on {addr}"))?;
+        quicprochat_server::serve_metrics(addr)?;
     }
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, dir);
     let unlimited = Rate { per_minute: u32::MAX / 2, burst: u32::MAX / 2 };

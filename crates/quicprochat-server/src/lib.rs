@@ -87,6 +87,23 @@ pub enum ServerError {
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
+    /// The Prometheus endpoint could not be served.
+    #[error("serving metrics on {addr}: {reason}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Serves the process's metrics in the Prometheus text format on `addr` (HTTP, `/metrics`),
+/// as `--metrics-listen` does. Installs the process-wide recorder, so call it once.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), ServerError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| ServerError::Metrics { addr, reason: e.to_string() })
 }
 
 /// How to run a server.

@@ -130,10 +130,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     if let Some(addr) = resolved.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("serving metrics on {addr}"))?;
+        quicprochat_server::serve_metrics(addr)?;
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
     let server = quicprochat_server::start(resolved.server).await.context("starting qpc-server")?;
