@@ -11,10 +11,10 @@ use quinn::{RecvStream, VarInt};
 
 use crate::codes;
 use crate::error::{Error, RpcError};
-use crate::frame::{self, DEFAULT_MAX_PAYLOAD, RESPONSE_HEADER_LEN, RequestHeader, ResponseHeader};
+use crate::frame::{self, DEFAULT_MAX_PAYLOAD, FrameError, RESPONSE_HEADER_LEN, RequestHeader, ResponseHeader};
 use crate::push::PushStream;
 use crate::status::Status;
-use crate::stream::{read_failure, read_payload};
+use crate::stream::{StreamEnd, poll_end, read_failure, read_payload};
 
 /// Settings of an [`RpcClient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,5 +181,10 @@ async fn read_response(recv: &mut RecvStream, request_id: u32, max_payload: u32)
         }
     };
     let payload = read_payload(recv, len).await.map_err(|e| read_failure(e, "payload", len))?;
-    Ok((status, payload))
+    match poll_end(recv) {
+        StreamEnd::Trailing(extra) => Err(Error::Frame(FrameError::TrailingBytes { extra })),
+        // The response is complete: an end that has not arrived yet (or a reset after it) changes
+        // nothing about it.
+        StreamEnd::Finished | StreamEnd::Open | StreamEnd::Failed => Ok((status, payload)),
+    }
 }

@@ -34,7 +34,7 @@ use crate::options::ServerOptions;
 use crate::push::{self, PushSender};
 use crate::router::{BoxFuture, ConnectionState, Context, Router};
 use crate::status::Status;
-use crate::stream::read_payload;
+use crate::stream::{StreamEnd, poll_end, read_payload};
 use crate::tls::{self, ServerCertificate};
 
 /// Reason sent with the close frame when the server shuts down.
@@ -366,7 +366,14 @@ async fn read_request<S: Clone + Send + Sync + 'static>(
         }
     };
     match tokio::time::timeout_at(deadline, read_payload(recv, len)).await {
-        Ok(Ok(body)) => RequestRead::Complete(header, body, share),
+        Ok(Ok(body)) => match poll_end(recv) {
+            StreamEnd::Finished | StreamEnd::Open => RequestRead::Complete(header, body, share),
+            StreamEnd::Trailing(extra) => RequestRead::Refused(
+                request_id,
+                RpcError::bad_request(format!("{extra} or more bytes after the request frame: one request per stream")),
+            ),
+            StreamEnd::Failed => RequestRead::Abandoned,
+        },
         Ok(Err(ReadExactError::FinishedEarly(n))) => RequestRead::Refused(
             request_id,
             RpcError::bad_request(format!("truncated request payload: {n} of {len} bytes")),
@@ -398,7 +405,6 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
         }
         RequestRead::Abandoned => return,
     };
-    drop(recv);
 
     let deadline = shared.router.deadline(header.method_id).unwrap_or(opts.request_deadline);
     let needs_session = shared.router.needs_session(header.method_id);
@@ -422,6 +428,9 @@ async fn handle_stream<S: Clone + Send + Sync + 'static>(
         }
         Err(error) => response.respond_error(header.request_id, &error, opts).await,
     }
+    // `read_request` saw the request's end unless it had not arrived yet; if it has since, it
+    // is read now, so dropping `recv` does not stop a stream the client already finished.
+    let _ = poll_end(&mut recv);
 }
 
 fn handler_panicked(header: RequestHeader) -> RpcError {

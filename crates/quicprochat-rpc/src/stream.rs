@@ -1,5 +1,9 @@
 //! Reading frame parts off quinn streams, shared by server, client and push reader.
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
 use bytes::{Bytes, BytesMut};
 use quinn::{ReadExactError, RecvStream};
 
@@ -33,5 +37,34 @@ pub(crate) fn read_failure(e: ReadExactError, part: &'static str, expected: usiz
     match e {
         ReadExactError::FinishedEarly(actual) => Error::Frame(FrameError::Truncated { part, expected, actual }),
         ReadExactError::ReadError(e) => e.into(),
+    }
+}
+
+/// What the peer sent after the frame just read, as far as has arrived.
+#[derive(Debug)]
+pub(crate) enum StreamEnd {
+    /// The stream ended right after the frame.
+    Finished,
+    /// Bytes follow the frame (at least this many): the peer broke the one-frame-per-stream rule.
+    Trailing(usize),
+    /// Neither the end nor more bytes have arrived yet.
+    Open,
+    /// The peer reset the stream or the connection is gone.
+    Failed,
+}
+
+/// Looks, without waiting, at what follows the frame just read from `recv`.
+///
+/// A frame's sender finishes the stream right after the frame, and the end almost always
+/// arrives in the frame's last packet. Reading it lets the stream close quietly: quinn stops a
+/// `RecvStream` dropped before its end was read, which sends a STOP_SENDING frame, and, sent
+/// on its own, a packet each way for nothing.
+pub(crate) fn poll_end(recv: &mut RecvStream) -> StreamEnd {
+    let mut next = pin!(recv.read_chunk(usize::MAX, true));
+    match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(None)) => StreamEnd::Finished,
+        Poll::Ready(Ok(Some(chunk))) => StreamEnd::Trailing(chunk.bytes.len()),
+        Poll::Ready(Err(_)) => StreamEnd::Failed,
+        Poll::Pending => StreamEnd::Open,
     }
 }

@@ -111,7 +111,31 @@ async fn malformed_frames_are_bad_requests() {
     let (head, _) = raw_exchange(&client, &[], true).await;
     assert_eq!(Status::from_u8(head.status), Some(Status::BadRequest));
 
+    // A second frame after the first: one request per stream, so neither is run.
+    let mut two = RequestHeader { method_id: HEALTH, request_id: 6, payload_len: 0 }.encode().to_vec();
+    two.extend_from_slice(&RequestHeader { method_id: HEALTH, request_id: 7, payload_len: 0 }.encode());
+    let (head, payload) = raw_exchange(&client, &two, true).await;
+    assert_eq!(Status::from_u8(head.status), Some(Status::BadRequest));
+    assert_eq!(head.request_id, 6);
+    assert!(error_body(payload).message.contains("after the request frame"));
+
     health(&client).await;
+}
+
+#[tokio::test]
+async fn calls_close_their_streams_without_stopping_them() {
+    // Each side reads the end of the other's frame, so neither stops a stream the other has
+    // finished: a STOP_SENDING per call would cost a packet each way. The end usually arrives
+    // with the frame's last bytes; one that arrives later may still be stopped, hence the margin.
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    const CALLS: u64 = 20;
+    for _ in 0..CALLS {
+        health(&client).await;
+    }
+    let stats = client.connection().stats();
+    assert!(stats.frame_rx.stop_sending < CALLS / 2, "server stopped {} of {CALLS} calls", stats.frame_rx.stop_sending);
+    assert!(stats.frame_tx.stop_sending < CALLS / 2, "client stopped {} of {CALLS} calls", stats.frame_tx.stop_sending);
 }
 
 #[tokio::test]
