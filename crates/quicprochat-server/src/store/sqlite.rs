@@ -414,6 +414,10 @@ fn encrypt_in_place(path: &Path, key: &DbKey) -> Result<(), StoreError> {
 /// Settings every connection needs.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Savepoint and statement journals (copies of the pages a write changes, kept until it is
+    // released) and sorts stay in memory: in files they cost a write and a read of every page
+    // through the kernel, and they would hold database pages outside the database file.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())

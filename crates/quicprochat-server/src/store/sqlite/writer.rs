@@ -17,8 +17,8 @@ pub(super) const LINGER: Duration = Duration::from_millis(20);
 /// The writer connection and the writes waiting for it.
 ///
 /// Group commit: every write is queued, then a task on the blocking pool takes the connection
-/// and runs the queued writes (up to [`MAX_GROUP`]) in one `IMMEDIATE` transaction, each inside its own savepoint,
-/// and commits once. A write that fails is rolled back to its savepoint and answered with its
+/// and runs the queued writes (up to [`MAX_GROUP`]) in one `IMMEDIATE` transaction, each inside
+/// its own savepoint (unless it is alone), and commits once. A write that fails is rolled back to its savepoint and answered with its
 /// error; the others are answered when the commit is durable (or all with the commit's error).
 ///
 /// One task is scheduled at a time: a write queued while one is scheduled and has not yet
@@ -267,6 +267,21 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
         Ok(tx) => tx,
         Err(e) => return answer(group, Err(&e.into())),
     };
+    let mut group = group;
+    if let [write] = group.as_mut_slice() {
+        // Alone in its group, a write needs no savepoint of its own: if it fails, the whole
+        // transaction is rolled back and its own error is its answer. (A savepoint keeps the
+        // original of every page it changes until released: dozens of pages for a fan-out.)
+        let committed = if !write.apply(&tx) {
+            drop(tx);
+            Ok(())
+        } else if tx.is_autocommit() {
+            Err(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()))
+        } else {
+            tx.commit().map_err(StoreError::from)
+        };
+        return answer(group, committed.as_ref().map(|_| ()));
+    }
     let mut done = Vec::with_capacity(group.len());
     let mut broken = None;
     for mut write in group {
