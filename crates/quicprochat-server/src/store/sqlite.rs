@@ -1358,9 +1358,8 @@ impl DeliveryStore for SqliteStore {
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
         // Lost in a power cut, an ack means the entries are delivered again, and the client
-        // deduplicates them: not worth a sync of its own. Nor a commit of its own: every
-        // device's acks wait a little for each other or for the next message (see `Writer`).
-        self.write(Durability::Lingering, move |tx| {
+        // deduplicates them: not worth a sync of its own.
+        self.run_relaxed(move |tx| {
             let released: Vec<i64> = {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING envelope")?;

@@ -1,8 +1,7 @@
 //! The SQLite store's one writer connection and its group commit (see [`Writer`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -10,9 +9,6 @@ use crate::store::StoreError;
 
 /// Most writes committed in one transaction; the rest wait for the next.
 const MAX_GROUP: usize = 256;
-
-/// Longest a [`Durability::Lingering`] write waits for company before it commits alone.
-pub(super) const LINGER: Duration = Duration::from_millis(20);
 
 /// The writer connection and the writes waiting for it.
 ///
@@ -23,85 +19,11 @@ pub(super) const LINGER: Duration = Duration::from_millis(20);
 ///
 /// One task is scheduled at a time: a write queued while one is scheduled and has not yet
 /// taken the queue rides with it; a write queued after it took the queue schedules the next.
-///
-/// Writes that can wait ([`Durability::Lingering`]) are not committed alone at once: the task
-/// holds them until a write that cannot wait is queued or [`LINGER`] has passed, so that a
-/// stream of them (every device's acks) shares commits. Each commit appends every page it
-/// changed to the WAL, and the next sync pays for all of them: acks committed one by one made
-/// a fan-out's sync several times longer than its own pages need.
 pub(super) struct Writer {
     pub(super) connection: Mutex<WriterConnection>,
-    pub(super) queue: Mutex<Pending>,
-    /// Signalled when a write that cannot wait is queued.
-    urgent_queued: Condvar,
+    pub(super) queue: Mutex<Vec<Box<dyn Write>>>,
     /// A commit task is scheduled and has not taken the queue yet.
     scheduled: AtomicBool,
-}
-
-/// The writes waiting for the writer connection.
-#[derive(Default)]
-pub(super) struct Pending {
-    /// Writes that cannot wait, in order.
-    urgent: Vec<Box<dyn Write>>,
-    /// Writes that can, in order.
-    lingering: Vec<Box<dyn Write>>,
-    /// When the oldest of `lingering` was queued.
-    lingering_since: Option<Instant>,
-}
-
-impl Pending {
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.urgent.len() + self.lingering.len()
-    }
-
-    fn push(&mut self, write: Box<dyn Write>) {
-        if write.durability() != Durability::Lingering {
-            self.urgent.push(write);
-        } else {
-            if self.lingering.is_empty() {
-                self.lingering_since = Some(Instant::now());
-            }
-            self.lingering.push(write);
-        }
-    }
-
-    /// How much longer the lingering writes may wait for company: `None` once their time is
-    /// up or a full group of them is queued.
-    fn lingering_left(&self) -> Option<Duration> {
-        if self.lingering.len() >= MAX_GROUP {
-            return None;
-        }
-        let left = LINGER.checked_sub(self.lingering_since?.elapsed())?;
-        (!left.is_zero()).then_some(left)
-    }
-
-    /// How long to wait before taking a group: until a write that cannot wait is queued or the
-    /// lingering ones' time is up; `None` to take one now.
-    fn wait(&self) -> Option<Duration> {
-        if self.urgent.is_empty() { self.lingering_left() } else { None }
-    }
-
-    /// Takes the next group: the writes that cannot wait, and the lingering ones once their time
-    /// is up. Lingering writes join no earlier group: they would lengthen its transaction, and
-    /// with it the wait of writes that are in a hurry.
-    fn take_group(&mut self) -> Vec<Box<dyn Write>> {
-        let take = self.urgent.len().min(MAX_GROUP);
-        let mut group: Vec<Box<dyn Write>> = self.urgent.drain(..take).collect();
-        if self.lingering_left().is_none() {
-            let take = self.lingering.len().min(MAX_GROUP - group.len());
-            group.extend(self.lingering.drain(..take));
-            if self.lingering.is_empty() {
-                self.lingering_since = None;
-            }
-        }
-        group
-    }
-
-    /// Whether a group could be taken now or later.
-    fn is_empty(&self) -> bool {
-        self.urgent.is_empty() && self.lingering.is_empty()
-    }
 }
 
 /// The connection and whether its commits sync (`synchronous = FULL`).
@@ -111,15 +33,12 @@ pub(super) struct WriterConnection {
 }
 
 /// How a write must reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Durability {
     /// Synced before the caller hears of it.
     Synced,
     /// Committed without a sync of its own: a power cut may lose it (not a crash of the process).
     Relaxed,
-    /// Like [`Self::Relaxed`], and in no hurry: committed with the next write that is, or
-    /// after at most [`LINGER`].
-    Lingering,
 }
 
 /// A queued write: runs once inside the group's transaction, answers once.
@@ -174,8 +93,7 @@ impl Writer {
     pub(super) fn new(connection: Connection) -> Self {
         Self {
             connection: Mutex::new(WriterConnection { conn: connection, syncs: true }),
-            queue: Mutex::new(Pending::default()),
-            urgent_queued: Condvar::new(),
+            queue: Mutex::new(Vec::new()),
             scheduled: AtomicBool::new(false),
         }
     }
@@ -194,12 +112,7 @@ impl Writer {
 
     /// Queues `write` and makes sure a commit task will take it.
     fn submit(self: &Arc<Self>, write: Box<dyn Write>) -> Result<(), StoreError> {
-        let urgent = write.durability() != Durability::Lingering;
         self.queue.lock().map_err(|_| StoreError::Worker("write queue lock poisoned".into()))?.push(write);
-        if urgent {
-            // A task lingering over the queue commits now, this write with the others.
-            self.urgent_queued.notify_one();
-        }
         if !self.scheduled.swap(true, Ordering::SeqCst) {
             let writer = Arc::clone(self);
             // Detached: a caller that stops waiting cancels nobody's commit.
@@ -219,7 +132,16 @@ impl Writer {
                     return self.answer_all(&StoreError::Worker("connection lock poisoned".into()));
                 }
             };
-            let Some((group, more)) = self.take_group() else { return };
+            // From here on a newly queued write schedules the next task; what is queued now is ours.
+            self.scheduled.store(false, Ordering::SeqCst);
+            let (group, more) = match self.queue.lock() {
+                Ok(mut queue) => {
+                    let take = queue.len().min(MAX_GROUP);
+                    let group: Vec<Box<dyn Write>> = queue.drain(..take).collect();
+                    (group, !queue.is_empty())
+                }
+                Err(_) => return,
+            };
             if !group.is_empty() {
                 commit_group(&mut conn, group);
             }
@@ -230,25 +152,10 @@ impl Writer {
         }
     }
 
-    /// Waits while the queued writes may linger, then takes a group of them (and whether more
-    /// remain). From then on a newly queued write schedules the next task.
-    fn take_group(&self) -> Option<(Vec<Box<dyn Write>>, bool)> {
-        let mut queue: MutexGuard<'_, Pending> = self.queue.lock().ok()?;
-        while let Some(left) = queue.wait() {
-            queue = self.urgent_queued.wait_timeout(queue, left).ok()?.0;
-        }
-        self.scheduled.store(false, Ordering::SeqCst);
-        let group = queue.take_group();
-        Some((group, !queue.is_empty()))
-    }
-
     /// Answers every queued write with `error` (the connection is unusable).
     fn answer_all(&self, error: &StoreError) {
         if let Ok(mut queue) = self.queue.lock() {
-            let queue = &mut *queue;
-            queue.lingering_since = None;
-            let all = queue.urgent.drain(..).chain(queue.lingering.drain(..)).collect();
-            answer(all, Err(error));
+            answer(queue.drain(..).collect(), Err(error));
         }
     }
 }
@@ -324,66 +231,5 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
 fn answer(group: Vec<Box<dyn Write>>, committed: Result<(), &StoreError>) {
     for write in group {
         write.answer(committed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A write that only reports its durability.
-    struct Marker(Durability);
-
-    impl Write for Marker {
-        fn durability(&self) -> Durability {
-            self.0
-        }
-        fn apply(&mut self, _conn: &Connection) -> bool {
-            true
-        }
-        fn answer(self: Box<Self>, _committed: Result<(), &StoreError>) {}
-    }
-
-    fn marker(d: Durability) -> Box<dyn Write> {
-        Box::new(Marker(d))
-    }
-
-    #[test]
-    fn lingering_writes_wait_for_their_time_and_stay_out_of_hurried_groups() {
-        let mut pending = Pending::default();
-        assert_eq!(pending.wait(), None, "nothing queued, nothing to wait for");
-
-        pending.push(marker(Durability::Lingering));
-        pending.push(marker(Durability::Lingering));
-        assert!(pending.wait().is_some_and(|left| left <= LINGER));
-        let since = pending.lingering_since;
-
-        // A write that cannot wait goes at once, alone.
-        pending.push(marker(Durability::Synced));
-        assert_eq!(pending.wait(), None);
-        let group = pending.take_group();
-        assert_eq!(group.len(), 1);
-        assert_eq!(group[0].durability(), Durability::Synced);
-        assert_eq!(pending.len(), 2);
-        assert_eq!(pending.lingering_since, since, "the lingering writes keep their place in time");
-        pending.push(marker(Durability::Relaxed));
-        assert_eq!(pending.take_group().len(), 1, "relaxed is not lingering");
-
-        // Once their time is up they go, with whatever else is queued.
-        pending.lingering_since = Some(Instant::now() - LINGER);
-        assert_eq!(pending.wait(), None);
-        pending.push(marker(Durability::Synced));
-        assert_eq!(pending.take_group().len(), 3);
-        assert!(pending.is_empty());
-        assert_eq!(pending.lingering_since, None);
-
-        // A full group of them does not wait.
-        for _ in 0..MAX_GROUP + 1 {
-            pending.push(marker(Durability::Lingering));
-        }
-        assert_eq!(pending.wait(), None);
-        assert_eq!(pending.take_group().len(), MAX_GROUP);
-        assert_eq!(pending.len(), 1);
-        assert!(pending.wait().is_some(), "the one left over lingers on from when it was queued");
     }
 }
