@@ -173,8 +173,8 @@ const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 ///
 /// Writes are durable when they return (`synchronous = FULL`: the WAL is synced at every
 /// commit), and committed in groups: the writes waiting for the connection share one
-/// transaction, each in its own savepoint, so concurrent requests share one sync (see
-/// [`Writer`]). Two exceptions commit without a sync of their own and become durable with
+/// transaction, each in its own savepoint when there are several, so concurrent requests
+/// share one sync (see [`Writer`]). Two exceptions commit without a sync of their own and become durable with
 /// the next synced commit or checkpoint: `Ack`, whose loss in a power cut only means a
 /// redelivery the client already deduplicates, and a login (its session and audit entry),
 /// whose loss means the client logs in again.

@@ -14,8 +14,9 @@ const MAX_GROUP: usize = 256;
 ///
 /// Group commit: every write is queued, then a task on the blocking pool takes the connection
 /// and runs the queued writes (up to [`MAX_GROUP`]) in one `IMMEDIATE` transaction, each inside
-/// its own savepoint (unless it is alone), and commits once. A write that fails is rolled back to its savepoint and answered with its
-/// error; the others are answered when the commit is durable (or all with the commit's error).
+/// its own savepoint unless it is alone, and commits once. A write that fails is rolled back
+/// (to its savepoint, or whole when alone) and answered with its error; the others are
+/// answered when the commit is durable (or all with the commit's error).
 ///
 /// One task is scheduled at a time: a write queued while one is scheduled and has not yet
 /// taken the queue rides with it; a write queued after it took the queue schedules the next.
@@ -160,8 +161,9 @@ impl Writer {
     }
 }
 
-/// Runs `group` in one transaction, each write in its own savepoint, commits, and answers.
-fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
+/// Runs `group` in one transaction (each write in its own savepoint when there are several),
+/// commits, and answers.
+fn commit_group(conn: &mut WriterConnection, mut group: Vec<Box<dyn Write>>) {
     metrics::histogram!("qpc_store_group_commit_size").record(group.len() as f64);
     let sync = group.iter().any(|w| w.durability() == Durability::Synced);
     if conn.syncs != sync {
@@ -174,7 +176,6 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
         Ok(tx) => tx,
         Err(e) => return answer(group, Err(&e.into())),
     };
-    let mut group = group;
     if let [write] = group.as_mut_slice() {
         // Alone in its group, a write needs no savepoint of its own: if it fails, the whole
         // transaction is rolled back and its own error is its answer. (A savepoint keeps the
@@ -183,7 +184,7 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
             drop(tx);
             Ok(())
         } else if tx.is_autocommit() {
-            Err(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()))
+            Err(rolled_back_by_sqlite())
         } else {
             tx.commit().map_err(StoreError::from)
         };
@@ -214,7 +215,7 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
         // Some failures (a full disk, an I/O error) end the whole transaction: what ran
         // before is gone, and what follows must not run outside it.
         if broken.is_none() && tx.is_autocommit() {
-            broken = Some(StoreError::NotCommitted("the transaction was rolled back by SQLite".into()));
+            broken = Some(rolled_back_by_sqlite());
         }
         done.push(write);
     }
@@ -226,6 +227,11 @@ fn commit_group(conn: &mut WriterConnection, group: Vec<Box<dyn Write>>) {
         None => tx.commit().map_err(StoreError::from),
     };
     answer(done, committed.as_ref().map(|_| ()));
+}
+
+/// Some failures (a full disk, an I/O error) make SQLite roll the whole transaction back.
+fn rolled_back_by_sqlite() -> StoreError {
+    StoreError::NotCommitted("the transaction was rolled back by SQLite".into())
 }
 
 fn answer(group: Vec<Box<dyn Write>>, committed: Result<(), &StoreError>) {
