@@ -84,8 +84,8 @@ pub async fn run(state: Arc<AppState>, mut events: mpsc::Receiver<ClusterEvent>)
 async fn deliver_remote(state: &AppState, device: DeviceId, seq: u64) {
     let Some(after) = seq.checked_sub(1) else { return };
     match state.store.peek(device, after, 1, u64::MAX, state.clock.now_ms()).await {
-        Ok(entries) => {
-            if let Some(entry) = entries.first().filter(|e| e.seq == seq) {
+        Ok(page) => {
+            if let Some(entry) = page.entries.first().filter(|e| e.seq == seq) {
                 state.hub.deliver(device, entry);
             }
         }

@@ -294,8 +294,8 @@ async fn batch_enqueue(
 }
 
 async fn peek(st: Arc<AppState>, _: Ctx, s: Session, r: v1::PeekRequest) -> RpcResult<v1::PeekResponse> {
-    let entries = services::delivery::peek(&st, &s, r.after_seq, r.limit, r.max_bytes).await?;
-    Ok(v1::PeekResponse { envelopes: entries.iter().map(wire::queued_to_proto).collect() })
+    let page = services::delivery::peek(&st, &s, r.after_seq, r.limit, r.max_bytes).await?;
+    Ok(wire::page_to_proto(&page))
 }
 
 async fn ack(st: Arc<AppState>, _: Ctx, s: Session, r: v1::AckRequest) -> RpcResult<v1::AckResponse> {
@@ -310,8 +310,8 @@ async fn fetch(st: Arc<AppState>, _: Ctx, s: Session, r: v1::FetchRequest) -> Rp
 
 async fn fetch_wait(st: Arc<AppState>, _: Ctx, s: Session, r: v1::FetchWaitRequest) -> RpcResult<v1::PeekResponse> {
     let timeout = Duration::from_millis(u64::from(r.timeout_ms));
-    let entries = services::delivery::fetch_wait(&st, &s, r.after_seq, r.limit, timeout).await?;
-    Ok(v1::PeekResponse { envelopes: entries.iter().map(wire::queued_to_proto).collect() })
+    let page = services::delivery::fetch_wait(&st, &s, r.after_seq, r.limit, timeout).await?;
+    Ok(wire::page_to_proto(&page))
 }
 
 async fn subscribe(

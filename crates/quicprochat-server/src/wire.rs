@@ -4,7 +4,7 @@ use bytes::Bytes;
 use quicprochat_proto::v1;
 use quicprochat_rpc::RpcError;
 
-use crate::store::{ChannelId, ChannelKind, DeviceId, EnvelopeKind, QueuedEntry};
+use crate::store::{ChannelId, ChannelKind, DeviceId, EnvelopeKind, QueuePage, QueuedEntry};
 
 pub(crate) fn channel_id(b: &[u8]) -> Result<ChannelId, RpcError> {
     <[u8; 16]>::try_from(b).map(ChannelId).map_err(|_| RpcError::bad_request("channel_id must be 16 bytes"))
@@ -46,6 +46,10 @@ pub(crate) fn channel_kind_to_proto(k: ChannelKind) -> v1::ChannelKind {
         ChannelKind::Dm => v1::ChannelKind::Dm,
         ChannelKind::Group => v1::ChannelKind::Group,
     }
+}
+
+pub(crate) fn page_to_proto(page: &QueuePage) -> v1::PeekResponse {
+    v1::PeekResponse { envelopes: page.entries.iter().map(queued_to_proto).collect(), more: page.more }
 }
 
 pub(crate) fn queued_to_proto(e: &QueuedEntry) -> v1::QueuedEnvelope {

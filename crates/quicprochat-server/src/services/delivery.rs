@@ -11,7 +11,7 @@ use crate::error::ServiceError;
 use crate::session::Session;
 use crate::state::AppState;
 use crate::store::{
-    ChannelId, DeviceId, EnqueueBatch, EnqueueOutcome, EnvelopeKind, QueuedEntry, Tracking, WelcomeFor,
+    ChannelId, DeviceId, EnqueueBatch, EnqueueOutcome, EnvelopeKind, QueuePage, QueuedEntry, Tracking, WelcomeFor,
 };
 
 /// Longest idempotency key.
@@ -280,7 +280,7 @@ pub async fn peek(
     after_seq: u64,
     limit: u32,
     max_bytes: u64,
-) -> Result<Vec<QueuedEntry>, ServiceError> {
+) -> Result<QueuePage, ServiceError> {
     let device = session.device()?;
     let (limit, bytes) = page(limit, max_bytes);
     Ok(state.store.peek(device, after_seq, limit, bytes, state.clock.now_ms()).await?)
@@ -294,7 +294,7 @@ pub async fn ack(state: &AppState, session: &Session, up_to_seq: u64) -> Result<
 
 /// Legacy fetch: peek then ack what was returned.
 pub async fn fetch(state: &AppState, session: &Session, limit: u32) -> Result<Vec<QueuedEntry>, ServiceError> {
-    let entries = peek(state, session, 0, limit, 0).await?;
+    let entries = peek(state, session, 0, limit, 0).await?.entries;
     if let Some(last) = entries.last() {
         ack(state, session, last.seq).await?;
     }
@@ -309,7 +309,7 @@ pub async fn fetch_wait(
     after_seq: u64,
     limit: u32,
     timeout: Duration,
-) -> Result<Vec<QueuedEntry>, ServiceError> {
+) -> Result<QueuePage, ServiceError> {
     let device = session.device()?;
     let deadline = tokio::time::Instant::now() + timeout.min(state.limits.max_wait);
     let notify = state.hub.waiter(device);
@@ -317,12 +317,12 @@ pub async fn fetch_wait(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let entries = peek(state, session, after_seq, limit, 0).await?;
-        if !entries.is_empty() {
-            return Ok(entries);
+        let page = peek(state, session, after_seq, limit, 0).await?;
+        if !page.entries.is_empty() {
+            return Ok(page);
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Vec::new());
+            return Ok(page);
         }
     }
 }

@@ -229,7 +229,7 @@ pub trait DeliveryStore: Send + Sync {
     async fn replayed(&self, sender: DeviceId, key: Vec<u8>, now_ms: u64)
     -> Result<Option<EnqueueOutcome>, StoreError>;
     /// Reads unexpired queue entries with `seq > after_seq`, at most `limit` and about
-    /// `max_bytes`.
+    /// `max_bytes`, and whether more are left after them (see [`QueuePage::collect`]).
     async fn peek(
         &self,
         device: DeviceId,
@@ -237,7 +237,7 @@ pub trait DeliveryStore: Send + Sync {
         limit: u32,
         max_bytes: u64,
         now_ms: u64,
-    ) -> Result<Vec<QueuedEntry>, StoreError>;
+    ) -> Result<QueuePage, StoreError>;
     /// Deletes queue entries with `seq <= up_to_seq`; returns how many.
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
 }

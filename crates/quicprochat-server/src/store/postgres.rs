@@ -40,7 +40,7 @@ use crate::cluster::ClusterEvent;
 use super::{
     AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeletedAccount, DeliveryStore,
     DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
-    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    QueuePage, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
 
 /// Migrations, applied in order; `schema_version` records each one that ran. The first is the
@@ -1436,26 +1436,16 @@ impl DeliveryStore for PostgresStore {
         limit: u32,
         max_bytes: u64,
         now_ms: u64,
-    ) -> Result<Vec<QueuedEntry>, StoreError> {
+    ) -> Result<QueuePage, StoreError> {
         let found = reading!(self, client => rows(
             &client,
             "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
              FROM queue q JOIN envelopes e ON e.seq = q.envelope \
              WHERE q.device_id = $1 AND q.seq > $2 AND (e.expires_ms IS NULL OR e.expires_ms > $4) \
              ORDER BY q.seq LIMIT $3",
-            &[&device.0.as_slice(), &u64_to_i64(after_seq), &i64::from(limit), &u64_to_i64(now_ms)],
+            &[&device.0.as_slice(), &u64_to_i64(after_seq), &(i64::from(limit) + 1), &u64_to_i64(now_ms)],
         ))?;
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
-        for r in &found {
-            let e = entry_from(r)?;
-            bytes += e.payload.len() as u64;
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(e);
-        }
-        Ok(out)
+        QueuePage::collect(found.iter().map(entry_from), limit, max_bytes)
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {

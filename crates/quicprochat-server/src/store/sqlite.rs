@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{
     AccountStore, AuditEvent, ChannelId, ChannelKind, ChannelRecord, ClaimedKeyPackage, DeletedAccount, DeliveryStore,
     DeviceId, DeviceRecord, DeviceStore, EndpointRecord, EnqueueBatch, EnqueueOutcome, EnvelopeKind, NewChannel,
-    QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
+    QueuePage, QueuedEntry, SessionRecord, StoreError, UserId, UserRecord,
 };
 
 mod blobs;
@@ -1329,7 +1329,7 @@ impl DeliveryStore for SqliteStore {
         limit: u32,
         max_bytes: u64,
         now_ms: u64,
-    ) -> Result<Vec<QueuedEntry>, StoreError> {
+    ) -> Result<QueuePage, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
@@ -1338,20 +1338,10 @@ impl DeliveryStore for SqliteStore {
                  ORDER BY q.seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(
-                params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit), u64_to_i64(now_ms)],
+                params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit) + 1, u64_to_i64(now_ms)],
                 read_entry,
             )?;
-            let mut out = Vec::new();
-            let mut bytes = 0u64;
-            for row in rows {
-                let e = entry_from(row?)?;
-                bytes += e.payload.len() as u64;
-                if !out.is_empty() && bytes > max_bytes {
-                    break;
-                }
-                out.push(e);
-            }
-            Ok(out)
+            QueuePage::collect(rows.map(|row| entry_from(row?)), limit, max_bytes)
         })
         .await
     }

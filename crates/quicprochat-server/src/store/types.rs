@@ -260,6 +260,41 @@ pub struct QueuedEntry {
     pub created_ms: u64,
 }
 
+/// One page of a device queue, as `Peek` reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueuePage {
+    /// The entries, in sequence order.
+    pub entries: Vec<QueuedEntry>,
+    /// True when the page stopped at its entry or byte limit with entries left after it;
+    /// false when it reached the end of the queue as it was when read.
+    pub more: bool,
+}
+
+impl QueuePage {
+    /// Builds a page from the entries after the cursor, in order: at most `limit` of them and
+    /// about `max_bytes` of payload (the first always, however large). A store asks for one
+    /// entry beyond `limit`, so that `more` is exact.
+    pub fn collect<E>(
+        found: impl IntoIterator<Item = Result<QueuedEntry, E>>,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Self, E> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut page = Self::default();
+        let mut bytes = 0u64;
+        for entry in found {
+            let entry = entry?;
+            bytes = bytes.saturating_add(entry.payload.len() as u64);
+            if page.entries.len() >= limit || (!page.entries.is_empty() && bytes > max_bytes) {
+                page.more = true;
+                break;
+            }
+            page.entries.push(entry);
+        }
+        Ok(page)
+    }
+}
+
 /// Result of an enqueue.
 #[derive(Clone, Debug)]
 pub struct EnqueueOutcome {

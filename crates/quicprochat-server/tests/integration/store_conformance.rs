@@ -298,7 +298,7 @@ pub async fn enqueue_fans_out_once_to_every_other_member_device(f: Fixture) {
     assert_eq!(s.members(chan(1)).await.unwrap(), vec![a1, a2, b1]);
     // Welcomes only: the commit itself had nobody to go to and is not kept.
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 2);
-    let welcome = s.peek(b1, 0, 10, u64::MAX, NOW).await.unwrap();
+    let welcome = s.peek(b1, 0, 10, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!((welcome.len(), welcome[0].kind, welcome[0].seq), (1, EnvelopeKind::Welcome, 1));
 
     let mut message = batch(chan(1), a1, EnvelopeKind::Application, 1, b"hello");
@@ -320,7 +320,7 @@ pub async fn enqueue_fans_out_once_to_every_other_member_device(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 4);
     let second = send(s, chan(1), b1, b"hi back").await;
     assert!(second > out.seq, "envelope sequence numbers increase");
-    let at_a1 = s.peek(a1, 0, 10, u64::MAX, NOW).await.unwrap();
+    let at_a1 = s.peek(a1, 0, 10, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!((payloads(&at_a1), at_a1[0].seq), (vec![b"hi back".as_slice()], 1));
 
     // Refusals change nothing.
@@ -422,7 +422,7 @@ pub async fn idempotent_retries_store_nothing_new(f: Fixture) {
     assert!(s.replayed(a1, b"key-2".to_vec(), NOW).await.unwrap().is_none());
     assert!(s.replayed(b1, b"key-1".to_vec(), NOW).await.unwrap().is_none(), "keys are per device");
     assert!(s.replayed(a1, Vec::new(), NOW).await.unwrap().is_none());
-    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().len(), 1);
+    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries.len(), 1);
 
     // A retried commit is answered even though the original moved the epoch on.
     let mut commit = batch(chan(1), a1, EnvelopeKind::Commit, 1, b"commit");
@@ -438,7 +438,7 @@ pub async fn idempotent_retries_store_nothing_new(f: Fixture) {
     later.now_ms = NOW + DAY_MS + 1;
     let fresh = s.enqueue(later).await.unwrap();
     assert!(!fresh.replayed && fresh.seq != original.seq);
-    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().len(), 3);
+    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries.len(), 3);
     // Purging drops records older than the window.
     s.purge_expired(NOW + 3 * DAY_MS).await.unwrap();
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM idempotency").await, 0);
@@ -462,7 +462,7 @@ pub async fn idempotent_retries_store_nothing_new(f: Fixture) {
     }
     assert_eq!((originals, ids.len()), (1, 1));
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = X'726163696e67'").await, 1);
-    let at_a1 = s.peek(a1, 0, 100, u64::MAX, NOW).await.unwrap();
+    let at_a1 = s.peek(a1, 0, 100, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!(at_a1.iter().filter(|e| e.payload == b"racing").count(), 1);
 }
 
@@ -512,17 +512,25 @@ pub async fn peek_reads_and_ack_deletes(f: Fixture) {
     for p in [b"one".as_slice(), b"two", b"three", b"four"] {
         send(s, chan(1), a1, p).await;
     }
-    let all = s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap();
+    let all = s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert_eq!(payloads(&s.peek(b1, 2, 2, u64::MAX, NOW).await.unwrap()), vec![b"two".as_slice(), b"three"]);
+    assert_eq!(payloads(&s.peek(b1, 2, 2, u64::MAX, NOW).await.unwrap().entries), vec![b"two".as_slice(), b"three"]);
     // About max_bytes, but never nothing: the first entry comes however large.
-    assert_eq!(payloads(&s.peek(b1, 1, 100, 7, NOW).await.unwrap()), vec![b"one".as_slice(), b"two"]);
-    assert_eq!(payloads(&s.peek(b1, 1, 100, 1, NOW).await.unwrap()), vec![b"one".as_slice()]);
-    assert_eq!(s.peek(b1, 1, 100, u64::MAX, NOW).await.unwrap().len(), 4, "peeking deletes nothing");
+    assert_eq!(payloads(&s.peek(b1, 1, 100, 7, NOW).await.unwrap().entries), vec![b"one".as_slice(), b"two"]);
+    assert_eq!(payloads(&s.peek(b1, 1, 100, 1, NOW).await.unwrap().entries), vec![b"one".as_slice()]);
+    assert_eq!(s.peek(b1, 1, 100, u64::MAX, NOW).await.unwrap().entries.len(), 4, "peeking deletes nothing");
+    // `more` says whether the page stopped short of the queue's end, by count or by bytes.
+    let more = |after, limit, bytes| async move { s.peek(b1, after, limit, bytes, NOW).await.unwrap().more };
+    assert!(more(0, 4, u64::MAX).await, "one entry left after four");
+    assert!(!more(0, 5, u64::MAX).await, "exactly the rest: the end");
+    assert!(!more(0, 100, u64::MAX).await);
+    assert!(more(1, 100, 7).await, "stopped by bytes");
+    assert!(!more(4, 1, 1).await, "the last entry alone is the end, however large");
+    assert!(!more(5, 100, u64::MAX).await, "an empty page is the end");
 
     assert_eq!(s.ack(b1, 3).await.unwrap(), 3);
     assert_eq!(s.ack(b1, 3).await.unwrap(), 0);
-    assert_eq!(payloads(&s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap()), vec![b"three".as_slice(), b"four"]);
+    assert_eq!(payloads(&s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap().entries), vec![b"three".as_slice(), b"four"]);
     // Bob's welcome was his alone and went; carol still holds every message.
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 5);
     assert_eq!(s.ack(c1, 2).await.unwrap(), 2);
@@ -540,7 +548,7 @@ pub async fn peek_reads_and_ack_deletes(f: Fixture) {
     assert_eq!((r1.unwrap(), r2.unwrap()), (22, 23));
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 0);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 0);
-    assert!(s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap().is_empty());
+    assert!(s.peek(b1, 0, 100, u64::MAX, NOW).await.unwrap().entries.is_empty());
     depths_match_queues(&f).await;
 }
 
@@ -558,15 +566,15 @@ pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
     // Commits never take the channel's TTL.
     s.enqueue(batch(chan(1), a1, EnvelopeKind::Commit, 1, b"commit")).await.unwrap();
 
-    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().len(), 4);
+    assert_eq!(s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries.len(), 4);
     assert_eq!(
-        payloads(&s.peek(b1, 1, 10, u64::MAX, NOW + 1000).await.unwrap()),
+        payloads(&s.peek(b1, 1, 10, u64::MAX, NOW + 1000).await.unwrap().entries),
         vec![b"kept".as_slice(), b"channel ttl", b"commit"]
     );
     assert_eq!(s.purge_expired(NOW + 999).await.unwrap(), 0);
     assert_eq!(s.purge_expired(NOW + 1000).await.unwrap(), 1);
     assert_eq!(s.purge_expired(NOW + 60_000).await.unwrap(), 1);
-    assert_eq!(payloads(&s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap()), vec![b"kept".as_slice(), b"commit"]);
+    assert_eq!(payloads(&s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries), vec![b"kept".as_slice(), b"commit"]);
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 3);
 
     // Purges on two nodes at once: every expired row goes exactly once.
@@ -883,7 +891,10 @@ pub async fn deleting_an_account_purges_it_in_one_go(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM idempotency").await, 0);
     // Only what bob still has to read is left: the welcome and the two messages from alice.
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 3);
-    assert_eq!(payloads(&s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap()), vec![b"to bob".as_slice(), b"keyed"]);
+    assert_eq!(
+        payloads(&s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries),
+        vec![b"to bob".as_slice(), b"keyed"]
+    );
     // The audit log keeps its entries (ids only).
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM audit_log").await, 1);
     assert!(s.delete_account(alice).await.unwrap().is_none());
@@ -952,7 +963,7 @@ pub async fn concurrent_senders_get_gapless_per_device_sequences(f: Fixture) {
         t.await.unwrap();
     }
     for (i, d) in devices.iter().enumerate() {
-        let entries = s.peek(*d, 0, 1000, u64::MAX, NOW).await.unwrap();
+        let entries = s.peek(*d, 0, 1000, u64::MAX, NOW).await.unwrap().entries;
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         let expected = if i == 0 {
             30
