@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     /// Test support: push frames are read and ignored, as if the server had dropped them.
     #[cfg(feature = "test-util")]
     pub ignore_push: AtomicBool,
+    /// Test support: how many pages sync passes have read from the queue.
+    #[cfg(feature = "test-util")]
+    pub pages_read: std::sync::atomic::AtomicU64,
 }
 
 /// The logged-in account: identity, MLS state and local store, behind one lock.
@@ -152,6 +155,8 @@ impl QpcClient {
                 crash_after_enqueue: AtomicBool::new(false),
                 #[cfg(feature = "test-util")]
                 ignore_push: AtomicBool::new(false),
+                #[cfg(feature = "test-util")]
+                pages_read: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }

@@ -60,6 +60,12 @@ impl QpcClient {
         self.inner.ignore_push.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Test support: how many pages [`QpcClient::sync`] has read from the queue so far.
+    #[cfg(feature = "test-util")]
+    pub fn pages_read_for_tests(&self) -> u64 {
+        self.inner.pages_read.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many sends wait in the outbox (offline, or being retried).
     pub fn pending_sends(&self) -> Result<u64> {
         self.account()?.lock()?.store.outbox_len()

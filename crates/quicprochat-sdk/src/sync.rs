@@ -72,6 +72,8 @@ impl QpcClient {
                 .rpc()
                 .call(method::PEEK, &v1::PeekRequest { after_seq: cursor, limit: PAGE, max_bytes: 0 })
                 .await?;
+            #[cfg(feature = "test-util")]
+            self.inner.pages_read.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let Some(last) = page.envelopes.last().map(|e| e.seq) else { break };
             for queued in &page.envelopes {
                 // A Welcome does not say whether it is for a DM or a group; the channel does.
@@ -98,20 +100,31 @@ impl QpcClient {
             // power cut in between only re-reads, never loses.
             account.lock()?.store.make_durable()?;
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
+            // The end of the queue as the server read it: what arrived since comes with its
+            // own push. Asking again until a page is empty would keep a busy receiver reading
+            // pages (one round trip more each), and holding the lock its pushes wait for.
+            if !page.more {
+                break;
+            }
         }
         Ok(Pass { processed, proposed, lost })
     }
 
     /// Applies an application message pushed with its envelope inline, without reading the
     /// queue: when it is the next one after the cursor, it is applied, made durable and
-    /// acknowledged in the background (see [`QpcClient::spawn_acker`]). Anything else — a gap
-    /// before it, a handshake message, a Welcome — goes through [`QpcClient::sync`].
+    /// acknowledged in the background (see [`QpcClient::spawn_acker`]). One at or before the
+    /// cursor was already read from the queue, and is dropped. Anything else — a gap before
+    /// it, a handshake message, a Welcome — goes through [`QpcClient::sync`].
     pub(crate) async fn receive_pushed(&self, queued: &v1::QueuedEnvelope) -> Result<()> {
         let is_application = queued.envelope.as_ref().is_some_and(|e| e.kind == v1::EnvelopeKind::Application as i32);
-        if is_application {
+        {
             let guard = self.inner.sync_lock.lock().await;
             let account = self.account()?;
-            if account.lock()?.store.cursor()?.checked_add(1) == Some(queued.seq) {
+            let cursor = account.lock()?.store.cursor()?;
+            if queued.seq <= cursor {
+                return Ok(());
+            }
+            if is_application && cursor.checked_add(1) == Some(queued.seq) {
                 let Applied { events, lost_in, .. } = self.apply(account, queued, None)?;
                 account.lock()?.store.make_durable()?;
                 self.inner.ack.send_if_modified(|up_to| {

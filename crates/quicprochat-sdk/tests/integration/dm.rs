@@ -292,3 +292,40 @@ async fn messages_arrive_by_long_poll_when_push_notifications_are_lost() {
     assert_eq!(received_text(&e), Some(("alice", "found by the long-poll")));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_sync_pass_stops_at_the_end_of_the_queue_as_it_read_it() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await;
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = client(&server, alice_dir.path()).await;
+    let mut config = quicprochat_sdk::ClientConfig::new(
+        server.local_addr(),
+        quicprochat_sdk::Trust::PinnedCertificate(server.certificate_der().to_vec()),
+        bob_dir.path(),
+    );
+    config.kdf = quicprochat_sdk::KdfStrength::InsecureTestOnly;
+    // No long-poll during the test: only the explicit syncs below read bob's queue.
+    config.push_quiet = std::time::Duration::from_secs(3600);
+    let bob = quicprochat_sdk::QpcClient::connect(config).await.unwrap();
+    let mut bob_events = bob.subscribe();
+    alice.register("alice", b"a").await.unwrap();
+    bob.register("bob", b"b").await.unwrap();
+    bob.ignore_push_for_tests();
+    let dm = alice.dm("bob").await.unwrap();
+    for text in ["one", "two", "three"] {
+        dm.send_text(text).await.unwrap();
+    }
+
+    let before = bob.pages_read_for_tests();
+    assert_eq!(bob.sync().await.unwrap(), 4, "the welcome and three messages");
+    assert_eq!(bob.pages_read_for_tests() - before, 1, "a short page is the end: no second Peek to find it empty");
+    for text in ["one", "two", "three"] {
+        let e = next_event(&mut bob_events, is_message).await;
+        assert_eq!(received_text(&e), Some(("alice", text)));
+    }
+
+    assert_eq!(bob.sync().await.unwrap(), 0);
+    assert_eq!(bob.pages_read_for_tests() - before, 2, "an empty queue costs one Peek");
+    server.shutdown().await.unwrap();
+}
