@@ -42,10 +42,16 @@ const WARM_UP: u32 = u32::MAX;
 const WARM_UP_WAIT: Duration = Duration::from_secs(300);
 
 /// What every raw report says about itself.
-const RAW_NOTE: &str = "raw: the SDK set up accounts, devices and channels, then closed; the measured clients are \
-bare RPC connections that Resume those sessions. Payloads are shaped like an MLS PrivateMessage (the server \
-checks only the wire format and never decrypts, so it does the work of a real message); no client-side MLS or \
-storage. Receivers acknowledge like the SDK: Ack(up_to_seq) from a background task, one in flight, at least 250 ms apart (the SDK's ACK_COALESCE), pushes read meanwhile coalesced";
+fn raw_note() -> String {
+    format!(
+        "raw: the SDK set up accounts, devices and channels, then closed; the measured clients are bare RPC \
+         connections that Resume those sessions. Payloads are shaped like an MLS PrivateMessage (the server checks \
+         only the wire format and never decrypts, so it does the work of a real message); no client-side MLS or \
+         storage. Receivers acknowledge like the SDK: Ack(up_to_seq) from a background task, one in flight, each \
+         {} ms ± half at random after the last (the SDK's ack_delay), pushes read meanwhile coalesced",
+        quicprochat_sdk::ACK_COALESCE.as_millis()
+    )
+}
 
 /// A payload of `size` bytes (at least the header) from sender `sender`, message `n`.
 fn payload(sender: u32, n: u64, size: usize) -> Vec<u8> {
@@ -200,8 +206,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Reads `rpc`'s push stream until `stop`, handing every message of this run to `on_message`
 /// (sender, number, when its frame was read), and acknowledges as the SDK does: `Ack(up_to_seq)`
-/// from a task of its own with at most one in flight and at least `ACK_COALESCE` between two,
-/// pushes read meanwhile coalesced into the next. An envelope too large to travel inline is read with `Peek`, as the SDK would. The
+/// from a task of its own with at most one in flight, each after the SDK's `ack_delay()`,
+/// pushes read meanwhile coalesced into it. An envelope too large to travel inline is read with `Peek`, as the SDK would. The
 /// warm-up message is acknowledged at once and counted in `warmed`. Returns how many Acks failed.
 async fn receive<F>(
     rpc: &RpcClient,
@@ -218,11 +224,11 @@ where
         tokio::spawn(async move {
             let mut failed = 0u64;
             while pending.changed().await.is_ok() {
+                tokio::time::sleep(quicprochat_sdk::ack_delay()).await;
                 let up_to_seq = *pending.borrow_and_update();
                 if rpc.call::<_, v1::AckResponse>(method::ACK, &v1::AckRequest { up_to_seq }).await.is_err() {
                     failed += 1;
                 }
-                tokio::time::sleep(quicprochat_sdk::ACK_COALESCE).await;
             }
             failed
         })
@@ -408,7 +414,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     figures.extend(latency_figures("send→receive vs echo", ours.latencies.summary(), Some(echo_latency)));
     figures.push(Figure::new("sqlite insert latency p50", "ms", sqlite.latencies.summary().p50_ms));
     let mut notes = vec![
-        RAW_NOTE.to_owned(),
+        raw_note(),
         format!(
             "{} pair(s), each with {} Enqueue loop(s) sharing a window of {} message(s) not yet received; Enqueue \
              latency is the RPC's round trip (stream opened, request written, response read), as the echo baseline's",
@@ -560,7 +566,7 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
     let mut figures = latency_figures("push", ours.summary(), Some(push_latencies.summary()));
     figures.extend(latency_figures("Enqueue", enqueue.summary(), None));
     let mut notes = vec![
-        RAW_NOTE.to_owned(),
+        raw_note(),
         format!(
             "{rate} messages/s to {subscribers} members = {} deliveries/s, sent open-loop (each at its tick); the \
              last of {count} Enqueues was answered {:.2} s after the first went out; push latency is from the \

@@ -49,7 +49,7 @@ pub use events::ClientEvent;
 pub use export::{ExportSummary, TranscriptRecord, VerifiedTranscript, verify_transcript};
 pub use files::MAX_FILE_BYTES;
 pub use store::DATABASE_ENCRYPTION;
-pub use sync::ACK_COALESCE;
+pub use sync::{ACK_COALESCE, ack_delay};
 pub use typing::TYPING_TIMEOUT;
 
 /// Identifies a conversation (equal to its channel and MLS group id).

@@ -11,10 +11,21 @@ use crate::inbound::Inbound;
 use crate::store::{Change, ConversationRow};
 use crate::{ClientEvent, ConversationId, SdkError};
 
-/// Least time between two background `Ack`s of pushed envelopes: the first is sent at once, and
-/// envelopes applied within this time after it are acknowledged together by the next. An
-/// unacknowledged envelope is at worst delivered again, and skipped by the cursor.
-pub const ACK_COALESCE: std::time::Duration = std::time::Duration::from_millis(250);
+/// Mean time a pushed envelope waits to be acknowledged in the background: envelopes applied
+/// meanwhile share the `Ack`. An unacknowledged envelope is at worst delivered again, and
+/// dropped by the cursor. An `Ack` is a write on the server and every member of a group sends
+/// them: in a busy group this interval sets how many of the server's writes are acknowledgements.
+pub const ACK_COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the background acker waits before its next `Ack`: [`ACK_COALESCE`], give or take
+/// half of it, at random. Every member of a group receives a message at the same moment; a
+/// fixed wait would have them all acknowledge at the same moment too, a burst of writes that
+/// the next message waits behind.
+pub fn ack_delay() -> std::time::Duration {
+    let half = ACK_COALESCE / 2;
+    let spread = u64::try_from(ACK_COALESCE.as_micros()).unwrap_or(u64::MAX).max(1);
+    half + std::time::Duration::from_micros(rand_core::RngCore::next_u64(&mut rand_core::OsRng) % spread)
+}
 
 /// Envelopes per page.
 const PAGE: u32 = 100;
@@ -154,25 +165,25 @@ impl QpcClient {
     }
 
     /// Starts the task that acknowledges envelopes applied from pushes, so receiving never
-    /// waits for the server's answer: it sends `Ack` for the highest sequence applied, once per
-    /// change (several pushes applied meanwhile share one `Ack`). A failed `Ack` is left to the
-    /// next one, or to the next [`QpcClient::sync`]; the server re-sends only what this device
-    /// already stored, and the cursor skips it.
+    /// waits for the server's answer: after a change it waits [`ack_delay`], then sends `Ack`
+    /// for the highest sequence applied (the pushes applied meanwhile share it). A failed `Ack`
+    /// is left to the next one, or to the next [`QpcClient::sync`]; the server re-sends only
+    /// what this device already stored, and the cursor skips it.
     pub(crate) fn spawn_acker(&self) -> Result<()> {
         let weak = std::sync::Arc::downgrade(&self.inner);
         let mut pending = self.inner.ack.subscribe();
         let mut tasks = self.inner.tasks.lock().map_err(|_| SdkError::Poisoned)?;
         tasks.spawn(async move {
             while pending.changed().await.is_ok() {
+                // What arrives meanwhile shares this Ack: a busy group costs the server about
+                // one Ack a second per member, not one per message.
+                tokio::time::sleep(ack_delay()).await;
                 let up_to_seq = *pending.borrow_and_update();
                 let Some(inner) = weak.upgrade() else { return };
                 let rpc = QpcClient { inner }.rpc();
                 if let Err(e) = rpc.call::<_, v1::AckResponse>(method::ACK, &v1::AckRequest { up_to_seq }).await {
                     tracing::debug!(error = %e, "acknowledging pushed envelopes failed; the next sync does it");
                 }
-                // What arrives meanwhile shares the next Ack: a busy group costs the server a
-                // few Acks a second per member, not one per message.
-                tokio::time::sleep(ACK_COALESCE).await;
             }
         });
         Ok(())
@@ -345,5 +356,21 @@ pub(crate) fn conversation_row(id: ConversationId, me: &str, members: &[MemberIn
         ConversationRow::new(id, KIND_DM, peer.clone(), Some(peer))
     } else {
         ConversationRow::new(id, KIND_GROUP, others.join(", "), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_delays_spread_around_the_coalescing_interval() {
+        let delays: Vec<_> = (0..200).map(|_| ack_delay()).collect();
+        let (low, high) = (ACK_COALESCE / 2, ACK_COALESCE * 3 / 2);
+        assert!(delays.iter().all(|d| (low..high).contains(d)), "{low:?}..{high:?}");
+        // Spread, not one value: 200 draws all in one tenth of the range would be chance
+        // below 1e-190.
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(*max - *min > ACK_COALESCE / 10, "{min:?}..{max:?}");
     }
 }
