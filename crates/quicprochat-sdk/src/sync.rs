@@ -113,8 +113,9 @@ impl QpcClient {
             let _: v1::AckResponse = self.rpc().call(method::ACK, &v1::AckRequest { up_to_seq: last }).await?;
             // The end of the queue as the server read it: what arrived since comes with its
             // own push. Asking again until a page is empty would keep a busy receiver reading
-            // pages (one round trip more each), and holding the lock its pushes wait for.
-            if !page.more {
+            // pages (one round trip more each), and holding the lock its pushes wait for. (A
+            // server that does not say reads on until an empty page.)
+            if page.end_of_queue {
                 break;
             }
         }

@@ -49,7 +49,7 @@ pub(crate) fn channel_kind_to_proto(k: ChannelKind) -> v1::ChannelKind {
 }
 
 pub(crate) fn page_to_proto(page: &QueuePage) -> v1::PeekResponse {
-    v1::PeekResponse { envelopes: page.entries.iter().map(queued_to_proto).collect(), more: page.more }
+    v1::PeekResponse { envelopes: page.entries.iter().map(queued_to_proto).collect(), end_of_queue: !page.more }
 }
 
 pub(crate) fn queued_to_proto(e: &QueuedEntry) -> v1::QueuedEnvelope {

@@ -1443,9 +1443,22 @@ impl DeliveryStore for PostgresStore {
              FROM queue q JOIN envelopes e ON e.seq = q.envelope \
              WHERE q.device_id = $1 AND q.seq > $2 AND (e.expires_ms IS NULL OR e.expires_ms > $4) \
              ORDER BY q.seq LIMIT $3",
-            &[&device.0.as_slice(), &u64_to_i64(after_seq), &(i64::from(limit) + 1), &u64_to_i64(now_ms)],
+            &[&device.0.as_slice(), &u64_to_i64(after_seq), &i64::from(limit), &u64_to_i64(now_ms)],
         ))?;
-        QueuePage::collect(found.iter().map(entry_from), limit, max_bytes)
+        let mut page = QueuePage::collect(found.iter().map(entry_from), max_bytes)?;
+        if let Some(last) = page.look_after(limit) {
+            let found = reading!(self, client => row(
+                &client,
+                "SELECT EXISTS (SELECT 1 FROM queue q JOIN envelopes e ON e.seq = q.envelope \
+                 WHERE q.device_id = $1 AND q.seq > $2 AND (e.expires_ms IS NULL OR e.expires_ms > $3))",
+                &[&device.0.as_slice(), &u64_to_i64(last), &u64_to_i64(now_ms)],
+            ))?;
+            page.more = match found {
+                Some(r) => r.try_get(0)?,
+                None => false,
+            };
+        }
+        Ok(page)
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {

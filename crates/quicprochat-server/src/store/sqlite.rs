@@ -1338,10 +1338,19 @@ impl DeliveryStore for SqliteStore {
                  ORDER BY q.seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(
-                params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit) + 1, u64_to_i64(now_ms)],
+                params![device.0.as_slice(), u64_to_i64(after_seq), i64::from(limit), u64_to_i64(now_ms)],
                 read_entry,
             )?;
-            QueuePage::collect(rows.map(|row| entry_from(row?)), limit, max_bytes)
+            let mut page = QueuePage::collect(rows.map(|row| entry_from(row?)), max_bytes)?;
+            if let Some(last) = page.look_after(limit) {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM queue q JOIN envelopes e ON e.seq = q.envelope \
+                     WHERE q.device_id = ?1 AND q.seq > ?2 AND (e.expires_ms IS NULL OR e.expires_ms > ?3))",
+                )?;
+                page.more =
+                    stmt.query_row(params![device.0.as_slice(), u64_to_i64(last), u64_to_i64(now_ms)], |r| r.get(0))?;
+            }
+            Ok(page)
         })
         .await
     }

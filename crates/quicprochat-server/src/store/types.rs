@@ -271,27 +271,31 @@ pub struct QueuePage {
 }
 
 impl QueuePage {
-    /// Builds a page from the entries after the cursor, in order: at most `limit` of them and
-    /// about `max_bytes` of payload (the first always, however large). A store asks for one
-    /// entry beyond `limit`, so that `more` is exact.
-    pub fn collect<E>(
-        found: impl IntoIterator<Item = Result<QueuedEntry, E>>,
-        limit: u32,
-        max_bytes: u64,
-    ) -> Result<Self, E> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    /// Builds a page from the entries a store read after the cursor, in order (at most the
+    /// page's `limit`): about `max_bytes` of payload, the first entry always, however large.
+    /// `more` is set when the bytes cut the page short; when the entries filled the limit,
+    /// [`Self::look_after`] says where the store must look for one more.
+    pub fn collect<E>(found: impl IntoIterator<Item = Result<QueuedEntry, E>>, max_bytes: u64) -> Result<Self, E> {
         let mut page = Self::default();
         let mut bytes = 0u64;
         for entry in found {
             let entry = entry?;
             bytes = bytes.saturating_add(entry.payload.len() as u64);
-            if page.entries.len() >= limit || (!page.entries.is_empty() && bytes > max_bytes) {
+            if !page.entries.is_empty() && bytes > max_bytes {
                 page.more = true;
                 break;
             }
             page.entries.push(entry);
         }
         Ok(page)
+    }
+
+    /// The sequence after which an entry would make `more` true, for a page whose entries
+    /// filled `limit`; `None` when `more` is already known. (Looking for it apart, rather than
+    /// reading one entry beyond the limit, does not read a payload only to drop it.)
+    pub fn look_after(&self, limit: u32) -> Option<u64> {
+        let full = self.entries.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+        if self.more || !full { None } else { self.entries.last().map(|e| e.seq) }
     }
 }
 

@@ -583,6 +583,11 @@ pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
         b.expires_ms = Some(NOW + 5);
         s.enqueue(b).await.unwrap();
     }
+    // A page that fills its limit looks for one more entry; an expired one is not one.
+    let full = s.peek(b1, 1, 2, u64::MAX, NOW).await.unwrap();
+    assert_eq!((payloads(&full.entries), full.more), (vec![b"kept".as_slice(), b"commit"], true));
+    let full = s.peek(b1, 1, 2, u64::MAX, NOW + 10).await.unwrap();
+    assert_eq!((payloads(&full.entries), full.more), (vec![b"kept".as_slice(), b"commit"], false));
     let (s1, s2) = (Arc::clone(s), Arc::clone(s));
     let (p1, p2) = tokio::join!(s1.purge_expired(NOW + 70_000), s2.purge_expired(NOW + 70_000));
     assert_eq!(p1.unwrap() + p2.unwrap(), 10);
