@@ -268,6 +268,7 @@ impl QpcClient {
         self.spawn_expiry_timer()?;
         self.spawn_typing_timer()?;
         self.spawn_acker()?;
+        self.ack_applied(&self.rpc()).await?;
         self.sync().await?;
         // Sends queued in an earlier run (offline, or cut off by a crash) go out now.
         self.spawn_outbox_sender()?;
@@ -622,6 +623,11 @@ async fn reconnect(weak: &Weak<Inner>) -> bool {
         match client.resume_connection().await {
             Ok(()) => {
                 let _ = client.inner.events.send(ClientEvent::Reconnected);
+                // Once the old connection is closed: a pass stuck on it has failed and let go
+                // of the sync lock.
+                if let Err(e) = client.ack_applied(&client.rpc()).await {
+                    tracing::debug!(error = %e, "acknowledging what was applied before the reconnect failed");
+                }
                 if let Err(e) = client.sync().await {
                     tracing::warn!(error = %e, "catching up after reconnect failed");
                 }

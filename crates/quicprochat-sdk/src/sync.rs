@@ -122,6 +122,19 @@ impl QpcClient {
         Ok(Pass { processed, proposed, lost })
     }
 
+    /// Acknowledges, on `rpc`, every entry up to the cursor: what an earlier run or connection
+    /// applied but had not acknowledged yet (the background acker waits [`ack_delay`], and a
+    /// close or a lost connection ends its wait). `Peek` reads only after the cursor, so nothing
+    /// else would ever delete those entries. Under the sync lock, so the cursor is durable.
+    pub(crate) async fn ack_applied(&self, rpc: &quicprochat_rpc::RpcClient) -> Result<()> {
+        let _guard = self.inner.sync_lock.lock().await;
+        let cursor = self.account()?.lock()?.store.cursor()?;
+        if cursor > 0 {
+            let _: v1::AckResponse = rpc.call(method::ACK, &v1::AckRequest { up_to_seq: cursor }).await?;
+        }
+        Ok(())
+    }
+
     /// Applies an application message pushed with its envelope inline, without reading the
     /// queue: when it is the next one after the cursor, it is applied, made durable and
     /// acknowledged in the background (see [`QpcClient::spawn_acker`]). One at or before the

@@ -6,7 +6,7 @@ use std::time::Duration;
 use quicprochat_sdk::{ClientEvent, ConversationHandle, ConversationId, SdkError, TYPING_TIMEOUT};
 use quicprochat_server::RunningServer;
 
-use crate::{Member, member, next_event, start_server};
+use crate::{Member, client, member, next_event, start_server};
 
 /// Alice and bob, registered, with alice's DM to bob (bob has joined it).
 async fn dm_pair(server: &RunningServer) -> (Member, Member, ConversationHandle) {
@@ -172,6 +172,56 @@ async fn a_typing_indicator_ends_by_itself_or_with_the_message() {
     server.shutdown().await.unwrap();
 }
 
+/// Entries in the server's queues, read from its database.
+fn server_queue_len(server_dir: &std::path::Path) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        server_dir.join(quicprochat_server::files::DATABASE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)).unwrap()
+}
+
+/// Waits (bounded) for the server's queues to empty out.
+async fn queues_empty_out(server_dir: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let queued = server_queue_len(server_dir);
+        if queued == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{queued} envelopes never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn what_was_applied_but_not_yet_acknowledged_is_acknowledged_at_the_next_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let alice = member(&server, "alice").await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = client(&server, bob_dir.path()).await;
+    let mut bob_events = bob.subscribe();
+    bob.register("bob", b"pw").await.unwrap();
+    let dm = alice.client.dm("bob").await.unwrap();
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
+    // The Welcome's pass is over (it holds the lock a sync waits for): the message comes by push.
+    bob.sync().await.unwrap();
+    dm.send_text("applied").await.unwrap();
+    next_event(&mut bob_events, |e| matches!(e, ClientEvent::MessageReceived { .. })).await;
+    // Closed before its acker's wait (at least half a second) is over.
+    bob.close();
+    drop(bob);
+    assert_eq!(server_queue_len(dir.path()), 1, "stored by bob, not acknowledged");
+
+    let bob = client(&server, bob_dir.path()).await;
+    bob.login("bob", b"pw").await.unwrap();
+    queues_empty_out(dir.path()).await;
+    assert_eq!(bob.sync().await.unwrap(), 0, "nothing is read twice");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn pushed_messages_are_acknowledged_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,20 +234,7 @@ async fn pushed_messages_are_acknowledged_in_the_background() {
         received(&mut bob, &format!("m{i}")).await;
     }
     // Stored on bob's device and acknowledged: the server's queues empty out.
-    let db = rusqlite::Connection::open_with_flags(
-        dir.path().join(quicprochat_server::files::DATABASE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let queued: i64 = db.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)).unwrap();
-        if queued == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{queued} envelopes never acknowledged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    queues_empty_out(dir.path()).await;
     assert_eq!(bob.client.sync().await.unwrap(), 0, "nothing is read twice");
     assert_eq!(bob.client.conversations().unwrap()[0].unread, 5);
     server.shutdown().await.unwrap();

@@ -266,25 +266,39 @@ async fn a_five_megabyte_file_round_trips() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn messages_arrive_by_long_poll_when_push_notifications_are_lost() {
-    let server_dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_dir.path()).await;
-    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = client(&server, alice_dir.path()).await;
+/// A server, alice, and bob, registered, with every push bob's connection gets lost from then
+/// on: only his long-poll (after `push_quiet` without a push) and his explicit syncs read his
+/// queue. The directories go when the returned array is dropped: keep it to the end.
+async fn alice_and_deaf_bob(
+    push_quiet: std::time::Duration,
+) -> (
+    quicprochat_server::RunningServer,
+    quicprochat_sdk::QpcClient,
+    quicprochat_sdk::QpcClient,
+    tokio::sync::broadcast::Receiver<ClientEvent>,
+    [tempfile::TempDir; 3],
+) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let server = start_server(dirs[0].path()).await;
+    let alice = client(&server, dirs[1].path()).await;
     let mut config = quicprochat_sdk::ClientConfig::new(
         server.local_addr(),
         quicprochat_sdk::Trust::PinnedCertificate(server.certificate_der().to_vec()),
-        bob_dir.path(),
+        dirs[2].path(),
     );
     config.kdf = quicprochat_sdk::KdfStrength::InsecureTestOnly;
-    config.push_quiet = std::time::Duration::from_millis(200);
+    config.push_quiet = push_quiet;
     let bob = quicprochat_sdk::QpcClient::connect(config).await.unwrap();
-    let mut bob_events = bob.subscribe();
+    let bob_events = bob.subscribe();
     alice.register("alice", b"a").await.unwrap();
     bob.register("bob", b"b").await.unwrap();
-    // Every notification bob's connection gets from now on is lost.
     bob.ignore_push_for_tests();
+    (server, alice, bob, bob_events, dirs)
+}
+
+#[tokio::test]
+async fn messages_arrive_by_long_poll_when_push_notifications_are_lost() {
+    let (server, alice, _bob, mut bob_events, _dirs) = alice_and_deaf_bob(std::time::Duration::from_millis(200)).await;
     let dm = alice.dm("bob").await.unwrap();
     next_event(&mut bob_events, |e| matches!(e, ClientEvent::ConversationCreated { .. })).await;
     dm.send_text("found by the long-poll").await.unwrap();
@@ -295,23 +309,8 @@ async fn messages_arrive_by_long_poll_when_push_notifications_are_lost() {
 
 #[tokio::test]
 async fn a_sync_pass_stops_at_the_end_of_the_queue_as_it_read_it() {
-    let server_dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_dir.path()).await;
-    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = client(&server, alice_dir.path()).await;
-    let mut config = quicprochat_sdk::ClientConfig::new(
-        server.local_addr(),
-        quicprochat_sdk::Trust::PinnedCertificate(server.certificate_der().to_vec()),
-        bob_dir.path(),
-    );
-    config.kdf = quicprochat_sdk::KdfStrength::InsecureTestOnly;
     // No long-poll during the test: only the explicit syncs below read bob's queue.
-    config.push_quiet = std::time::Duration::from_secs(3600);
-    let bob = quicprochat_sdk::QpcClient::connect(config).await.unwrap();
-    let mut bob_events = bob.subscribe();
-    alice.register("alice", b"a").await.unwrap();
-    bob.register("bob", b"b").await.unwrap();
-    bob.ignore_push_for_tests();
+    let (server, alice, bob, mut bob_events, _dirs) = alice_and_deaf_bob(std::time::Duration::from_secs(3600)).await;
     let dm = alice.dm("bob").await.unwrap();
     for text in ["one", "two", "three"] {
         dm.send_text(text).await.unwrap();
