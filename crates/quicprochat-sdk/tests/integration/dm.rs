@@ -279,7 +279,10 @@ async fn alice_and_deaf_bob(
     [tempfile::TempDir; 3],
 ) {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let server = start_server(dirs[0].path()).await;
+    let mut server_config = quicprochat_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), dirs[0].path());
+    // Room to fill more than one page of bob's queue at once.
+    server_config.limits.enqueue_rate = quicprochat_server::Rate { per_minute: 6000, burst: 200 };
+    let server = quicprochat_server::start(server_config).await.unwrap();
     let alice = client(&server, dirs[1].path()).await;
     let mut config = quicprochat_sdk::ClientConfig::new(
         server.local_addr(),
@@ -326,5 +329,19 @@ async fn a_sync_pass_stops_at_the_end_of_the_queue_as_it_read_it() {
 
     assert_eq!(bob.sync().await.unwrap(), 0);
     assert_eq!(bob.pages_read_for_tests() - before, 2, "an empty queue costs one Peek");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sync_pass_reads_on_while_a_page_stops_short_of_the_end() {
+    let (server, alice, bob, _bob_events, _dirs) = alice_and_deaf_bob(std::time::Duration::from_secs(3600)).await;
+    let dm = alice.dm("bob").await.unwrap();
+    for i in 0..120 {
+        dm.send_text(&format!("m{i}")).await.unwrap();
+    }
+    let before = bob.pages_read_for_tests();
+    assert_eq!(bob.sync().await.unwrap(), 121, "the welcome and 120 messages");
+    assert_eq!(bob.pages_read_for_tests() - before, 2, "a full page of 100, then the rest, which ends the queue");
+    assert_eq!(bob.conversations().unwrap()[0].unread, 120);
     server.shutdown().await.unwrap();
 }
