@@ -2,7 +2,7 @@
 
 use quicprochat_sdk::{ClientEvent, SdkError};
 
-use crate::{client, next_event, received_text, start_server};
+use crate::{client, client_with, next_event, received_text, start_server, start_server_with};
 
 fn is_message(e: &ClientEvent) -> bool {
     matches!(e, ClientEvent::MessageReceived { .. })
@@ -279,19 +279,13 @@ async fn alice_and_deaf_bob(
     [tempfile::TempDir; 3],
 ) {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut server_config = quicprochat_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), dirs[0].path());
     // Room to fill more than one page of bob's queue at once.
-    server_config.limits.enqueue_rate = quicprochat_server::Rate { per_minute: 6000, burst: 200 };
-    let server = quicprochat_server::start(server_config).await.unwrap();
+    let server = start_server_with(dirs[0].path(), |c| {
+        c.limits.enqueue_rate = quicprochat_server::Rate { per_minute: 6000, burst: 200 };
+    })
+    .await;
     let alice = client(&server, dirs[1].path()).await;
-    let mut config = quicprochat_sdk::ClientConfig::new(
-        server.local_addr(),
-        quicprochat_sdk::Trust::PinnedCertificate(server.certificate_der().to_vec()),
-        dirs[2].path(),
-    );
-    config.kdf = quicprochat_sdk::KdfStrength::InsecureTestOnly;
-    config.push_quiet = push_quiet;
-    let bob = quicprochat_sdk::QpcClient::connect(config).await.unwrap();
+    let bob = client_with(&server, dirs[2].path(), |c| c.push_quiet = push_quiet).await;
     let bob_events = bob.subscribe();
     alice.register("alice", b"a").await.unwrap();
     bob.register("bob", b"b").await.unwrap();

@@ -19,17 +19,34 @@ use quicprochat_server::{RunningServer, ServerConfig};
 use tokio::sync::broadcast;
 
 pub async fn start_server(dir: &Path) -> RunningServer {
+    start_server_with(dir, |_| {}).await
+}
+
+/// [`start_server`] with its configuration changed by `adjust` first.
+pub async fn start_server_with(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     // QPC_TEST_LOG=debug shows client and server logs when a test needs explaining.
     if let Ok(filter) = std::env::var("QPC_TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
-    quicprochat_server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir)).await.unwrap()
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
+    adjust(&mut config);
+    quicprochat_server::start(config).await.unwrap()
 }
 
 pub async fn client(server: &RunningServer, state_dir: &Path) -> QpcClient {
+    client_with(server, state_dir, |_| {}).await
+}
+
+/// [`client`] with its configuration changed by `adjust` first.
+pub async fn client_with(
+    server: &RunningServer,
+    state_dir: &Path,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> QpcClient {
     let mut config =
         ClientConfig::new(server.local_addr(), Trust::PinnedCertificate(server.certificate_der().to_vec()), state_dir);
     config.kdf = KdfStrength::InsecureTestOnly;
+    adjust(&mut config);
     QpcClient::connect(config).await.unwrap()
 }
 

@@ -229,7 +229,7 @@ pub trait DeliveryStore: Send + Sync {
     async fn replayed(&self, sender: DeviceId, key: Vec<u8>, now_ms: u64)
     -> Result<Option<EnqueueOutcome>, StoreError>;
     /// Reads unexpired queue entries with `seq > after_seq`, at most `limit` and about
-    /// `max_bytes`, and whether more are left after them (see [`QueuePage::collect`]).
+    /// `max_bytes`, and whether more are left after them (see [`QueuePage`]).
     async fn peek(
         &self,
         device: DeviceId,
