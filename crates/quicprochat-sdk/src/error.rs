@@ -118,6 +118,10 @@ pub enum SdkError {
     /// or it is damaged).
     #[error("the local database does not open with this account's key")]
     LocalStoreUnreadable,
+    /// The local database opened, but what it holds is damaged (e.g. part of the MLS state is
+    /// missing).
+    #[error("the local database is damaged: {0}")]
+    LocalStoreDamaged(&'static str),
     /// This device left the conversation (or was removed from it); its history stays readable.
     #[error("you are no longer a member of this conversation")]
     LeftConversation,

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::error::Result;
 use crate::{ConversationId, DeliveryState, Message, MessageId, MessageKind, Reaction, SdkError};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
-use quicprochat_core::mls::StateChanges;
+use quicprochat_core::mls::{STATE_CHUNK_LEN, StateChanges};
 
 /// Migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -103,6 +103,19 @@ CREATE TABLE IF NOT EXISTS mls_entries (
     // 8: which device sent a message (as MLS authenticated it), for transcript exports.
     r#"
 ALTER TABLE messages ADD COLUMN sender_device BLOB;
+"#,
+    // 9: MLS state entries in chunks (see `quicprochat_core::mls::StateChanges`), so a change
+    // at the end of a large entry writes its last chunk only. A whole value written before is
+    // chunk 0; `LocalStore::open` splits the ones longer than a chunk.
+    r#"
+CREATE TABLE IF NOT EXISTS mls_chunks (
+    key   BLOB NOT NULL,
+    chunk INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (key, chunk)
+);
+INSERT INTO mls_chunks (key, chunk, value) SELECT key, 0, value FROM mls_entries;
+DROP TABLE mls_entries;
 "#,
 ];
 
@@ -284,7 +297,46 @@ impl LocalStore {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self { conn, key })
+        let store = Self { conn, key };
+        store.split_whole_mls_entries()?;
+        Ok(store)
+    }
+
+    /// Splits MLS entries written whole (before migration 9) into the chunks
+    /// [`quicprochat_core::mls::MlsClient::restore_entries`] assumes, in one transaction. Only
+    /// an entry with no chunk 1 and a chunk 0 longer than a chunk can be one.
+    fn split_whole_mls_entries(&self) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT key, value FROM mls_chunks AS c WHERE chunk = 0 AND length(value) > ?1 \
+             AND NOT EXISTS (SELECT 1 FROM mls_chunks AS d WHERE d.key = c.key AND d.chunk = 1)",
+        )?;
+        let rows = stmt.query_map([STATE_CHUNK_LEN], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut whole = Vec::new();
+        for row in rows {
+            let (key, sealed) = row?;
+            let value = self.open_sealed(&mls_chunk_aad(&key, 0, true), &sealed)?;
+            if value.len() > STATE_CHUNK_LEN {
+                whole.push((key, value));
+            }
+        }
+        drop(stmt);
+        if whole.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare("INSERT OR REPLACE INTO mls_chunks (key, chunk, value) VALUES (?1, ?2, ?3)")?;
+            for (key, value) in &whole {
+                let count = value.chunks(STATE_CHUNK_LEN).count();
+                for (index, bytes) in value.chunks(STATE_CHUNK_LEN).enumerate() {
+                    let index = u32::try_from(index).map_err(|_| SdkError::LocalStoreDamaged("MLS entry too large"))?;
+                    let sealed = self.seal(&mls_chunk_aad(key, index, index as usize + 1 == count), bytes)?;
+                    insert.execute(params![key, index, sealed])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -301,15 +353,34 @@ impl LocalStore {
         sealed.map(|s| self.open_sealed(MLS_STATE.as_bytes(), &s)).transpose()
     }
 
-    /// The MLS storage entries, unsealed.
+    /// The MLS storage entries, unsealed and put back together from their chunks. A chunk that
+    /// is missing, out of place, or sealed for another place (another entry, index, or a last
+    /// chunk that is not last) is [`SdkError::LocalStoreDamaged`].
     pub fn mls_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut stmt = self.conn.prepare("SELECT key, value FROM mls_entries")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, sealed) = row?;
-            let value = self.open_sealed(&mls_entry_aad(&key), &sealed)?;
-            out.push((key, value.to_vec()));
+        let mut stmt = self.conn.prepare("SELECT key, chunk, value FROM mls_chunks ORDER BY key, chunk")?;
+        let mut rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))?
+            .peekable();
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut value = Zeroizing::new(Vec::new());
+        let mut expected: u32 = 0;
+        while let Some(row) = rows.next() {
+            let (key, index, sealed) = row?;
+            if u32::try_from(index).ok() != Some(expected) {
+                return Err(SdkError::LocalStoreDamaged("an MLS state chunk is missing"));
+            }
+            let last = match rows.peek() {
+                Some(Ok((next, _, _))) => *next != key,
+                Some(Err(_)) | None => true,
+            };
+            value.extend_from_slice(&self.open_sealed(&mls_chunk_aad(&key, expected, last), &sealed)?);
+            if last {
+                out.push((key, value.to_vec()));
+                value.clear();
+                expected = 0;
+            } else {
+                expected += 1;
+            }
         }
         Ok(out)
     }
@@ -322,11 +393,11 @@ impl LocalStore {
 
     /// Applies one change atomically. Returns false when the message was a duplicate.
     pub fn apply(&mut self, change: Change<'_>) -> Result<bool> {
-        let sealed_entries = match change.mls {
+        let sealed_chunks = match change.mls {
             Some(changes) => Some(
                 changes
-                    .upserts()
-                    .map(|(key, value)| Ok((key, self.seal(&mls_entry_aad(key), value)?)))
+                    .writes()
+                    .map(|w| Ok((w.key, w.index, self.seal(&mls_chunk_aad(w.key, w.index, w.last), w.bytes)?)))
                     .collect::<Result<Vec<_>>>()?,
             ),
             None => None,
@@ -347,12 +418,17 @@ impl LocalStore {
         // `unchecked_transaction` borrows the connection shared, beside `durable`; nothing else
         // uses it meanwhile (`&mut self`).
         let tx = self.conn.unchecked_transaction()?;
-        if let (Some(changes), Some(sealed)) = (change.mls, sealed_entries) {
-            let mut upsert = tx.prepare_cached("INSERT OR REPLACE INTO mls_entries (key, value) VALUES (?1, ?2)")?;
-            for (key, value) in sealed {
-                upsert.execute(params![key, value])?;
+        if let (Some(changes), Some(sealed)) = (change.mls, sealed_chunks) {
+            let mut upsert =
+                tx.prepare_cached("INSERT OR REPLACE INTO mls_chunks (key, chunk, value) VALUES (?1, ?2, ?3)")?;
+            for (key, index, value) in sealed {
+                upsert.execute(params![key, index, value])?;
             }
-            let mut delete = tx.prepare_cached("DELETE FROM mls_entries WHERE key = ?1")?;
+            let mut truncate = tx.prepare_cached("DELETE FROM mls_chunks WHERE key = ?1 AND chunk >= ?2")?;
+            for (key, count) in changes.truncations() {
+                truncate.execute(params![key, count])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM mls_chunks WHERE key = ?1")?;
             for key in changes.deletes() {
                 delete.execute([key])?;
             }
@@ -855,8 +931,18 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn mls_entry_aad(key: &[u8]) -> Vec<u8> {
-    let mut aad = b"mls:".to_vec();
+/// What a sealed MLS state chunk is bound to: its entry, its index, and whether it is the
+/// entry's last, so that chunks cannot be swapped, dropped from the end or appended unnoticed.
+/// A one-chunk entry is bound as whole entries were before chunks existed.
+fn mls_chunk_aad(key: &[u8], index: u32, last: bool) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(9 + key.len());
+    if index == 0 && last {
+        aad.extend_from_slice(b"mls:");
+    } else {
+        aad.extend_from_slice(b"mlc:");
+        aad.extend_from_slice(&index.to_be_bytes());
+        aad.push(u8::from(last));
+    }
     aad.extend_from_slice(key);
     aad
 }

@@ -55,7 +55,7 @@ use crate::error::CoreError;
 use crate::identity::IdentityKeyPair;
 use crate::ids::DeviceId;
 
-pub use changes::StateChanges;
+pub use changes::{ChunkWrite, STATE_CHUNK_LEN, StateChanges};
 pub use credential::{
     CREDENTIAL_IDENTITY_VERSION, CredentialError, MAX_USERNAME_LEN, MemberInfo, decode_credential_identity,
     encode_credential_identity,
@@ -185,9 +185,10 @@ impl MlsClient {
     }
 
     /// Restores a client from its storage entries, as persisted from
-    /// [`Self::state_changes`]; they count as persisted. The caller
-    /// vouches that they are this device's (e.g. they were sealed with its
-    /// key).
+    /// [`Self::state_changes`] and put back together from their chunks; they
+    /// count as persisted, each as the chunks [`StateChanges`] writes for it
+    /// (so a store must hold exactly those). The caller vouches that they are
+    /// this device's (e.g. they were sealed with its key).
     pub fn restore_entries(
         identity: &IdentityKeyPair,
         username: &str,
@@ -201,10 +202,11 @@ impl MlsClient {
         Ok(client)
     }
 
-    /// The storage entries changed since the last [`Self::mark_persisted`]
-    /// (since creation or restore from a snapshot: all of them; since
-    /// [`Self::restore_entries`]: none). Write them, then report them
-    /// persisted; changes never reported come back in the next call.
+    /// The storage changed since the last [`Self::mark_persisted`] (since
+    /// creation or restore from a snapshot: all of it; since
+    /// [`Self::restore_entries`]: nothing), as the chunks of entries that
+    /// differ. Write them, then report them persisted; changes never
+    /// reported come back in the next call.
     pub fn state_changes(&self) -> Result<StateChanges, CoreError> {
         let values = self.provider.storage().values.read().map_err(|_| CoreError::StorageLockPoisoned)?;
         Ok(self.persisted.lock().map_err(|_| CoreError::StorageLockPoisoned)?.changes(&values))

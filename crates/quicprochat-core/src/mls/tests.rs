@@ -520,23 +520,23 @@ fn persisted_entries_restore_a_working_client() {
     let (alice, bob) = two_party(MlsSuite::Classic);
     // Everything is a change until persisted; then only what an operation touched.
     let all = bob.client.state_changes().unwrap();
-    assert!(all.upserts().count() > 1);
-    let mut table: std::collections::HashMap<Vec<u8>, Vec<u8>> =
-        all.upserts().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    assert!(all.writes().count() > 1);
+    let mut table = std::collections::BTreeMap::new();
+    write_chunks(&mut table, &all);
     bob.client.mark_persisted(&all).unwrap();
     assert!(bob.client.state_changes().unwrap().is_empty());
 
     send(&alice.client, &bob.client, b"one");
     let changes = bob.client.state_changes().unwrap();
-    assert!(!changes.is_empty() && changes.upserts().count() < all.upserts().count());
-    for (k, v) in changes.upserts() {
-        table.insert(k.to_vec(), v.to_vec());
-    }
-    for k in changes.deletes() {
-        table.remove(k);
-    }
+    assert!(!changes.is_empty() && changes.writes().count() < all.writes().count());
+    write_chunks(&mut table, &changes);
     bob.client.mark_persisted(&changes).unwrap();
 
+    let mut entries: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
+    for ((key, _), bytes) in table {
+        entries.entry(key).or_default().extend_from_slice(&bytes);
+    }
+    let table = entries;
     let restored = MlsClient::restore_entries(&bob.identity, "bob", MlsSuite::Classic, table).unwrap();
     assert!(restored.state_changes().unwrap().is_empty(), "restored entries count as persisted");
     assert_eq!(
@@ -546,4 +546,45 @@ fn persisted_entries_restore_a_working_client() {
     );
     send(&alice.client, &restored, b"two");
     send(&restored, &alice.client, b"three");
+}
+
+/// Applies `changes` to a table of chunks keyed by `(key, index)`, as a store does.
+fn write_chunks(table: &mut std::collections::BTreeMap<(Vec<u8>, u32), Vec<u8>>, changes: &StateChanges) {
+    for write in changes.writes() {
+        table.insert((write.key.to_vec(), write.index), write.bytes.to_vec());
+    }
+    for (key, count) in changes.truncations() {
+        table.retain(|(k, index), _| k != key || *index < count);
+    }
+    for key in changes.deletes() {
+        table.retain(|(k, _), _| k != key);
+    }
+}
+
+#[test]
+fn a_message_in_a_large_group_persists_a_few_chunks() {
+    let alice = device("alice", MlsSuite::XWing);
+    alice.client.create_group(GROUP).unwrap();
+    let others: Vec<Device> = (0..23).map(|i| device(&format!("member{i}"), MlsSuite::XWing)).collect();
+    let key_packages: Vec<Vec<u8>> = others.iter().map(|d| d.client.generate_key_package().unwrap()).collect();
+    let outcome = alice.client.add_members(GROUP, &key_packages).unwrap();
+    alice.client.merge_pending_commit(GROUP).unwrap();
+    let bob = &others[0].client;
+    bob.join_from_welcome(&outcome.welcome).unwrap();
+    // Past epochs fill up, as in a group in use: each keeps the 24 members' X-Wing keys.
+    for _ in 0..MAX_PAST_EPOCHS {
+        let update = alice.client.self_update(GROUP).unwrap();
+        alice.client.merge_pending_commit(GROUP).unwrap();
+        assert!(matches!(bob.process(GROUP, &update.commit).unwrap(), Processed::Commit { .. }));
+    }
+    let all = bob.state_changes().unwrap();
+    bob.mark_persisted(&all).unwrap();
+
+    send(&alice.client, bob, b"hello");
+    let changes = bob.state_changes().unwrap();
+    // The message changed the current epoch's secrets, at the end of an entry that holds the
+    // past epochs too: only its last chunks are written.
+    assert!(!changes.is_empty());
+    assert!(changes.bytes_written() <= 2 * STATE_CHUNK_LEN, "{changes:?}");
+    assert!(all.bytes_written() > 10 * STATE_CHUNK_LEN, "{all:?}");
 }

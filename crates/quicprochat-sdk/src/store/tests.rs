@@ -287,7 +287,7 @@ fn mls_entries_replace_an_earlier_snapshot_and_restore_the_client() {
     mls.generate_key_package().unwrap();
     let more = mls.state_changes().unwrap();
     assert!(!more.is_empty());
-    assert!(more.upserts().all(|(key, _)| changes.upserts().all(|(written, _)| written != key)), "nothing rewritten");
+    assert!(more.writes().all(|w| changes.writes().all(|written| written.key != w.key)), "nothing rewritten");
     store.apply(Change { mls: Some(&more), ..Default::default() }).unwrap();
 
     drop(store);
@@ -298,4 +298,75 @@ fn mls_entries_replace_an_earlier_snapshot_and_restore_the_client() {
     // Entries are sealed: another key cannot read them.
     let other = LocalStore::open(&dir.path().join("state.db"), Zeroizing::new([9u8; 32]));
     assert!(other.is_err() || other.unwrap().mls_entries().is_err());
+}
+
+fn chunk_rows(store: &LocalStore, key: &[u8]) -> i64 {
+    store.conn.query_row("SELECT count(*) FROM mls_chunks WHERE key = ?1", [key], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn mls_entries_are_written_in_chunks_and_read_back_whole() {
+    use quicprochat_core::identity::IdentityKeyPair;
+    use quicprochat_core::mls::{MlsClient, MlsSuite};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let identity = IdentityKeyPair::generate(&mut rand_core::OsRng);
+    let big: Vec<u8> = (0..3 * STATE_CHUNK_LEN + 5).map(|i| (i % 251) as u8).collect();
+    let mut entries = vec![(b"big".to_vec(), big), (b"small".to_vec(), b"s".to_vec()), (b"empty".to_vec(), Vec::new())];
+    entries.sort();
+    // A client restored from a snapshot has everything to write.
+    let snapshot = MlsClient::restore_entries(&identity, "bob", MlsSuite::Classic, entries.clone())
+        .unwrap()
+        .export_state()
+        .unwrap();
+    let mls = MlsClient::restore(&identity, "bob", MlsSuite::Classic, &snapshot).unwrap();
+    let changes = mls.state_changes().unwrap();
+    assert_eq!(changes.writes().count(), 4 + 1 + 1);
+    store.apply(Change { mls: Some(&changes), ..Default::default() }).unwrap();
+    assert_eq!(chunk_rows(&store, b"big"), 4);
+    assert_eq!(chunk_rows(&store, b"empty"), 1);
+    let mut read = store.mls_entries().unwrap();
+    read.sort();
+    assert_eq!(read, entries);
+
+    // Chunks dropped, lost from the end, or moved are refused, never read as a shorter value.
+    for damage in [
+        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 3",
+        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 1",
+        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 0",
+        "UPDATE mls_chunks SET value = (SELECT value FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 2) \
+         WHERE key = CAST('big' AS BLOB) AND chunk = 1",
+        "UPDATE mls_chunks SET key = CAST('small' AS BLOB), chunk = 1 WHERE key = CAST('big' AS BLOB) AND chunk = 1",
+    ] {
+        let tx = store.conn.unchecked_transaction().unwrap();
+        assert_eq!(tx.execute(damage, []).unwrap(), 1, "{damage}");
+        let damaged = store.mls_entries();
+        assert!(matches!(damaged, Err(SdkError::LocalStoreDamaged(_) | SdkError::Crypto(_))), "{damage}: {damaged:?}");
+        drop(tx);
+    }
+    assert_eq!(store.mls_entries().unwrap().len(), 3, "the damage was rolled back");
+}
+
+#[test]
+fn a_whole_mls_entry_from_before_chunks_is_split_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let big: Vec<u8> = (0..2 * STATE_CHUNK_LEN + 10).map(|i| (i % 253) as u8).collect();
+    // As a version before chunks wrote them: whole, bound to the key alone.
+    for (key, value) in [(&b"big"[..], &big[..]), (&b"small"[..], &b"s"[..])] {
+        let sealed = store.seal(&mls_chunk_aad(key, 0, true), value).unwrap();
+        store
+            .conn
+            .execute("INSERT INTO mls_chunks (key, chunk, value) VALUES (?1, 0, ?2)", params![key, sealed])
+            .unwrap();
+    }
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(chunk_rows(&store, b"big"), 3);
+    assert_eq!(chunk_rows(&store, b"small"), 1);
+    let mut read = store.mls_entries().unwrap();
+    read.sort();
+    assert_eq!(read, vec![(b"big".to_vec(), big), (b"small".to_vec(), b"s".to_vec())]);
 }
