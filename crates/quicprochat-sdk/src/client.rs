@@ -78,6 +78,9 @@ pub(crate) struct Inner {
     pub pages_read: std::sync::atomic::AtomicU64,
 }
 
+/// The `ServerInfo` feature of servers that take `BatchEnqueueRequest.shared_welcome`.
+const SHARED_WELCOME_FEATURE: &str = "shared_welcome";
+
 /// The logged-in account: identity, MLS state and local store, behind one lock.
 pub(crate) struct Account {
     pub username: String,
@@ -85,6 +88,9 @@ pub(crate) struct Account {
     pub session_token: Zeroizing<Vec<u8>>,
     /// The server's delivery-proof key, from `ServerInfo` at login.
     pub server_signing_key: [u8; 32],
+    /// Whether the server takes one Welcome for several devices (`ServerInfo` feature
+    /// `shared_welcome`); an older one gets a copy per device.
+    pub shared_welcomes: bool,
     pub user_id: Vec<u8>,
     pub device_id: DeviceId,
     pub local: Mutex<Local>,
@@ -255,6 +261,7 @@ impl QpcClient {
             username: secrets.username.clone(),
             session_token: Zeroizing::new(token.to_vec()),
             server_signing_key,
+            shared_welcomes: info.features.iter().any(|f| f == SHARED_WELCOME_FEATURE),
             user_id,
             device_id,
             local: Mutex::new(Local { mls, store }),

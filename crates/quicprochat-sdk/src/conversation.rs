@@ -42,13 +42,33 @@ pub(crate) struct PendingCommit {
     pub commit: Vec<u8>,
     pub epoch_before: u64,
     pub group_info: Vec<u8>,
-    pub welcomes: Vec<v1::WelcomeDelivery>,
+    /// The Welcome of a commit that adds devices, and those devices' ids.
+    pub welcome: Option<(Bytes, Vec<Bytes>)>,
 }
 
 impl From<quicprochat_core::mls::CommitOutcome> for PendingCommit {
     /// Commits that add nobody (removals, updates, committed removal proposals) carry no Welcome.
     fn from(o: quicprochat_core::mls::CommitOutcome) -> Self {
-        Self { commit: o.commit, epoch_before: o.epoch_before, group_info: o.group_info, welcomes: Vec::new() }
+        Self { commit: o.commit, epoch_before: o.epoch_before, group_info: o.group_info, welcome: None }
+    }
+}
+
+/// The Welcome fields of a `BatchEnqueueRequest`: one shared Welcome when the server takes it
+/// (`shared`), else a copy per device, as an older server needs.
+fn welcome_fields(
+    welcome: Option<(Bytes, Vec<Bytes>)>,
+    shared: bool,
+) -> (Vec<v1::WelcomeDelivery>, Option<v1::SharedWelcome>) {
+    match welcome {
+        None => (Vec::new(), None),
+        Some((payload, device_ids)) if shared => (Vec::new(), Some(v1::SharedWelcome { payload, device_ids })),
+        Some((payload, device_ids)) => (
+            device_ids
+                .into_iter()
+                .map(|device_id| v1::WelcomeDelivery { device_id, payload: payload.clone() })
+                .collect(),
+            None,
+        ),
     }
 }
 
@@ -58,6 +78,9 @@ const HANDSHAKE_SEND_TRIES: u32 = 5;
 /// The largest commit-with-Welcomes request sent at once: three quarters of the default frame
 /// limit, leaving room for the envelope around it.
 const MAX_BATCH_BYTES: usize = quicprochat_rpc::DEFAULT_MAX_PAYLOAD as usize / 4 * 3;
+
+/// The most devices one commit adds: a server welcomes at most this many in one batch.
+const MAX_ADDED_DEVICES: usize = 1000;
 
 /// How often a commit is rebuilt after losing a race.
 const MAX_COMMIT_ATTEMPTS: u32 = 5;
@@ -493,6 +516,7 @@ impl QpcClient {
                 local.persist(Change { durable: true, ..Default::default() })?;
                 (outcome, before)
             };
+            let (welcomes, shared_welcome) = welcome_fields(outcome.welcome, account.shared_welcomes);
             let request = v1::BatchEnqueueRequest {
                 channel_id: Bytes::copy_from_slice(&id.0),
                 commit: Some(v1::Envelope {
@@ -500,7 +524,8 @@ impl QpcClient {
                     epoch: outcome.epoch_before,
                     payload: outcome.commit.into(),
                 }),
-                welcomes: outcome.welcomes,
+                welcomes,
+                shared_welcome,
                 idempotency_key: Bytes::copy_from_slice(&random16()),
                 group_info: outcome.group_info.into(),
             };
@@ -609,31 +634,37 @@ impl QpcClient {
         self.add_key_packages(id, &claimed).await
     }
 
-    /// Adds the devices of `claimed` in one commit, or in several when their Welcomes (one copy
-    /// per device, each with the ratchet tree) would not fit in one request: the devices are
-    /// then split in halves, each added by its own commit.
+    /// Adds the devices of `claimed` in one commit, or in several when they are more than a
+    /// server welcomes at once or the request would not fit (the Welcome carries the ratchet
+    /// tree, and an older server takes a copy of it per device): the devices are then split in
+    /// halves, each added by its own commit.
     async fn add_key_packages(&self, id: ConversationId, claimed: &[v1::DeviceKeyPackage]) -> Result<u64> {
+        if claimed.len() > MAX_ADDED_DEVICES {
+            let (first, second) = claimed.split_at(claimed.len() / 2);
+            Box::pin(self.add_key_packages(id, first)).await?;
+            return Box::pin(self.add_key_packages(id, second)).await;
+        }
+        let copies = if self.account()?.shared_welcomes { 1 } else { claimed.len() };
         let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
         let too_large = std::cell::Cell::new(false);
         let added = self
             .commit_change(id, |mls| {
                 let outcome = mls.add_members(&id.0, &packages)?;
-                let batch = outcome.commit.len() + outcome.group_info.len() + outcome.welcome.len() * claimed.len();
+                let batch = outcome.commit.len() + outcome.group_info.len() + outcome.welcome.len() * copies;
                 if batch > MAX_BATCH_BYTES && claimed.len() > 1 {
                     mls.clear_pending_commit(&id.0)?;
                     too_large.set(true);
                     return Err(SdkError::Protocol("a commit's Welcomes do not fit in one request"));
                 }
-                let welcome = Bytes::from(outcome.welcome);
                 Ok(PendingCommit {
                     commit: outcome.commit,
                     epoch_before: outcome.epoch_before,
                     group_info: outcome.group_info,
-                    // Each added device gets the Welcome; nobody else does.
-                    welcomes: claimed
-                        .iter()
-                        .map(|k| v1::WelcomeDelivery { device_id: k.device_id.clone(), payload: welcome.clone() })
-                        .collect(),
+                    // The added devices get the Welcome; nobody else does.
+                    welcome: Some((
+                        Bytes::from(outcome.welcome),
+                        claimed.iter().map(|k| k.device_id.clone()).collect(),
+                    )),
                 })
             })
             .await;
@@ -643,5 +674,28 @@ impl QpcClient {
         let (first, second) = claimed.split_at(claimed.len() / 2);
         Box::pin(self.add_key_packages(id, first)).await?;
         Box::pin(self.add_key_packages(id, second)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_welcome_is_shared_with_a_server_that_takes_it_and_copied_for_an_older_one() {
+        let devices = vec![Bytes::from_static(&[1; 16]), Bytes::from_static(&[2; 16])];
+        let welcome = Some((Bytes::from_static(b"welcome"), devices.clone()));
+
+        let (copies, shared) = welcome_fields(welcome.clone(), true);
+        assert!(copies.is_empty());
+        assert_eq!(shared, Some(v1::SharedWelcome { payload: Bytes::from_static(b"welcome"), device_ids: devices }));
+
+        let (copies, shared) = welcome_fields(welcome, false);
+        assert_eq!(shared, None);
+        assert_eq!(
+            copies.iter().map(|w| (w.device_id[0], &w.payload[..])).collect::<Vec<_>>(),
+            vec![(1, &b"welcome"[..]), (2, &b"welcome"[..])]
+        );
+        assert_eq!(welcome_fields(None, true), (Vec::new(), None));
     }
 }

@@ -177,7 +177,8 @@ impl ClusterEvent {
                 let created_ms = parts.next()?.parse().ok()?;
                 let payload = hex::decode(parts.next()?).ok()?;
                 let devices = parts.map(device_id).collect::<Option<Vec<_>>>()?;
-                let entry = QueuedEntry { seq: 0, channel, envelope_id, kind, epoch, payload, created_ms };
+                let entry =
+                    QueuedEntry { seq: 0, channel, envelope_id, kind, epoch, payload: payload.into(), created_ms };
                 Some(ClusterEvent::Ephemeral { devices, entry })
             }
             _ => None,
@@ -238,7 +239,7 @@ mod tests {
             envelope_id: [4; 16],
             kind: EnvelopeKind::Application,
             epoch: 7,
-            payload,
+            payload: payload.into(),
             created_ms: 1_700_000_000_000,
         }
     }

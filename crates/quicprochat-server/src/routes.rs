@@ -240,7 +240,7 @@ async fn enqueue(st: Arc<AppState>, _: Ctx, s: Session, r: v1::EnqueueRequest) -
         channel,
         kind: wire::envelope_kind(env.kind)?,
         epoch: env.epoch,
-        payload: env.payload.to_vec(),
+        payload: env.payload,
         idempotency_key: r.idempotency_key.to_vec(),
         ttl_secs: r.ttl_secs,
         ephemeral: r.ephemeral,
@@ -268,16 +268,20 @@ async fn batch_enqueue(
     if kind != crate::store::EnvelopeKind::Commit {
         return Err(RpcError::bad_request("BatchEnqueue carries a commit"));
     }
-    let welcomes = r
+    let mut welcomes = r
         .welcomes
         .into_iter()
-        .map(|w| Ok(WelcomeFor { device: wire::device_id(&w.device_id)?, payload: w.payload.to_vec() }))
+        .map(|w| Ok(WelcomeFor { devices: vec![wire::device_id(&w.device_id)?], payload: w.payload }))
         .collect::<RpcResult<Vec<_>>>()?;
+    if let Some(shared) = r.shared_welcome {
+        let devices = shared.device_ids.iter().map(|d| wire::device_id(d)).collect::<RpcResult<Vec<_>>>()?;
+        welcomes.push(WelcomeFor { devices, payload: shared.payload });
+    }
     let sub = Submission {
         channel,
         kind,
         epoch: commit.epoch,
-        payload: commit.payload.to_vec(),
+        payload: commit.payload,
         idempotency_key: r.idempotency_key.to_vec(),
         ttl_secs: 0,
         ephemeral: false,
@@ -343,11 +347,15 @@ async fn health(_: Arc<AppState>, _: Ctx, _: v1::HealthRequest) -> RpcResult<v1:
     Ok(v1::HealthResponse { status: "serving".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
+/// Optional protocol features this server speaks (`ServerInfoResponse.features`).
+const FEATURES: &[&str] = &["shared_welcome"];
+
 async fn server_info(st: Arc<AppState>, _: Ctx, _: v1::ServerInfoRequest) -> RpcResult<v1::ServerInfoResponse> {
     Ok(v1::ServerInfoResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         signing_key: b(st.signing_key.public_key().to_vec()),
         max_payload_bytes: u32::try_from(st.limits.max_payload).unwrap_or(u32::MAX),
+        features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
     })
 }
 

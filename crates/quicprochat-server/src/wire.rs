@@ -59,7 +59,7 @@ pub(crate) fn queued_to_proto(e: &QueuedEntry) -> v1::QueuedEnvelope {
         envelope: Some(v1::Envelope {
             kind: envelope_kind_to_proto(e.kind) as i32,
             epoch: e.epoch,
-            payload: Bytes::copy_from_slice(&e.payload),
+            payload: e.payload.clone(),
         }),
         envelope_id: Bytes::copy_from_slice(&e.envelope_id),
         created_at_ms: e.created_ms,

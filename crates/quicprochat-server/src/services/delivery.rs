@@ -1,6 +1,9 @@
 //! Delivery: fan-out into per-device queues, commit sequencing, peek/ack, long-poll, push.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use quicprochat_core::CoreError;
 use quicprochat_core::ids::delivery_proof_digest;
@@ -23,7 +26,7 @@ const MAX_PAGE: u32 = 1000;
 /// or one entry however large (up to the payload limit), so it fits a response frame; an
 /// unbounded budget would also let one request load a whole queue into memory.
 const DEFAULT_PAGE_BYTES: u64 = 4 * 1024 * 1024;
-/// Most welcomes in one batch.
+/// Most devices welcomed in one batch.
 const MAX_WELCOMES: usize = 1000;
 
 /// An envelope to enqueue, as the client described it.
@@ -36,7 +39,7 @@ pub struct Submission {
     /// Epoch it was produced in.
     pub epoch: u64,
     /// MLS bytes.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Idempotency key (may be empty).
     pub idempotency_key: Vec<u8>,
     /// Seconds to live (0 = until acked).
@@ -87,8 +90,15 @@ pub async fn enqueue(state: &AppState, session: &Session, s: Submission) -> Resu
     if !s.welcomes.is_empty() && s.kind != EnvelopeKind::Commit {
         return Err(ServiceError::BadRequest("welcomes must accompany a commit".into()));
     }
-    if s.welcomes.len() > MAX_WELCOMES {
+    if s.welcomes.iter().map(|w| w.devices.len()).sum::<usize>() > MAX_WELCOMES {
         return Err(ServiceError::BadRequest("too many welcomes in one batch".into()));
+    }
+    if s.welcomes.iter().any(|w| w.devices.is_empty()) {
+        return Err(ServiceError::BadRequest("a welcome names no device".into()));
+    }
+    let mut welcomed = HashSet::new();
+    if !s.welcomes.iter().flat_map(|w| &w.devices).all(|d| welcomed.insert(*d)) {
+        return Err(ServiceError::BadRequest("a device is welcomed twice in one batch".into()));
     }
     let now = state.clock.now_ms();
     // A retry of something already accepted gets the original answer before any other check
@@ -215,8 +225,9 @@ async fn track(state: &AppState, s: &Submission, sender: DeviceId) -> Result<Tra
             (tracker, added)
         }
     };
-    if let Some(w) = s.welcomes.iter().find(|w| !added.contains(&w.device)) {
-        tracing::debug!(device = ?w.device, "welcome for a device the commit does not add");
+    let added: HashSet<DeviceId> = added.into_iter().collect();
+    if let Some(device) = s.welcomes.iter().flat_map(|w| &w.devices).find(|d| !added.contains(d)) {
+        tracing::debug!(?device, "welcome for a device the commit does not add");
         return Err(ServiceError::BadRequest("a welcome goes only to a device the commit adds".into()));
     }
     let members = tracker.members().map_err(refused)?.into_iter().map(|m| m.device_id).collect();

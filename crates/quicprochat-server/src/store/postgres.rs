@@ -29,6 +29,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::error::SqlState;
@@ -552,7 +554,7 @@ fn entry_from(r: &Row) -> Result<QueuedEntry, StoreError> {
         envelope_id: get16(r, 2, "envelopes.id")?,
         kind: EnvelopeKind::from_i64(r.try_get(3)?).ok_or(StoreError::Corrupt("envelopes.kind"))?,
         epoch: i64_to_u64(r.try_get(4)?),
-        payload: r.try_get(5)?,
+        payload: r.try_get::<_, Vec<u8>>(5)?.into(),
         created_ms: i64_to_u64(r.try_get(6)?),
     })
 }
@@ -1044,14 +1046,14 @@ async fn find_replay<C: GenericClient>(
         .transpose()
 }
 
-fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &[u8]) -> QueuedEntry {
+fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
     QueuedEntry {
         seq,
         channel: b.channel,
         envelope_id: id,
         kind,
         epoch: b.epoch,
-        payload: payload.to_vec(),
+        payload: payload.clone(),
         created_ms: b.now_ms,
     }
 }
@@ -1141,7 +1143,7 @@ async fn enqueue_tx(
     // Lock every device this enqueue appends to, in id order: sequence numbers and queue
     // depths are then this transaction's alone until it commits.
     let mut targets: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
-    targets.extend(b.welcomes.iter().map(|w| w.device.0.as_slice()));
+    targets.extend(b.welcomes.iter().flat_map(|w| &w.devices).map(|d| d.0.as_slice()));
     targets.sort_unstable();
     targets.dedup();
     if !targets.is_empty() {
@@ -1223,32 +1225,39 @@ async fn enqueue_tx(
         .await?;
     }
 
-    for w in &b.welcomes {
-        let device = w.device.0.as_slice();
-        if row(&tx, "SELECT 1 FROM devices WHERE id = $1", &[&device]).await?.is_none() {
-            return Err(StoreError::UnknownDevice);
-        }
-        exec(
-            &tx,
-            "INSERT INTO channel_members (channel_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&ch, &device],
-        )
-        .await?;
+    for w in b.welcomes.iter().filter(|w| !w.devices.is_empty()) {
+        // Stored once, queued to each device it adds.
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(&tx, &wid, b, EnvelopeKind::Welcome, &w.payload, expires_ms).await?;
-        let seq: i64 = row(
-            &tx,
-            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = $1 \
-                 RETURNING next_seq - 1",
-            &[&device],
-        )
-        .await?
-        .ok_or(StoreError::UnknownDevice)?
-        .try_get(0)?;
-        exec(&tx, "INSERT INTO queue (device_id, seq, envelope) VALUES ($1, $2, $3)", &[&device, &seq, &welcome_seq])
+        for welcomed in &w.devices {
+            let device = welcomed.0.as_slice();
+            if row(&tx, "SELECT 1 FROM devices WHERE id = $1", &[&device]).await?.is_none() {
+                return Err(StoreError::UnknownDevice);
+            }
+            exec(
+                &tx,
+                "INSERT INTO channel_members (channel_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&ch, &device],
+            )
             .await?;
-        deliveries.push((w.device, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+            let seq: i64 = row(
+                &tx,
+                "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = $1 \
+                     RETURNING next_seq - 1",
+                &[&device],
+            )
+            .await?
+            .ok_or(StoreError::UnknownDevice)?
+            .try_get(0)?;
+            exec(
+                &tx,
+                "INSERT INTO queue (device_id, seq, envelope) VALUES ($1, $2, $3)",
+                &[&device, &seq, &welcome_seq],
+            )
+            .await?;
+            deliveries.push((*welcomed, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+        }
     }
 
     if !b.idempotency_key.is_empty() {

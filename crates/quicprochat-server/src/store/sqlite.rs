@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::at_rest::DbKey;
 use async_trait::async_trait;
+use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
@@ -917,7 +918,7 @@ fn entry_from(parts: EntryColumns) -> Result<QueuedEntry, StoreError> {
         envelope_id: blob16(id, "envelopes.id")?,
         kind: EnvelopeKind::from_i64(kind).ok_or(StoreError::Corrupt("envelopes.kind"))?,
         epoch: i64_to_u64(epoch),
-        payload,
+        payload: payload.into(),
         created_ms: i64_to_u64(created),
     })
 }
@@ -1160,22 +1161,25 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         }
     }
 
-    for w in &b.welcomes {
-        let known: bool =
-            one(tx, "SELECT 1 FROM devices WHERE id = ?1", [w.device.0.as_slice()], |_| Ok(())).optional()?.is_some();
-        if !known {
-            return Err(StoreError::UnknownDevice);
-        }
-        exec(
-            tx,
-            "INSERT OR IGNORE INTO channel_members (channel_id, device_id) VALUES (?1, ?2)",
-            params![b.channel.0.as_slice(), w.device.0.as_slice()],
-        )?;
+    for w in b.welcomes.iter().filter(|w| !w.devices.is_empty()) {
+        // Stored once, queued to each device it adds.
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(tx, &wid, &b, EnvelopeKind::Welcome, &w.payload)?;
-        let seq = push_to_queue(tx, &w.device, welcome_seq)?;
-        deliveries.push((w.device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
+        for device in &w.devices {
+            let known: bool =
+                one(tx, "SELECT 1 FROM devices WHERE id = ?1", [device.0.as_slice()], |_| Ok(())).optional()?.is_some();
+            if !known {
+                return Err(StoreError::UnknownDevice);
+            }
+            exec(
+                tx,
+                "INSERT OR IGNORE INTO channel_members (channel_id, device_id) VALUES (?1, ?2)",
+                params![b.channel.0.as_slice(), device.0.as_slice()],
+            )?;
+            let seq = push_to_queue(tx, device, welcome_seq)?;
+            deliveries.push((*device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
+        }
     }
 
     if !b.idempotency_key.is_empty() {
@@ -1203,14 +1207,14 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
     })
 }
 
-fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &[u8]) -> QueuedEntry {
+fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
     QueuedEntry {
         seq,
         channel: b.channel,
         envelope_id: id,
         kind,
         epoch: b.epoch,
-        payload: payload.to_vec(),
+        payload: payload.clone(),
         created_ms: b.now_ms,
     }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use bytes::Bytes;
+
 pub use quicprochat_core::ids::{ChannelId, DeviceId};
 
 /// A 16-byte account id.
@@ -200,13 +202,13 @@ impl EnvelopeKind {
     }
 }
 
-/// A welcome for one added device.
+/// A welcome for the devices it adds: stored once, queued to each.
 #[derive(Clone, Debug)]
 pub struct WelcomeFor {
-    /// The device the welcome adds.
-    pub device: DeviceId,
+    /// The devices the welcome adds.
+    pub devices: Vec<DeviceId>,
     /// MLS Welcome bytes.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// One enqueue (an envelope plus, for a commit, its welcomes).
@@ -221,7 +223,7 @@ pub struct EnqueueBatch {
     /// MLS epoch the payload was produced in.
     pub epoch: u64,
     /// Opaque payload.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Welcomes to queue with a commit.
     pub welcomes: Vec<WelcomeFor>,
     /// GroupInfo of the new epoch, for commits.
@@ -254,8 +256,8 @@ pub struct QueuedEntry {
     pub kind: EnvelopeKind,
     /// MLS epoch.
     pub epoch: u64,
-    /// Payload.
-    pub payload: Vec<u8>,
+    /// Payload, shared by every entry of the envelope (a fan-out holds one copy).
+    pub payload: Bytes,
     /// When the server accepted it, Unix ms.
     pub created_ms: u64,
 }

@@ -399,9 +399,31 @@ async fn batch_enqueue_refuses_what_breaks_its_rules() {
     assert_eq!(bob_dev, bob_device);
     let add = alice_mls.add_members(&channel, std::slice::from_ref(&bob_kp)).unwrap();
     let mallory_device = test_identity("mallory").device_id().0.to_vec();
-    let wrong =
-        batch(&channel, add.commit.clone(), vec![(mallory_device, add.welcome.clone())], add.group_info.clone());
+    let wrong = batch(
+        &channel,
+        add.commit.clone(),
+        vec![(mallory_device.clone(), add.welcome.clone())],
+        add.group_info.clone(),
+    );
     assert_eq!(rpc_error(send(alice.clone(), wrong).await).status, Status::BadRequest);
+
+    // A shared Welcome naming nobody, a device the commit does not add, or a device twice.
+    let shared = |devices: Vec<Vec<u8>>, also: Vec<(Vec<u8>, Vec<u8>)>| {
+        let mut request = batch(&channel, add.commit.clone(), also, add.group_info.clone());
+        request.shared_welcome = Some(v1::SharedWelcome {
+            payload: add.welcome.clone().into(),
+            device_ids: devices.into_iter().map(Bytes::from).collect(),
+        });
+        request
+    };
+    for (refused, why) in [
+        (shared(vec![], vec![]), "a shared welcome naming nobody"),
+        (shared(vec![bob_dev.clone(), mallory_device.clone()], vec![]), "a device the commit does not add"),
+        (shared(vec![bob_dev.clone(), bob_dev.clone()], vec![]), "a device named twice"),
+        (shared(vec![bob_dev.clone()], vec![(bob_dev.clone(), add.welcome.clone())]), "named in both fields"),
+    ] {
+        assert_eq!(rpc_error(send(alice.clone(), refused).await).status, Status::BadRequest, "{why}");
+    }
 
     // No commit, or something else than a commit.
     let mut no_commit = batch(&channel, add.commit.clone(), vec![], add.group_info.clone());
@@ -600,4 +622,40 @@ async fn a_rate_limited_retry_gets_the_original_answer_after_retry_after_ms() {
     let retry = enqueue(&alice, &request).await.unwrap();
     assert_eq!((retry.envelope_id, retry.seq), (first.envelope_id, first.seq));
     assert_eq!(peek(&bob).await.len(), 2, "welcome and one copy");
+}
+
+#[tokio::test]
+async fn a_shared_welcome_is_stored_once_and_reaches_every_device_it_adds() {
+    let server = TestServer::start().await;
+    let (alice, _, _) = user(&server, "alice").await;
+    let (bob, _, _) = user(&server, "bob").await;
+    let (carol, _, _) = user(&server, "carol").await;
+    let info: v1::ServerInfoResponse = alice.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.unwrap();
+    assert!(info.features.iter().any(|f| f == "shared_welcome"), "{:?}", info.features);
+
+    let (channel, _mls) = group_with(&alice, "alice", &[member("bob"), member("carol")]).await;
+    let (at_bob, at_carol) = (peek(&bob).await, peek(&carol).await);
+    assert_eq!((at_bob.len(), at_carol.len()), (1, 1));
+    for queued in [&at_bob[0], &at_carol[0]] {
+        assert_eq!(kind_of(queued), v1::EnvelopeKind::Welcome as i32);
+        assert_eq!(queued.channel_id, channel);
+    }
+    assert_eq!(at_bob[0].envelope_id, at_carol[0].envelope_id, "one envelope");
+    assert_eq!(at_bob[0].envelope, at_carol[0].envelope);
+    let db = server.db();
+    let welcomes: i64 = db.query_row("SELECT COUNT(*) FROM envelopes WHERE kind = 3", [], |r| r.get(0)).unwrap();
+    assert_eq!(welcomes, 1, "stored once");
+
+    // Acknowledged by one, it stays for the other; by both, it goes.
+    let ack = |rpc: &RpcClient, seq: u64| {
+        let rpc = rpc.clone();
+        async move {
+            let _: v1::AckResponse = rpc.call(method::ACK, &v1::AckRequest { up_to_seq: seq }).await.unwrap();
+        }
+    };
+    ack(&bob, at_bob[0].seq).await;
+    assert_eq!(peek(&carol).await.len(), 1);
+    ack(&carol, at_carol[0].seq).await;
+    let welcomes: i64 = db.query_row("SELECT COUNT(*) FROM envelopes WHERE kind = 3", [], |r| r.get(0)).unwrap();
+    assert_eq!(welcomes, 0);
 }

@@ -189,8 +189,8 @@ pub async fn dm_with_package(
 }
 
 /// `creator` creates a group channel and adds `members` (device id and key package each) with
-/// one real MLS commit and a Welcome per device. Returns the channel id and the creator's MLS
-/// client (at epoch 1).
+/// one real MLS commit and its Welcome, shared by the devices. Returns the channel id and the
+/// creator's MLS client (at epoch 1).
 pub async fn group_with(creator: &RpcClient, creator_name: &str, members: &[(Vec<u8>, Vec<u8>)]) -> (Bytes, MlsClient) {
     let created: v1::CreateChannelResponse = creator
         .call(
@@ -214,13 +214,10 @@ pub async fn group_with(creator: &RpcClient, creator_name: &str, members: &[(Vec
                     epoch: 0,
                     payload: add.commit.into(),
                 }),
-                welcomes: members
-                    .iter()
-                    .map(|(device, _)| v1::WelcomeDelivery {
-                        device_id: device.clone().into(),
-                        payload: add.welcome.clone().into(),
-                    })
-                    .collect(),
+                shared_welcome: Some(v1::SharedWelcome {
+                    payload: add.welcome.into(),
+                    device_ids: members.iter().map(|(device, _)| device.clone().into()).collect(),
+                }),
                 group_info: add.group_info.into(),
                 ..Default::default()
             },

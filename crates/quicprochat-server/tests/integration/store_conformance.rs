@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use quicprochat_server::store::{
     AuditEvent, AuditKind, BlobChunk, BlobRecord, ChannelId, ChannelKind, DeviceId, DeviceRecord, EndpointRecord,
     EnqueueBatch, EnvelopeKind, NewChannel, SessionRecord, Store, StoreError, Tracking, UserId, WelcomeFor,
@@ -67,7 +69,7 @@ fn batch(channel: ChannelId, sender: DeviceId, kind: EnvelopeKind, epoch: u64, p
         sender,
         kind,
         epoch,
-        payload: payload.to_vec(),
+        payload: Bytes::copy_from_slice(payload),
         welcomes: Vec::new(),
         group_info: None,
         envelope_id: fresh_id(),
@@ -79,14 +81,15 @@ fn batch(channel: ChannelId, sender: DeviceId, kind: EnvelopeKind, epoch: u64, p
     }
 }
 
-/// Channel `c` created by `creator`, with `others` added by a commit at epoch 0 whose welcomes
-/// make them members (as `BatchEnqueue` does). The channel is then at epoch 1.
+/// Channel `c` created by `creator`, with `others` added by a commit at epoch 0 whose welcome
+/// (one for all of them) makes them members (as `BatchEnqueue` does). The channel is then at
+/// epoch 1.
 async fn group(store: &Arc<dyn Store>, c: ChannelId, creator: DeviceId, others: &[DeviceId]) {
     let created =
         store.create_channel(NewChannel { id: c, kind: ChannelKind::Group, first_member: creator, now_ms: NOW }).await;
     assert!(created.unwrap());
     let mut commit = batch(c, creator, EnvelopeKind::Commit, 0, b"add");
-    commit.welcomes = others.iter().map(|d| WelcomeFor { device: *d, payload: b"welcome".to_vec() }).collect();
+    commit.welcomes = vec![WelcomeFor { devices: others.to_vec(), payload: Bytes::from_static(b"welcome") }];
     commit.group_info = Some(b"group info 1".to_vec());
     store.enqueue(commit).await.unwrap();
 }
@@ -96,7 +99,7 @@ async fn send(store: &Arc<dyn Store>, c: ChannelId, sender: DeviceId, payload: &
 }
 
 fn payloads(entries: &[quicprochat_server::store::QueuedEntry]) -> Vec<&[u8]> {
-    entries.iter().map(|e| e.payload.as_slice()).collect()
+    entries.iter().map(|e| &e.payload[..]).collect()
 }
 
 /// Every device's queue count (`devices.queue_depth`, which the depth check reads) matches
@@ -297,9 +300,16 @@ pub async fn enqueue_fans_out_once_to_every_other_member_device(f: Fixture) {
     assert_eq!((c.epoch, c.group_info.as_deref()), (1, Some(b"group info 1".as_slice())));
     assert_eq!(s.members(chan(1)).await.unwrap(), vec![a1, a2, b1]);
     // Welcomes only: the commit itself had nobody to go to and is not kept.
-    assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 2);
+    // One Welcome for both added devices: stored once, queued to each.
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 1);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 2);
     let welcome = s.peek(b1, 0, 10, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!((welcome.len(), welcome[0].kind, welcome[0].seq), (1, EnvelopeKind::Welcome, 1));
+    let welcome_at_a2 = s.peek(a2, 0, 10, u64::MAX, NOW).await.unwrap().entries;
+    assert_eq!(
+        (payloads(&welcome_at_a2), welcome_at_a2[0].envelope_id),
+        (vec![&b"welcome"[..]], welcome[0].envelope_id)
+    );
 
     let mut message = batch(chan(1), a1, EnvelopeKind::Application, 1, b"hello");
     let envelope_id = message.envelope_id;
@@ -312,7 +322,7 @@ pub async fn enqueue_fans_out_once_to_every_other_member_device(f: Fixture) {
     assert_eq!(to, vec![(a2, 2), (b1, 2)], "the sender's other device too, never the sender");
     let (_, e) = &out.deliveries[0];
     assert_eq!(
-        (e.channel, e.envelope_id, e.kind, e.epoch, e.payload.as_slice(), e.created_ms),
+        (e.channel, e.envelope_id, e.kind, e.epoch, &e.payload[..], e.created_ms),
         (chan(1), envelope_id, EnvelopeKind::Application, 1, b"hello".as_slice(), NOW + 5)
     );
     // The payload is stored once, queued twice.
@@ -330,10 +340,11 @@ pub async fn enqueue_fans_out_once_to_every_other_member_device(f: Fixture) {
     let nowhere = s.enqueue(batch(chan(9), a1, EnvelopeKind::Application, 1, b"x")).await;
     assert!(matches!(nowhere, Err(StoreError::NotFound("channel"))));
     let mut to_nobody = batch(chan(1), a1, EnvelopeKind::Commit, 1, b"add ghost");
-    to_nobody.welcomes = vec![WelcomeFor { device: dev(99), payload: b"w".to_vec() }];
+    to_nobody.welcomes = vec![WelcomeFor { devices: vec![b1, dev(99)], payload: Bytes::from_static(b"w") }];
     assert!(matches!(s.enqueue(to_nobody).await, Err(StoreError::UnknownDevice)));
     assert_eq!(s.channel(chan(1)).await.unwrap().unwrap().epoch, 1, "the refused commit left no trace");
-    assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 4);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 3);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 6);
     assert_eq!(s.members(chan(1)).await.unwrap(), vec![a1, a2, b1]);
 }
 
@@ -463,7 +474,7 @@ pub async fn idempotent_retries_store_nothing_new(f: Fixture) {
     assert_eq!((originals, ids.len()), (1, 1));
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = X'726163696e67'").await, 1);
     let at_a1 = s.peek(a1, 0, 100, u64::MAX, NOW).await.unwrap().entries;
-    assert_eq!(at_a1.iter().filter(|e| e.payload == b"racing").count(), 1);
+    assert_eq!(at_a1.iter().filter(|e| e.payload[..] == b"racing"[..]).count(), 1);
 }
 
 pub async fn full_queues_refuse_application_messages_only(f: Fixture) {
