@@ -81,6 +81,11 @@ pub(crate) struct Inner {
 /// The `ServerInfo` feature of servers that take `BatchEnqueueRequest.shared_welcome`.
 const SHARED_WELCOME_FEATURE: &str = "shared_welcome";
 
+/// Whether the server takes one Welcome for several devices.
+fn shares_welcomes(info: &v1::ServerInfoResponse) -> bool {
+    info.features.iter().any(|f| f == SHARED_WELCOME_FEATURE)
+}
+
 /// The logged-in account: identity, MLS state and local store, behind one lock.
 pub(crate) struct Account {
     pub username: String,
@@ -89,8 +94,9 @@ pub(crate) struct Account {
     /// The server's delivery-proof key, from `ServerInfo` at login.
     pub server_signing_key: [u8; 32],
     /// Whether the server takes one Welcome for several devices (`ServerInfo` feature
-    /// `shared_welcome`); an older one gets a copy per device.
-    pub shared_welcomes: bool,
+    /// `shared_welcome`); an older one gets a copy per device. Asked again on every new
+    /// connection, since the server behind the address may have changed.
+    pub shared_welcomes: std::sync::atomic::AtomicBool,
     pub user_id: Vec<u8>,
     pub device_id: DeviceId,
     pub local: Mutex<Local>,
@@ -261,7 +267,7 @@ impl QpcClient {
             username: secrets.username.clone(),
             session_token: Zeroizing::new(token.to_vec()),
             server_signing_key,
-            shared_welcomes: info.features.iter().any(|f| f == SHARED_WELCOME_FEATURE),
+            shared_welcomes: shares_welcomes(&info).into(),
             user_id,
             device_id,
             local: Mutex::new(Local { mls, store }),
@@ -666,6 +672,9 @@ impl QpcClient {
             .call(method::RESUME, &v1::ResumeRequest { session_token: Bytes::copy_from_slice(&account.session_token) })
             .await?;
         let _: v1::SubscribeResponse = rpc.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
+        // A copy of a Welcome per device is what every server takes: without an answer, that.
+        let info: Option<v1::ServerInfoResponse> = rpc.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.ok();
+        account.shared_welcomes.store(info.as_ref().is_some_and(shares_welcomes), std::sync::atomic::Ordering::Relaxed);
         let old = match self.inner.rpc.write() {
             Ok(mut current) => std::mem::replace(&mut *current, rpc),
             Err(_) => return Err(SdkError::Poisoned),

@@ -1,5 +1,7 @@
 //! Conversations: creating a DM and sending into it.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use prost::Message as _;
 use quicprochat_proto::{method, v1};
@@ -516,7 +518,8 @@ impl QpcClient {
                 local.persist(Change { durable: true, ..Default::default() })?;
                 (outcome, before)
             };
-            let (welcomes, shared_welcome) = welcome_fields(outcome.welcome, account.shared_welcomes);
+            let (welcomes, shared_welcome) =
+                welcome_fields(outcome.welcome, account.shared_welcomes.load(Ordering::Relaxed));
             let request = v1::BatchEnqueueRequest {
                 channel_id: Bytes::copy_from_slice(&id.0),
                 commit: Some(v1::Envelope {
@@ -644,7 +647,7 @@ impl QpcClient {
             Box::pin(self.add_key_packages(id, first)).await?;
             return Box::pin(self.add_key_packages(id, second)).await;
         }
-        let copies = if self.account()?.shared_welcomes { 1 } else { claimed.len() };
+        let copies = if self.account()?.shared_welcomes.load(Ordering::Relaxed) { 1 } else { claimed.len() };
         let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
         let too_large = std::cell::Cell::new(false);
         let added = self

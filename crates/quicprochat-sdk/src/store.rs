@@ -354,8 +354,12 @@ impl LocalStore {
     }
 
     /// The MLS storage entries, unsealed and put back together from their chunks. A chunk that
-    /// is missing, out of place, or sealed for another place (another entry, index, or a last
-    /// chunk that is not last) is [`SdkError::LocalStoreDamaged`].
+    /// is missing or of the wrong length is [`SdkError::LocalStoreDamaged`]; one sealed for
+    /// another place (another entry or index, or a last chunk that is not last) does not open
+    /// ([`SdkError::Crypto`]). Chunks are sealed one by one, so someone able to write the
+    /// database could combine chunks of older versions of one entry, as they could put back an
+    /// older version of a whole entry before chunks existed; the database's own encryption
+    /// (the `sqlcipher` feature) is what stops both.
     pub fn mls_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut stmt = self.conn.prepare("SELECT key, chunk, value FROM mls_chunks ORDER BY key, chunk")?;
         let mut rows = stmt
@@ -373,7 +377,13 @@ impl LocalStore {
                 Some(Ok((next, _, _))) => *next != key,
                 Some(Err(_)) | None => true,
             };
-            value.extend_from_slice(&self.open_sealed(&mls_chunk_aad(&key, expected, last), &sealed)?);
+            let chunk = self.open_sealed(&mls_chunk_aad(&key, expected, last), &sealed)?;
+            // The chunks `StateChanges` writes, which `MlsClient::restore_entries` assumes: all
+            // full but the last (entries written whole before were split when the store opened).
+            if chunk.len() > STATE_CHUNK_LEN || (!last && chunk.len() != STATE_CHUNK_LEN) {
+                return Err(SdkError::LocalStoreDamaged("an MLS state chunk has the wrong length"));
+            }
+            value.extend_from_slice(&chunk);
             if last {
                 out.push((key, value.to_vec()));
                 value.clear();

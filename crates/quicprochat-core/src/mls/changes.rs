@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-/// Bytes per chunk of a persisted entry (see the module documentation).
+/// Bytes per chunk of a persisted entry (see the module documentation). Part of the persisted
+/// format: a store holds entries chunked at this length, and changing it would need a store to
+/// re-chunk what it holds.
 pub const STATE_CHUNK_LEN: usize = 16 * 1024;
 
 /// A copy of a chunk, secret, wiped when the last holder drops it.

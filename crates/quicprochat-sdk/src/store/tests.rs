@@ -312,8 +312,13 @@ fn mls_entries_are_written_in_chunks_and_read_back_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
     let identity = IdentityKeyPair::generate(&mut rand_core::OsRng);
-    let big: Vec<u8> = (0..3 * STATE_CHUNK_LEN + 5).map(|i| (i % 251) as u8).collect();
-    let mut entries = vec![(b"big".to_vec(), big), (b"small".to_vec(), b"s".to_vec()), (b"empty".to_vec(), Vec::new())];
+    let bytes = |len: usize, salt: usize| -> Vec<u8> { (0..len).map(|i| ((i + salt) % 251) as u8).collect() };
+    let mut entries = vec![
+        (b"big".to_vec(), bytes(3 * STATE_CHUNK_LEN + 5, 0)),
+        (b"big2".to_vec(), bytes(2 * STATE_CHUNK_LEN + 7, 1)),
+        (b"small".to_vec(), b"s".to_vec()),
+        (b"empty".to_vec(), Vec::new()),
+    ];
     entries.sort();
     // A client restored from a snapshot has everything to write.
     let snapshot = MlsClient::restore_entries(&identity, "bob", MlsSuite::Classic, entries.clone())
@@ -322,51 +327,78 @@ fn mls_entries_are_written_in_chunks_and_read_back_whole() {
         .unwrap();
     let mls = MlsClient::restore(&identity, "bob", MlsSuite::Classic, &snapshot).unwrap();
     let changes = mls.state_changes().unwrap();
-    assert_eq!(changes.writes().count(), 4 + 1 + 1);
+    assert_eq!(changes.writes().count(), 4 + 3 + 1 + 1);
     store.apply(Change { mls: Some(&changes), ..Default::default() }).unwrap();
-    assert_eq!(chunk_rows(&store, b"big"), 4);
+    assert_eq!((chunk_rows(&store, b"big"), chunk_rows(&store, b"big2")), (4, 3));
     assert_eq!(chunk_rows(&store, b"empty"), 1);
     let mut read = store.mls_entries().unwrap();
     read.sort();
     assert_eq!(read, entries);
 
-    // Chunks dropped, lost from the end, or moved are refused, never read as a shorter value.
+    // Chunks dropped, lost from the end, moved, swapped between entries or cut short are
+    // refused, never read as another value.
+    let short = store.seal(&mls_chunk_aad(b"big", 1, false), b"short").unwrap();
+    let big = "key = CAST('big' AS BLOB)";
+    let big2 = "key = CAST('big2' AS BLOB)";
     for damage in [
-        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 3",
-        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 1",
-        "DELETE FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 0",
-        "UPDATE mls_chunks SET value = (SELECT value FROM mls_chunks WHERE key = CAST('big' AS BLOB) AND chunk = 2) \
-         WHERE key = CAST('big' AS BLOB) AND chunk = 1",
-        "UPDATE mls_chunks SET key = CAST('small' AS BLOB), chunk = 1 WHERE key = CAST('big' AS BLOB) AND chunk = 1",
+        format!("DELETE FROM mls_chunks WHERE {big} AND chunk = 3"),
+        format!("DELETE FROM mls_chunks WHERE {big} AND chunk = 1"),
+        format!("DELETE FROM mls_chunks WHERE {big} AND chunk = 0"),
+        format!(
+            "UPDATE mls_chunks SET value = (SELECT value FROM mls_chunks WHERE {big} AND chunk = 2) WHERE {big} AND chunk = 1"
+        ),
+        format!(
+            "UPDATE mls_chunks SET value = (SELECT value FROM mls_chunks WHERE {big2} AND chunk = 1) WHERE {big} AND chunk = 1"
+        ),
+        format!(
+            "UPDATE mls_chunks SET value = (SELECT value FROM mls_chunks WHERE {big} AND chunk = 2) WHERE {big2} AND chunk = 2"
+        ),
+        format!("UPDATE mls_chunks SET value = X'{}' WHERE {big} AND chunk = 1", hex(&short)),
     ] {
         let tx = store.conn.unchecked_transaction().unwrap();
-        assert_eq!(tx.execute(damage, []).unwrap(), 1, "{damage}");
+        assert_eq!(tx.execute(&damage, []).unwrap(), 1, "{damage}");
         let damaged = store.mls_entries();
         assert!(matches!(damaged, Err(SdkError::LocalStoreDamaged(_) | SdkError::Crypto(_))), "{damage}: {damaged:?}");
         drop(tx);
     }
-    assert_eq!(store.mls_entries().unwrap().len(), 3, "the damage was rolled back");
+    assert_eq!(store.mls_entries().unwrap().len(), 4, "the damage was rolled back");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 #[test]
-fn a_whole_mls_entry_from_before_chunks_is_split_when_the_store_opens() {
+fn a_version_8_database_keeps_its_mls_entries_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+    let path = dir.path().join("state.db");
+    let key = Zeroizing::new([7u8; 32]);
     let big: Vec<u8> = (0..2 * STATE_CHUNK_LEN + 10).map(|i| (i % 253) as u8).collect();
-    // As a version before chunks wrote them: whole, bound to the key alone.
-    for (key, value) in [(&b"big"[..], &big[..]), (&b"small"[..], &b"s"[..])] {
-        let sealed = store.seal(&mls_chunk_aad(key, 0, true), value).unwrap();
-        store
-            .conn
-            .execute("INSERT INTO mls_chunks (key, chunk, value) VALUES (?1, 0, ?2)", params![key, sealed])
-            .unwrap();
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        // As version 8 wrote them: whole, bound to the key alone.
+        for (entry, value) in [(&b"big"[..], &big[..]), (&b"small"[..], &b"s"[..])] {
+            let sealed = seal_with_key(&mut rand_core::OsRng, &key, &mls_chunk_aad(entry, 0, true), value).unwrap();
+            conn.execute("INSERT INTO mls_entries (key, value) VALUES (?1, ?2)", params![entry, sealed]).unwrap();
+        }
     }
-    drop(store);
-
-    let store = open(&dir);
-    assert_eq!(chunk_rows(&store, b"big"), 3);
-    assert_eq!(chunk_rows(&store, b"small"), 1);
+    let store = LocalStore::open(&path, key.clone()).unwrap();
+    let version: i64 = store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    assert_eq!((chunk_rows(&store, b"big"), chunk_rows(&store, b"small")), (3, 1));
     let mut read = store.mls_entries().unwrap();
     read.sort();
-    assert_eq!(read, vec![(b"big".to_vec(), big), (b"small".to_vec(), b"s".to_vec())]);
+    let expected = vec![(b"big".to_vec(), big), (b"small".to_vec(), b"s".to_vec())];
+    assert_eq!(read, expected);
+    // Opened again, it is left as it is.
+    drop(store);
+    let store = LocalStore::open(&path, key).unwrap();
+    assert_eq!(chunk_rows(&store, b"big"), 3);
+    let mut read = store.mls_entries().unwrap();
+    read.sort();
+    assert_eq!(read, expected);
 }

@@ -1226,38 +1226,43 @@ async fn enqueue_tx(
     }
 
     for w in b.welcomes.iter().filter(|w| !w.devices.is_empty()) {
-        // Stored once, queued to each device it adds.
+        // Stored once, queued to each device it adds, in a statement per step (not per device).
         let mut wid = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
         let welcome_seq = insert_envelope(&tx, &wid, b, EnvelopeKind::Welcome, &w.payload, expires_ms).await?;
-        for welcomed in &w.devices {
-            let device = welcomed.0.as_slice();
-            if row(&tx, "SELECT 1 FROM devices WHERE id = $1", &[&device]).await?.is_none() {
-                return Err(StoreError::UnknownDevice);
-            }
-            exec(
-                &tx,
-                "INSERT INTO channel_members (channel_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&ch, &device],
-            )
-            .await?;
-            let seq: i64 = row(
-                &tx,
-                "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = $1 \
-                     RETURNING next_seq - 1",
-                &[&device],
-            )
-            .await?
-            .ok_or(StoreError::UnknownDevice)?
-            .try_get(0)?;
-            exec(
-                &tx,
-                "INSERT INTO queue (device_id, seq, envelope) VALUES ($1, $2, $3)",
-                &[&device, &seq, &welcome_seq],
-            )
-            .await?;
-            deliveries.push((*welcomed, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+        let mut devices: Vec<&[u8]> = w.devices.iter().map(|d| d.0.as_slice()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let allocated = rows(
+            &tx,
+            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
+             RETURNING id, next_seq - 1",
+            &[&devices],
+        )
+        .await?;
+        if allocated.len() != devices.len() {
+            return Err(StoreError::UnknownDevice);
         }
+        exec(
+            &tx,
+            "INSERT INTO channel_members (channel_id, device_id) SELECT $1, d FROM UNNEST($2::BYTEA[]) AS t(d) \
+             ON CONFLICT DO NOTHING",
+            &[&ch, &devices],
+        )
+        .await?;
+        let (mut queue_devices, mut queue_seqs) = (Vec::with_capacity(allocated.len()), Vec::new());
+        for r in &allocated {
+            let (device, seq) = (DeviceId(get16(r, 0, "devices.id")?), r.try_get::<_, i64>(1)?);
+            queue_devices.push(device.0.to_vec());
+            queue_seqs.push(seq);
+            deliveries.push((device, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+        }
+        exec(
+            &tx,
+            "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
+            &[&queue_devices, &queue_seqs, &welcome_seq],
+        )
+        .await?;
     }
 
     if !b.idempotency_key.is_empty() {
