@@ -81,6 +81,15 @@ pub(crate) struct Inner {
 /// The `ServerInfo` feature of servers that take `BatchEnqueueRequest.shared_welcome`.
 const SHARED_WELCOME_FEATURE: &str = "shared_welcome";
 
+/// The server's limit on one payload; a server that does not say gets the smallest any
+/// version had (1 MiB).
+fn max_payload(info: &v1::ServerInfoResponse) -> usize {
+    match usize::try_from(info.max_payload_bytes) {
+        Ok(0) | Err(_) => 1024 * 1024,
+        Ok(limit) => limit,
+    }
+}
+
 /// Whether the server takes one Welcome for several devices.
 fn shares_welcomes(info: &v1::ServerInfoResponse) -> bool {
     info.features.iter().any(|f| f == SHARED_WELCOME_FEATURE)
@@ -97,6 +106,8 @@ pub(crate) struct Account {
     /// `shared_welcome`); an older one gets a copy per device. Asked again on every new
     /// connection, since the server behind the address may have changed.
     pub shared_welcomes: std::sync::atomic::AtomicBool,
+    /// The server's limit on one payload (`ServerInfo`), asked again on every new connection.
+    pub max_payload: std::sync::atomic::AtomicUsize,
     pub user_id: Vec<u8>,
     pub device_id: DeviceId,
     pub local: Mutex<Local>,
@@ -268,6 +279,7 @@ impl QpcClient {
             session_token: Zeroizing::new(token.to_vec()),
             server_signing_key,
             shared_welcomes: shares_welcomes(&info).into(),
+            max_payload: max_payload(&info).into(),
             user_id,
             device_id,
             local: Mutex::new(Local { mls, store }),
@@ -675,6 +687,9 @@ impl QpcClient {
         // A copy of a Welcome per device is what every server takes: without an answer, that.
         let info: Option<v1::ServerInfoResponse> = rpc.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.ok();
         account.shared_welcomes.store(info.as_ref().is_some_and(shares_welcomes), std::sync::atomic::Ordering::Relaxed);
+        if let Some(info) = &info {
+            account.max_payload.store(max_payload(info), std::sync::atomic::Ordering::Relaxed);
+        }
         let old = match self.inner.rpc.write() {
             Ok(mut current) => std::mem::replace(&mut *current, rpc),
             Err(_) => return Err(SdkError::Poisoned),

@@ -77,9 +77,11 @@ fn welcome_fields(
 /// How often a commit whose outcome is unknown is resent (with backoff: about 6 s in all).
 const HANDSHAKE_SEND_TRIES: u32 = 5;
 
-/// The largest commit-with-Welcomes request sent at once: three quarters of the default frame
-/// limit, leaving room for the envelope around it.
-const MAX_BATCH_BYTES: usize = quicprochat_rpc::DEFAULT_MAX_PAYLOAD as usize / 4 * 3;
+/// The largest commit-with-Welcomes request sent at once: a request frame as every server takes
+/// it (8 MiB), less room for the request's other fields.
+const MAX_BATCH_BYTES: usize = quicprochat_rpc::DEFAULT_MAX_PAYLOAD as usize - 64 * 1024;
+/// Bytes a device id adds to a request (16, and protobuf's tag and length).
+const DEVICE_ID_BYTES: usize = 18;
 
 /// The most devices one commit adds: a server welcomes at most this many in one batch.
 const MAX_ADDED_DEVICES: usize = 1000;
@@ -638,23 +640,32 @@ impl QpcClient {
     }
 
     /// Adds the devices of `claimed` in one commit, or in several when they are more than a
-    /// server welcomes at once or the request would not fit (the Welcome carries the ratchet
-    /// tree, and an older server takes a copy of it per device): the devices are then split in
-    /// halves, each added by its own commit.
+    /// server welcomes at once, or the request would not fit a frame, or the commit or the
+    /// Welcome would pass the server's payload limit (the Welcome carries the ratchet tree, and
+    /// an older server takes a copy of it per device): the devices are then split in halves,
+    /// each added by its own commit.
     async fn add_key_packages(&self, id: ConversationId, claimed: &[v1::DeviceKeyPackage]) -> Result<u64> {
         if claimed.len() > MAX_ADDED_DEVICES {
             let (first, second) = claimed.split_at(claimed.len() / 2);
             Box::pin(self.add_key_packages(id, first)).await?;
             return Box::pin(self.add_key_packages(id, second)).await;
         }
-        let copies = if self.account()?.shared_welcomes.load(Ordering::Relaxed) { 1 } else { claimed.len() };
+        let account = self.account()?;
+        let copies = if account.shared_welcomes.load(Ordering::Relaxed) { 1 } else { claimed.len() };
+        let max_payload = account.max_payload.load(Ordering::Relaxed);
         let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
         let too_large = std::cell::Cell::new(false);
         let added = self
             .commit_change(id, |mls| {
                 let outcome = mls.add_members(&id.0, &packages)?;
-                let batch = outcome.commit.len() + outcome.group_info.len() + outcome.welcome.len() * copies;
-                if batch > MAX_BATCH_BYTES && claimed.len() > 1 {
+                let batch = outcome.commit.len()
+                    + outcome.group_info.len()
+                    + (outcome.welcome.len() + DEVICE_ID_BYTES) * copies
+                    + DEVICE_ID_BYTES * claimed.len();
+                // The server holds the commit and each Welcome to its payload limit (the GroupInfo
+                // only to the frame's).
+                let largest = outcome.commit.len().max(outcome.welcome.len());
+                if (batch > MAX_BATCH_BYTES || largest > max_payload) && claimed.len() > 1 {
                     mls.clear_pending_commit(&id.0)?;
                     too_large.set(true);
                     return Err(SdkError::Protocol("a commit's Welcomes do not fit in one request"));

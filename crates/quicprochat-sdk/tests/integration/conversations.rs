@@ -6,7 +6,7 @@ use std::time::Duration;
 use quicprochat_sdk::{ClientEvent, ConversationHandle, ConversationId, SdkError, TYPING_TIMEOUT};
 use quicprochat_server::RunningServer;
 
-use crate::{Member, client, member, next_event, start_server};
+use crate::{Member, client, member, next_event, start_server, start_server_with};
 
 /// Alice and bob, registered, with alice's DM to bob (bob has joined it).
 async fn dm_pair(server: &RunningServer) -> (Member, Member, ConversationHandle) {
@@ -237,5 +237,31 @@ async fn pushed_messages_are_acknowledged_in_the_background() {
     queues_empty_out(dir.path()).await;
     assert_eq!(bob.client.sync().await.unwrap(), 0, "nothing is read twice");
     assert_eq!(bob.client.conversations().unwrap()[0].unread, 5);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_group_whose_welcome_passes_the_servers_payload_limit_is_added_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    // With X-Wing keys a commit adding eight devices (their key packages, and a path
+    // encrypted to the group) and its Welcome (the ratchet tree, every invitee's secrets) are
+    // each over 20 KiB; a commit adding four, and its Welcome, fit 24 KiB.
+    let server = start_server_with(dir.path(), |c| c.limits.max_payload = 24 * 1024).await;
+    let alice = member(&server, "alice").await;
+    let names: Vec<String> = (1..=8).map(|i| format!("member{i}")).collect();
+    let mut invitees = Vec::new();
+    for name in &names {
+        invitees.push(member(&server, name).await);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let team = alice.client.create_group("team", &refs).await.unwrap();
+    for invitee in &mut invitees {
+        assert_eq!(renamed(invitee, team.id()).await, "team");
+    }
+    team.send_text("all here").await.unwrap();
+    for invitee in &mut invitees {
+        received(invitee, "all here").await;
+    }
+    assert_eq!(team.members().unwrap().len(), 9);
     server.shutdown().await.unwrap();
 }
