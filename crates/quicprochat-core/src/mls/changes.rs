@@ -199,13 +199,13 @@ impl Persisted {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const L: usize = STATE_CHUNK_LEN;
 
     /// Persisted chunks as a store keeps them: `(key, index)` → `(last, bytes)`.
-    type Table = std::collections::BTreeMap<(Vec<u8>, u32), (bool, Vec<u8>)>;
+    pub(in crate::mls) type Table = std::collections::BTreeMap<(Vec<u8>, u32), (bool, Vec<u8>)>;
 
     fn map(entries: &[(&[u8], &[u8])]) -> HashMap<Vec<u8>, Vec<u8>> {
         entries.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
@@ -217,7 +217,7 @@ mod tests {
     }
 
     /// Rebuilds each entry from a table of persisted chunks, as a store reads it back.
-    fn reassemble(table: &Table) -> HashMap<Vec<u8>, Vec<u8>> {
+    pub(in crate::mls) fn reassemble(table: &Table) -> HashMap<Vec<u8>, Vec<u8>> {
         let mut out: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for ((key, _), (_, bytes)) in table {
             out.entry(key.clone()).or_default().extend_from_slice(bytes);
@@ -225,7 +225,8 @@ mod tests {
         out
     }
 
-    fn write_to(table: &mut Table, changes: &StateChanges) {
+    /// Applies `changes` to a table of persisted chunks, as a store writes them.
+    pub(in crate::mls) fn write_to(table: &mut Table, changes: &StateChanges) {
         for w in changes.writes() {
             table.insert((w.key.to_vec(), w.index), (w.last, w.bytes.to_vec()));
         }

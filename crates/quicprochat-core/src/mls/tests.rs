@@ -521,22 +521,18 @@ fn persisted_entries_restore_a_working_client() {
     // Everything is a change until persisted; then only what an operation touched.
     let all = bob.client.state_changes().unwrap();
     assert!(all.writes().count() > 1);
-    let mut table = std::collections::BTreeMap::new();
-    write_chunks(&mut table, &all);
+    let mut table = changes::tests::Table::new();
+    changes::tests::write_to(&mut table, &all);
     bob.client.mark_persisted(&all).unwrap();
     assert!(bob.client.state_changes().unwrap().is_empty());
 
     send(&alice.client, &bob.client, b"one");
     let changes = bob.client.state_changes().unwrap();
     assert!(!changes.is_empty() && changes.writes().count() < all.writes().count());
-    write_chunks(&mut table, &changes);
+    changes::tests::write_to(&mut table, &changes);
     bob.client.mark_persisted(&changes).unwrap();
 
-    let mut entries: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
-    for ((key, _), bytes) in table {
-        entries.entry(key).or_default().extend_from_slice(&bytes);
-    }
-    let table = entries;
+    let table = changes::tests::reassemble(&table);
     let restored = MlsClient::restore_entries(&bob.identity, "bob", MlsSuite::Classic, table).unwrap();
     assert!(restored.state_changes().unwrap().is_empty(), "restored entries count as persisted");
     assert_eq!(
@@ -546,19 +542,6 @@ fn persisted_entries_restore_a_working_client() {
     );
     send(&alice.client, &restored, b"two");
     send(&restored, &alice.client, b"three");
-}
-
-/// Applies `changes` to a table of chunks keyed by `(key, index)`, as a store does.
-fn write_chunks(table: &mut std::collections::BTreeMap<(Vec<u8>, u32), Vec<u8>>, changes: &StateChanges) {
-    for write in changes.writes() {
-        table.insert((write.key.to_vec(), write.index), write.bytes.to_vec());
-    }
-    for (key, count) in changes.truncations() {
-        table.retain(|(k, index), _| k != key || *index < count);
-    }
-    for key in changes.deletes() {
-        table.retain(|(k, _), _| k != key);
-    }
 }
 
 #[test]
