@@ -1046,6 +1046,44 @@ async fn find_replay<C: GenericClient>(
         .transpose()
 }
 
+/// A queue position taken on a device: its sequence number, and its queue's depth before.
+struct Allocated {
+    device: DeviceId,
+    seq: i64,
+    depth: i64,
+}
+
+/// Takes the next sequence number of every device in `ids`, raising its depth, in one
+/// statement; a device that does not exist is left out.
+async fn allocate_seqs(tx: &Transaction<'_>, ids: &[&[u8]]) -> Result<Vec<Allocated>, StoreError> {
+    let allocated = rows(
+        tx,
+        "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
+         RETURNING id, next_seq - 1, queue_depth - 1",
+        &[&ids],
+    )
+    .await?;
+    allocated
+        .iter()
+        .map(|r| {
+            Ok(Allocated { device: DeviceId(get16(r, 0, "devices.id")?), seq: r.try_get(1)?, depth: r.try_get(2)? })
+        })
+        .collect()
+}
+
+/// Queues the envelope `envelope_seq` at each allocated position, in one statement.
+async fn queue_rows(tx: &Transaction<'_>, at: &[Allocated], envelope_seq: i64) -> Result<(), StoreError> {
+    let devices: Vec<&[u8]> = at.iter().map(|a| a.device.0.as_slice()).collect();
+    let seqs: Vec<i64> = at.iter().map(|a| a.seq).collect();
+    exec(
+        tx,
+        "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
+        &[&devices, &seqs, &envelope_seq],
+    )
+    .await?;
+    Ok(())
+}
+
 fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
     QueuedEntry {
         seq,
@@ -1157,42 +1195,23 @@ async fn enqueue_tx(
         // Sequence numbers and depths in one statement: each device counts its queue
         // (`queue_depth`, lowered by a trigger when rows go), so the check costs one row per
         // recipient, not the length of its queue.
-        let allocated = rows(
-            &tx,
-            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
-             RETURNING id, next_seq - 1, queue_depth - 1",
-            &[&ids],
-        )
-        .await?;
+        let allocated = allocate_seqs(&tx, &ids).await?;
         // Handshake messages are never refused for depth: a group must always be able to
         // remove a device that stopped reading. A refusal rolls the transaction back.
-        if b.kind == EnvelopeKind::Application {
-            let mut deepest = 0;
-            for r in &allocated {
-                deepest = deepest.max(r.try_get::<_, i64>(2)?);
-            }
-            if deepest >= i64::from(b.max_queue_depth) {
-                return Err(StoreError::QueueFull);
-            }
+        if b.kind == EnvelopeKind::Application
+            && allocated.iter().map(|a| a.depth).max().unwrap_or(0) >= i64::from(b.max_queue_depth)
+        {
+            return Err(StoreError::QueueFull);
         }
-        let mut seqs = std::collections::HashMap::with_capacity(allocated.len());
-        for r in &allocated {
-            seqs.insert(get16(r, 0, "devices.id")?, r.try_get::<_, i64>(1)?);
-        }
-        let (mut queue_devices, mut queue_seqs) = (Vec::new(), Vec::new());
+        let seqs: std::collections::HashMap<DeviceId, i64> = allocated.iter().map(|a| (a.device, a.seq)).collect();
+        let mut queued = Vec::with_capacity(seqs.len());
         for device in &recipients {
             // A device deleted since the members were read is no longer one.
-            let Some(&seq) = seqs.get(&device.0) else { continue };
-            queue_devices.push(device.0.as_slice());
-            queue_seqs.push(seq);
+            let Some(&seq) = seqs.get(device) else { continue };
+            queued.push(Allocated { device: *device, seq, depth: 0 });
             deliveries.push((*device, entry(b, i64_to_u64(seq), b.envelope_id, b.kind, &b.payload)));
         }
-        exec(
-            &tx,
-            "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
-            &[&queue_devices, &queue_seqs, &envelope_seq],
-        )
-        .await?;
+        queue_rows(&tx, &queued, envelope_seq).await?;
     }
 
     if deliveries.is_empty() {
@@ -1233,13 +1252,7 @@ async fn enqueue_tx(
         let mut devices: Vec<&[u8]> = w.devices.iter().map(|d| d.0.as_slice()).collect();
         devices.sort_unstable();
         devices.dedup();
-        let allocated = rows(
-            &tx,
-            "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
-             RETURNING id, next_seq - 1",
-            &[&devices],
-        )
-        .await?;
+        let allocated = allocate_seqs(&tx, &devices).await?;
         if allocated.len() != devices.len() {
             return Err(StoreError::UnknownDevice);
         }
@@ -1250,19 +1263,10 @@ async fn enqueue_tx(
             &[&ch, &devices],
         )
         .await?;
-        let (mut queue_devices, mut queue_seqs) = (Vec::with_capacity(allocated.len()), Vec::new());
-        for r in &allocated {
-            let (device, seq) = (DeviceId(get16(r, 0, "devices.id")?), r.try_get::<_, i64>(1)?);
-            queue_devices.push(device.0.to_vec());
-            queue_seqs.push(seq);
-            deliveries.push((device, entry(b, i64_to_u64(seq), wid, EnvelopeKind::Welcome, &w.payload)));
+        queue_rows(&tx, &allocated, welcome_seq).await?;
+        for a in &allocated {
+            deliveries.push((a.device, entry(b, i64_to_u64(a.seq), wid, EnvelopeKind::Welcome, &w.payload)));
         }
-        exec(
-            &tx,
-            "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
-            &[&queue_devices, &queue_seqs, &welcome_seq],
-        )
-        .await?;
     }
 
     if !b.idempotency_key.is_empty() {
