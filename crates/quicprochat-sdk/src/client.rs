@@ -132,6 +132,16 @@ impl Local {
 }
 
 impl Account {
+    /// Takes the server's terms from its `ServerInfo`, or, without one, assumes an older
+    /// server's: a copy of a Welcome per device, and the payload limit as it was.
+    pub fn learn_server(&self, info: Option<&v1::ServerInfoResponse>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared_welcomes.store(info.is_some_and(shares_welcomes), Relaxed);
+        if let Some(info) = info {
+            self.max_payload.store(max_payload(info), Relaxed);
+        }
+    }
+
     pub fn lock(&self) -> Result<MutexGuard<'_, Local>> {
         self.local.lock().map_err(|_| SdkError::Poisoned)
     }
@@ -278,12 +288,13 @@ impl QpcClient {
             username: secrets.username.clone(),
             session_token: Zeroizing::new(token.to_vec()),
             server_signing_key,
-            shared_welcomes: shares_welcomes(&info).into(),
-            max_payload: max_payload(&info).into(),
+            shared_welcomes: Default::default(),
+            max_payload: Default::default(),
             user_id,
             device_id,
             local: Mutex::new(Local { mls, store }),
         };
+        account.learn_server(Some(&info));
         if self.inner.account.set(account).is_err() {
             return Err(SdkError::Protocol("this client is already logged in"));
         }
@@ -686,10 +697,7 @@ impl QpcClient {
         let _: v1::SubscribeResponse = rpc.call(method::SUBSCRIBE, &v1::SubscribeRequest {}).await?;
         // A copy of a Welcome per device is what every server takes: without an answer, that.
         let info: Option<v1::ServerInfoResponse> = rpc.call(method::SERVER_INFO, &v1::ServerInfoRequest {}).await.ok();
-        account.shared_welcomes.store(info.as_ref().is_some_and(shares_welcomes), std::sync::atomic::Ordering::Relaxed);
-        if let Some(info) = &info {
-            account.max_payload.store(max_payload(info), std::sync::atomic::Ordering::Relaxed);
-        }
+        account.learn_server(info.as_ref());
         let old = match self.inner.rpc.write() {
             Ok(mut current) => std::mem::replace(&mut *current, rpc),
             Err(_) => return Err(SdkError::Poisoned),

@@ -645,45 +645,42 @@ impl QpcClient {
     /// an older server takes a copy of it per device): the devices are then split in halves,
     /// each added by its own commit.
     async fn add_key_packages(&self, id: ConversationId, claimed: &[v1::DeviceKeyPackage]) -> Result<u64> {
-        if claimed.len() > MAX_ADDED_DEVICES {
-            let (first, second) = claimed.split_at(claimed.len() / 2);
-            Box::pin(self.add_key_packages(id, first)).await?;
-            return Box::pin(self.add_key_packages(id, second)).await;
-        }
-        let account = self.account()?;
-        let copies = if account.shared_welcomes.load(Ordering::Relaxed) { 1 } else { claimed.len() };
-        let max_payload = account.max_payload.load(Ordering::Relaxed);
-        let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
-        let too_large = std::cell::Cell::new(false);
-        let added = self
-            .commit_change(id, |mls| {
-                let outcome = mls.add_members(&id.0, &packages)?;
-                let batch = outcome.commit.len()
-                    + outcome.group_info.len()
-                    + (outcome.welcome.len() + DEVICE_ID_BYTES) * copies
-                    + DEVICE_ID_BYTES * claimed.len();
-                // The server holds the commit and each Welcome to its payload limit (the GroupInfo
-                // only to the frame's).
-                let largest = outcome.commit.len().max(outcome.welcome.len());
-                if (batch > MAX_BATCH_BYTES || largest > max_payload) && claimed.len() > 1 {
-                    mls.clear_pending_commit(&id.0)?;
-                    too_large.set(true);
-                    return Err(SdkError::Protocol("a commit's Welcomes do not fit in one request"));
-                }
-                Ok(PendingCommit {
-                    commit: outcome.commit,
-                    epoch_before: outcome.epoch_before,
-                    group_info: outcome.group_info,
-                    // The added devices get the Welcome; nobody else does.
-                    welcome: Some((
-                        Bytes::from(outcome.welcome),
-                        claimed.iter().map(|k| k.device_id.clone()).collect(),
-                    )),
+        if claimed.len() <= MAX_ADDED_DEVICES {
+            let account = self.account()?;
+            let copies = if account.shared_welcomes.load(Ordering::Relaxed) { 1 } else { claimed.len() };
+            let max_payload = account.max_payload.load(Ordering::Relaxed);
+            let packages: Vec<Vec<u8>> = claimed.iter().map(|k| k.key_package.to_vec()).collect();
+            let too_large = std::cell::Cell::new(false);
+            let added = self
+                .commit_change(id, |mls| {
+                    let outcome = mls.add_members(&id.0, &packages)?;
+                    let batch = outcome.commit.len()
+                        + outcome.group_info.len()
+                        + (outcome.welcome.len() + DEVICE_ID_BYTES) * copies
+                        + DEVICE_ID_BYTES * claimed.len();
+                    // The server holds the commit and each Welcome to its payload limit (the
+                    // GroupInfo only to the frame's).
+                    let largest = outcome.commit.len().max(outcome.welcome.len());
+                    if (batch > MAX_BATCH_BYTES || largest > max_payload) && claimed.len() > 1 {
+                        mls.clear_pending_commit(&id.0)?;
+                        too_large.set(true);
+                        return Err(SdkError::Protocol("a commit's Welcomes do not fit in one request"));
+                    }
+                    Ok(PendingCommit {
+                        commit: outcome.commit,
+                        epoch_before: outcome.epoch_before,
+                        group_info: outcome.group_info,
+                        // The added devices get the Welcome; nobody else does.
+                        welcome: Some((
+                            Bytes::from(outcome.welcome),
+                            claimed.iter().map(|k| k.device_id.clone()).collect(),
+                        )),
+                    })
                 })
-            })
-            .await;
-        if !too_large.get() {
-            return added;
+                .await;
+            if !too_large.get() {
+                return added;
+            }
         }
         let (first, second) = claimed.split_at(claimed.len() / 2);
         Box::pin(self.add_key_packages(id, first)).await?;
