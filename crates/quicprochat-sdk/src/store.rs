@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::error::Result;
 use crate::{ConversationId, DeliveryState, Message, MessageId, MessageKind, Reaction, SdkError};
 use quicprochat_core::keystore::{open_with_key, seal_with_key};
-use quicprochat_core::mls::{STATE_CHUNK_LEN, StateChanges};
+use quicprochat_core::mls::{ChunkWrite, STATE_CHUNK_LEN, StateChanges, entry_chunks};
 
 /// Migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -327,11 +327,8 @@ impl LocalStore {
         {
             let mut insert = tx.prepare("INSERT OR REPLACE INTO mls_chunks (key, chunk, value) VALUES (?1, ?2, ?3)")?;
             for (key, value) in &whole {
-                let count = value.chunks(STATE_CHUNK_LEN).count();
-                for (index, bytes) in value.chunks(STATE_CHUNK_LEN).enumerate() {
-                    let index = u32::try_from(index).map_err(|_| SdkError::LocalStoreDamaged("MLS entry too large"))?;
-                    let sealed = self.seal(&mls_chunk_aad(key, index, index as usize + 1 == count), bytes)?;
-                    insert.execute(params![key, index, sealed])?;
+                for chunk in entry_chunks(key, value) {
+                    insert.execute(params![chunk.key, chunk.index, self.seal_chunk(chunk)?])?;
                 }
             }
         }
@@ -341,6 +338,11 @@ impl LocalStore {
 
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         Ok(seal_with_key(&mut rand_core::OsRng, &self.key, aad, plaintext)?)
+    }
+
+    /// Seals an MLS state chunk to its place (see [`mls_chunk_aad`]).
+    fn seal_chunk(&self, chunk: ChunkWrite<'_>) -> Result<Vec<u8>> {
+        self.seal(&mls_chunk_aad(chunk.key, chunk.index, chunk.last), chunk.bytes)
     }
 
     fn open_sealed(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
@@ -404,12 +406,9 @@ impl LocalStore {
     /// Applies one change atomically. Returns false when the message was a duplicate.
     pub fn apply(&mut self, change: Change<'_>) -> Result<bool> {
         let sealed_chunks = match change.mls {
-            Some(changes) => Some(
-                changes
-                    .writes()
-                    .map(|w| Ok((w.key, w.index, self.seal(&mls_chunk_aad(w.key, w.index, w.last), w.bytes)?)))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
+            Some(changes) => {
+                Some(changes.writes().map(|w| Ok((w.key, w.index, self.seal_chunk(w)?))).collect::<Result<Vec<_>>>()?)
+            }
             None => None,
         };
         let sealed_body = change.message.as_ref().map(|m| self.seal(&m.id.0, m.text.as_bytes())).transpose()?;

@@ -119,14 +119,22 @@ impl fmt::Debug for StateChanges {
 }
 
 /// The chunks of `value`: at least one, the last one possibly shorter (or empty).
-pub(super) fn chunks(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn chunks(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     let empty: &[u8] = &[];
     value.chunks(STATE_CHUNK_LEN).chain(value.is_empty().then_some(empty))
 }
 
-fn index_u32(index: usize) -> u32 {
-    // A value of 64 TiB cannot be in memory.
-    u32::try_from(index).unwrap_or(u32::MAX)
+/// The chunks the whole entry `key` = `value` is persisted as: what [`StateChanges`] writes
+/// for an entry new to the store, and what a store holding it whole must write instead.
+pub fn entry_chunks<'a>(key: &'a [u8], value: &'a [u8]) -> impl Iterator<Item = ChunkWrite<'a>> {
+    let count = chunks(value).count();
+    chunks(value).enumerate().map(move |(index, bytes)| ChunkWrite {
+        key,
+        // A value of 64 TiB cannot be in memory.
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        last: index + 1 == count,
+        bytes,
+    })
 }
 
 /// What was last persisted, entry by entry and chunk by chunk. A chunk not known to be
@@ -154,20 +162,20 @@ impl Persisted {
         let mut changes = StateChanges::default();
         for (key, value) in values {
             let old = self.entries.get(key).map_or(&[][..], Vec::as_slice);
-            let count = chunks(value).count();
-            for (index, chunk) in chunks(value).enumerate() {
-                let last = index + 1 == count;
-                let same = old
-                    .get(index)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|persisted| persisted.as_slice() == chunk && (index + 1 == old.len()) == last);
+            let mut count = 0;
+            for chunk in entry_chunks(key, value) {
+                count = chunk.index + 1;
+                let at = chunk.index as usize;
+                let same = old.get(at).and_then(Option::as_ref).is_some_and(|persisted| {
+                    persisted.as_slice() == chunk.bytes && (at + 1 == old.len()) == chunk.last
+                });
                 if !same {
-                    let copy = Arc::new(Zeroizing::new(chunk.to_vec()));
-                    changes.writes.push((key.clone(), index_u32(index), last, copy));
+                    let copy = Arc::new(Zeroizing::new(chunk.bytes.to_vec()));
+                    changes.writes.push((key.clone(), chunk.index, chunk.last, copy));
                 }
             }
-            if old.len() > count {
-                changes.truncations.push((key.clone(), index_u32(count)));
+            if old.len() > count as usize {
+                changes.truncations.push((key.clone(), count));
             }
         }
         changes.deletes = self.entries.keys().filter(|key| !values.contains_key(*key)).cloned().collect();

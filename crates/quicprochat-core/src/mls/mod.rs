@@ -55,7 +55,7 @@ use crate::error::CoreError;
 use crate::identity::IdentityKeyPair;
 use crate::ids::DeviceId;
 
-pub use changes::{ChunkWrite, STATE_CHUNK_LEN, StateChanges};
+pub use changes::{ChunkWrite, STATE_CHUNK_LEN, StateChanges, entry_chunks};
 pub use credential::{
     CREDENTIAL_IDENTITY_VERSION, CredentialError, MAX_USERNAME_LEN, MemberInfo, decode_credential_identity,
     encode_credential_identity,
