@@ -1,7 +1,7 @@
 //! Benchmarks of quicprochat-core: identity signatures, key packages, MLS
 //! group operations for n = 10 and 100 members (and 1000 with
 //! `QPC_BENCH_LARGE=1`) in both ciphersuites, the server's channel tracker,
-//! hybrid envelopes, safety numbers and archive appends.
+//! hybrid envelopes, safety numbers, archive appends and OPAQUE logins.
 //!
 //! `cargo bench -p quicprochat-core` (or `… -- mls_xwing_n100` for one
 //! group). Results for this repository's machine are in
@@ -225,6 +225,37 @@ fn hybrid_envelope(c: &mut Criterion) {
     group.finish();
 }
 
+/// Each side of an OPAQUE login for a registered user: the server's answer to a credential
+/// request (where its curve work is), and the client's whole login with light Argon2.
+fn opaque_login(c: &mut Criterion) {
+    use quicprochat_core::opaque::{
+        ClientLogin, ClientRegistration, OpaqueParams, OpaqueServerSetup, ServerLogin, server_registration_finish,
+        server_registration_start,
+    };
+    let setup = OpaqueServerSetup::generate(&mut OsRng);
+    let (registration, request) = ClientRegistration::start(&mut OsRng, b"pw").unwrap();
+    let response = server_registration_start(&setup, &request, b"alice").unwrap();
+    let upload = registration.finish(&mut OsRng, b"pw", &response, &OpaqueParams::light()).unwrap();
+    let file = server_registration_finish(&upload).unwrap();
+    let (_, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
+    let mut group = c.benchmark_group("opaque");
+    group.bench_function("server_login_start", |b| {
+        b.iter(|| ServerLogin::start(&mut OsRng, &setup, Some(&file), black_box(&request), b"alice").unwrap())
+    });
+    group.bench_function("client_login_finish_light", |b| {
+        b.iter_batched(
+            || {
+                let (client, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
+                let (_, response) = ServerLogin::start(&mut OsRng, &setup, Some(&file), &request, b"alice").unwrap();
+                (client, response)
+            },
+            |(client, response)| client.finish(b"pw", &response, &OpaqueParams::light()).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn safety_number(c: &mut Criterion) {
     let alice = IdentityKeyPair::generate(&mut OsRng).public_key();
     let bob = IdentityKeyPair::generate(&mut OsRng).public_key();
@@ -253,6 +284,6 @@ fn archive(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = identity, key_packages, hybrid_envelope, safety_number, archive, mls_groups
+    targets = identity, key_packages, hybrid_envelope, opaque_login, safety_number, archive, mls_groups
 }
 criterion_main!(benches);

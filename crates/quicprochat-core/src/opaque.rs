@@ -1,6 +1,7 @@
 //! OPAQUE password authentication (RFC 9807, via opaque-ke 3).
 //!
-//! Cipher suite: Ristretto255 for the OPRF and the key exchange group,
+//! Cipher suite: Ristretto255 for the OPRF and the key exchange group (opaque-ke's, with
+//! public keys from the precomputed basepoint table: see `group`),
 //! TripleDH key exchange, Argon2id as the key stretching function (run on the
 //! client only, with [`OpaqueParams`]). Both sides bind the login to the
 //! context string `"qpc/v1/opaque-login"`.
@@ -25,6 +26,8 @@ use zeroize::Zeroizing;
 use crate::error::CoreError;
 use crate::keystore::argon2id;
 
+mod group;
+
 /// Context both sides bind into the login key exchange.
 const LOGIN_CONTEXT: &[u8] = b"qpc/v1/opaque-login";
 
@@ -33,7 +36,7 @@ struct Suite;
 
 impl opaque_ke::CipherSuite for Suite {
     type OprfCs = Ristretto255;
-    type KeGroup = Ristretto255;
+    type KeGroup = group::KeRistretto255;
     type KeyExchange = TripleDh;
     type Ksf = argon2::Argon2<'static>;
 }
@@ -393,6 +396,70 @@ mod tests {
         let (_, unknown) = ServerLogin::start(&mut OsRng, &setup, None, &request, b"mallory").unwrap();
         assert_eq!(known.len(), unknown.len());
         assert!(matches!(client.finish(b"pw", &unknown, &OpaqueParams::light()), Err(CoreError::InvalidLogin)));
+    }
+
+    /// Our suite with opaque-ke's own Ristretto255 key-exchange group: what records were
+    /// registered with before `group::KeRistretto255`.
+    struct StockSuite;
+
+    impl opaque_ke::CipherSuite for StockSuite {
+        type OprfCs = Ristretto255;
+        type KeGroup = group::KeRistretto255;
+        type KeyExchange = TripleDh;
+        type Ksf = argon2::Argon2<'static>;
+    }
+
+    /// A login of a client on opaque-ke's stock group against our server; returns both
+    /// session keys.
+    fn stock_client_login(setup: &OpaqueServerSetup, file: &[u8], password: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let start = opaque_ke::ClientLogin::<StockSuite>::start(&mut OsRng, password).unwrap();
+        let request = start.message.serialize().to_vec();
+        let (server, response) = ServerLogin::start(&mut OsRng, setup, Some(file), &request, b"alice").unwrap();
+        let ksf = OpaqueParams::light().ksf().unwrap();
+        let finish = start
+            .state
+            .finish(
+                password,
+                CredentialResponse::<StockSuite>::deserialize(&response).unwrap(),
+                ClientLoginFinishParameters::new(Some(LOGIN_CONTEXT), Identifiers::default(), Some(&ksf)),
+            )
+            .unwrap();
+        let server_key = server.finish(&finish.message.serialize()).unwrap();
+        (finish.session_key.to_vec(), server_key.to_vec())
+    }
+
+    #[test]
+    fn our_key_exchange_group_interoperates_with_opaque_kes() {
+        // A record registered with the stock group (as every record before this group was) logs
+        // in with ours, and a client on the stock group logs in to our server.
+        let setup = OpaqueServerSetup::generate(&mut OsRng);
+        let stock_setup = opaque_ke::ServerSetup::<StockSuite>::deserialize(&setup.to_bytes()).unwrap();
+        let ksf = OpaqueParams::light().ksf().unwrap();
+        let client = opaque_ke::ClientRegistration::<StockSuite>::start(&mut OsRng, b"pw").unwrap();
+        let response =
+            opaque_ke::ServerRegistration::<StockSuite>::start(&stock_setup, client.message, b"alice").unwrap();
+        let upload = client
+            .state
+            .finish(
+                &mut OsRng,
+                b"pw",
+                response.message,
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
+            )
+            .unwrap();
+        let stock_file = opaque_ke::ServerRegistration::<StockSuite>::finish(upload.message).serialize().to_vec();
+
+        let (ours, request) = ClientLogin::start(&mut OsRng, b"pw").unwrap();
+        let (server, response) = ServerLogin::start(&mut OsRng, &setup, Some(&stock_file), &request, b"alice").unwrap();
+        let output = ours.finish(b"pw", &response, &OpaqueParams::light()).unwrap();
+        assert_eq!(output.session_key.as_slice(), server.finish(&output.finalization).unwrap().as_slice());
+
+        let (client_key, server_key) = stock_client_login(&setup, &register(&setup, b"alice", b"pw"), b"pw");
+        assert_eq!(client_key, server_key);
+        // A wrong password still fails across the two.
+        let (ours, request) = ClientLogin::start(&mut OsRng, b"wrong").unwrap();
+        let (_, response) = ServerLogin::start(&mut OsRng, &setup, Some(&stock_file), &request, b"alice").unwrap();
+        assert!(matches!(ours.finish(b"wrong", &response, &OpaqueParams::light()), Err(CoreError::InvalidLogin)));
     }
 
     #[test]
