@@ -70,25 +70,22 @@ fn apply(state: &AppState, event: &ClusterEvent) {
 /// stops. Announced queue entries are read from the store and pushed (and wake long-polls).
 pub async fn run(state: Arc<AppState>, mut events: mpsc::Receiver<ClusterEvent>) {
     while let Some(event) = events.recv().await {
-        match &event {
-            ClusterEvent::Delivered(deliveries) => {
-                for &(device, seq) in deliveries {
-                    deliver_remote(&state, device, seq).await;
-                }
-            }
-            other => apply(&state, other),
+        match event {
+            ClusterEvent::Delivered(deliveries) => deliver_remote(&state, deliveries).await,
+            other => apply(&state, &other),
         }
     }
 }
 
-async fn deliver_remote(state: &AppState, device: DeviceId, seq: u64) {
-    let Some(after) = seq.checked_sub(1) else { return };
-    match state.store.peek(device, after, 1, u64::MAX, state.clock.now_ms()).await {
-        Ok(page) => {
-            if let Some(entry) = page.entries.first().filter(|e| e.seq == seq) {
-                state.hub.deliver(device, entry);
+/// Reads the entries another node queued, all in one call (a fan-out to a large group names
+/// hundreds of them), and pushes each to its device's connections here.
+async fn deliver_remote(state: &AppState, deliveries: Vec<(DeviceId, u64)>) {
+    match state.store.queued_at(deliveries, state.clock.now_ms()).await {
+        Ok(found) => {
+            for (device, entry) in &found {
+                state.hub.deliver(*device, entry);
             }
         }
-        Err(e) => tracing::warn!(error = %e, "reading a delivery announced by another node failed"),
+        Err(e) => tracing::warn!(error = %e, "reading deliveries announced by another node failed"),
     }
 }

@@ -238,6 +238,14 @@ pub trait DeliveryStore: Send + Sync {
         max_bytes: u64,
         now_ms: u64,
     ) -> Result<QueuePage, StoreError>;
+    /// The unexpired queue entries at these `(device, seq)` positions, each with its device, in
+    /// no particular order; positions acknowledged, expired or never filled are left out. One
+    /// call reads back a whole fan-out that another node announced.
+    async fn queued_at(
+        &self,
+        positions: Vec<(DeviceId, u64)>,
+        now_ms: u64,
+    ) -> Result<Vec<(DeviceId, QueuedEntry)>, StoreError>;
     /// Deletes queue entries with `seq <= up_to_seq`; returns how many.
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
 }

@@ -1479,6 +1479,28 @@ impl DeliveryStore for PostgresStore {
         Ok(page)
     }
 
+    async fn queued_at(
+        &self,
+        positions: Vec<(DeviceId, u64)>,
+        now_ms: u64,
+    ) -> Result<Vec<(DeviceId, QueuedEntry)>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let devices: Vec<&[u8]> = positions.iter().map(|(device, _)| device.0.as_slice()).collect();
+        let seqs: Vec<i64> = positions.iter().map(|&(_, seq)| u64_to_i64(seq)).collect();
+        let found = reading!(self, client => rows(
+            &client,
+            "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms, q.device_id \
+             FROM unnest($1::bytea[], $2::bigint[]) AS wanted(device_id, seq) \
+             JOIN queue q ON q.device_id = wanted.device_id AND q.seq = wanted.seq \
+             JOIN envelopes e ON e.seq = q.envelope \
+             WHERE e.expires_ms IS NULL OR e.expires_ms > $3",
+            &[&devices, &seqs, &u64_to_i64(now_ms)],
+        ))?;
+        found.iter().map(|r| Ok((DeviceId(get16(r, 7, "queue.device_id")?), entry_from(r)?))).collect()
+    }
+
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
         retrying!(self, client => ack_tx(&mut client, device, up_to_seq))
     }

@@ -1361,6 +1361,32 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn queued_at(
+        &self,
+        positions: Vec<(DeviceId, u64)>,
+        now_ms: u64,
+    ) -> Result<Vec<(DeviceId, QueuedEntry)>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
+                 FROM queue q JOIN envelopes e ON e.seq = q.envelope \
+                 WHERE q.device_id = ?1 AND q.seq = ?2 AND (e.expires_ms IS NULL OR e.expires_ms > ?3)",
+            )?;
+            let mut found = Vec::with_capacity(positions.len());
+            for (device, seq) in positions {
+                let params = params![device.0.as_slice(), u64_to_i64(seq), u64_to_i64(now_ms)];
+                if let Some(columns) = stmt.query_row(params, read_entry).optional()? {
+                    found.push((device, entry_from(columns)?));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
         // Lost in a power cut, an ack means the entries are delivered again, and the client
         // deduplicates them: not worth a sync of its own.

@@ -1,4 +1,5 @@
-//! Two server nodes on one PostgreSQL database: shared secrets, cross-node push and long-poll,
+//! Two server nodes on one PostgreSQL database: shared secrets, cross-node push (one device and a
+//! group's) and long-poll,
 //! a client moving to the surviving node when its node goes away, revocations, events and
 //! ephemeral envelopes crossing nodes, rate limits shared by the nodes, and blobs uploaded through
 //! one node downloaded through the other.
@@ -15,7 +16,7 @@ use quicprochat_server::store::StoreBackend;
 use quicprochat_server::{Clock, Rate, ServerConfig};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestServer, dm_with, keyed_app, private, register_device, user};
+use crate::harness::{TestServer, dm_with, group_with, keyed_app, member, private, register_device, user};
 use crate::pg::PgSchema;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -115,6 +116,31 @@ async fn two_nodes_on_one_database_chat_by_push_and_survive_losing_one() {
         bob.call(method::ACK, &v1::AckRequest { up_to_seq: page.envelopes.last().unwrap().seq }).await.unwrap();
     let after: v1::PeekResponse = bob.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
     assert!(after.envelopes.is_empty());
+    b.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_sent_on_one_node_is_pushed_to_every_member_on_the_other() {
+    let Some(schema) = PgSchema::fresh("a_group_message_sent_on_one_node_is_pushed_to_every_member_on_the_other").await
+    else {
+        return;
+    };
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let (alice, _, _) = user(&a, "alice").await;
+    let mut members = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (rpc, _, _) = user(&b, name).await;
+        subscribe(&rpc).await;
+        members.push(rpc);
+    }
+    let (channel, _mls) = group_with(&alice, "alice", &[member("bob"), member("carol"), member("dave")]).await;
+    // One announcement names all three of B's devices; B reads the entries back and pushes each.
+    let _: v1::EnqueueResponse = alice.call(method::ENQUEUE, &keyed_app(&channel, b"to all", b"k1")).await.unwrap();
+    for rpc in &members {
+        let mut push = tokio::time::timeout(WAIT, rpc.accept_push()).await.unwrap().unwrap();
+        assert_eq!(pushed(&mut push).await, private(b"to all"));
+    }
+    a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();
 }
 

@@ -563,6 +563,41 @@ pub async fn peek_reads_and_ack_deletes(f: Fixture) {
     depths_match_queues(&f).await;
 }
 
+pub async fn entries_are_read_back_by_position(f: Fixture) {
+    let s = &f.store;
+    let (alice, bob, carol) = (account(s, "alice").await, account(s, "bob").await, account(s, "carol").await);
+    let (a1, b1, c1) = (device(s, alice, 1).await, device(s, bob, 2).await, device(s, carol, 3).await);
+    group(s, chan(1), a1, &[b1, c1]).await;
+    send(s, chan(1), a1, b"one").await;
+    let mut short = batch(chan(1), a1, EnvelopeKind::Application, 1, b"short-lived");
+    short.expires_ms = Some(NOW + 1000);
+    s.enqueue(short).await.unwrap();
+    send(s, chan(1), a1, b"three").await;
+    // Each queue: the welcome at 1, then "one", "short-lived" and "three" at 2, 3 and 4.
+    let read = |positions: Vec<(DeviceId, u64)>, now| async move {
+        let mut found: Vec<(DeviceId, u64, Vec<u8>)> = s
+            .queued_at(positions, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(device, entry)| (device, entry.seq, entry.payload.to_vec()))
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        read(vec![(c1, 4), (b1, 2), (b1, 9), (dev(9), 2), (c1, 3)], NOW).await,
+        vec![(b1, 2, b"one".to_vec()), (c1, 3, b"short-lived".to_vec()), (c1, 4, b"three".to_vec())],
+        "every filled position, each with its own device; empty ones and unknown devices left out"
+    );
+    assert_eq!(read(vec![(c1, 3), (c1, 4)], NOW + 1000).await, vec![(c1, 4, b"three".to_vec())], "expired");
+    s.ack(b1, 2).await.unwrap();
+    assert_eq!(read(vec![(b1, 2), (b1, 4)], NOW).await, vec![(b1, 4, b"three".to_vec())], "acknowledged");
+    let entry = s.queued_at(vec![(b1, 4)], NOW).await.unwrap().remove(0).1;
+    assert_eq!((entry.channel, entry.kind, entry.epoch), (chan(1), EnvelopeKind::Application, 1));
+    assert!(s.queued_at(Vec::new(), NOW).await.unwrap().is_empty());
+}
+
 pub async fn expired_envelopes_are_hidden_then_purged(f: Fixture) {
     let s = &f.store;
     let (alice, bob) = (account(s, "alice").await, account(s, "bob").await);
@@ -1019,6 +1054,7 @@ macro_rules! conformance_suite {
             idempotent_retries_store_nothing_new,
             full_queues_refuse_application_messages_only,
             peek_reads_and_ack_deletes,
+            entries_are_read_back_by_position,
             expired_envelopes_are_hidden_then_purged,
             blob_chunks_append_in_order_and_read_across_their_boundaries,
             expired_blobs_go_with_their_chunks,
