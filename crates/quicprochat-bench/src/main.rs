@@ -48,11 +48,12 @@ struct Common {
     /// Pin the server process to these CPUs (`taskset -c`), e.g. `0`.
     #[arg(long)]
     pin: Option<String>,
-    /// relay only: run qpc-server on this PostgreSQL database (a fresh schema, dropped after).
+    /// relay and fanout --raw: run qpc-server on this PostgreSQL database (a fresh schema, dropped
+    /// after).
     #[arg(long)]
     db_url: Option<String>,
-    /// relay only, with --db-url: qpc-server nodes sharing the database (senders on the
-    /// first, receivers on the last).
+    /// relay and fanout --raw, with --db-url: qpc-server nodes sharing the database (senders on
+    /// the first, receivers on the last).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
 }
@@ -167,8 +168,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Fanout { common: c, rate, raw } => {
             let (load, pin) = (c.load()?, c.pin.as_deref());
-            let report =
-                if raw { raw::fanout(load, rate, pin).await? } else { scenarios::fanout(load, rate, pin).await? };
+            let report = if raw {
+                raw::fanout(load, rate, pin, c.cluster().as_ref()).await?
+            } else {
+                scenarios::fanout(load, rate, pin).await?
+            };
             report.print(c.output())
         }
         Command::Login(c) => scenarios::login_scenario(c.load()?, c.pin.as_deref()).await?.print(c.output()),

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::baseline::{self, Load, Throughput};
-use crate::process::{ServerProcess, delta};
+use crate::process::ServerProcess;
 use crate::report::{Figure, Latencies, Report, latency_figures};
 use crate::scenarios::{self, Cluster, Member};
 
@@ -447,20 +447,22 @@ enum Registered {
 
 /// `fanout --raw`: one group of `clients` members set up by the SDK; a raw sender enqueues
 /// `rate` messages per second into it (open loop), and every other member's raw receiver records
-/// its push latency (send to receipt), against the push baseline with as many subscribers.
-pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<Report> {
+/// its push latency (send to receipt), against the push baseline with as many subscribers. With a
+/// cluster, the sender is on the first node and the receivers on the last (cross-node push).
+pub async fn fanout(load: Load, rate: u32, pin: Option<&str>, cluster: Option<&Cluster>) -> anyhow::Result<Report> {
     let subscribers = load.clients.saturating_sub(1).max(1);
     let rate = rate.max(1);
     let (mut push_latencies, push_received, push_expected, push_usage) =
         baseline::push(subscribers, rate, load, pin).await?;
 
-    let server = ServerProcess::spawn("qpc", pin).await?;
-    let target = Target::of(&server)?;
+    let (nodes, schema) = scenarios::start_nodes(pin, cluster).await?;
+    let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let (target, receiving) = (Target::of(first)?, Target::of(last)?);
     let setup = Instant::now();
     // Members are closed as soon as they are registered (their key packages are on the
     // server), so nobody spends CPU on the Welcome; the server still counts them as members,
     // since membership follows the commit's tree.
-    let registered = scenarios::register_members(&server, subscribers + 1, |i, m| {
+    let registered = scenarios::register_members(first, subscribers + 1, |i, m| {
         if i == 0 { Ok(Registered::Open(m)) } else { hand_over(m).map(Registered::Closed) }
     })
     .await?;
@@ -489,10 +491,10 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
     let mut connecting = JoinSet::new();
     let slots = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     for token in tokens {
-        let (target, slots) = (target.clone(), Arc::clone(&slots));
+        let (receiving, slots) = (receiving.clone(), Arc::clone(&slots));
         connecting.spawn(async move {
             let _slot = slots.acquire_owned().await?;
-            target.subscriber(&token).await
+            receiving.subscriber(&token).await
         });
     }
     let mut listeners = Vec::new();
@@ -525,7 +527,8 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
         });
     }
     warm_up(&[&sender], listening, &warmed).await?;
-    let before = server.usage()?;
+    let before: Vec<_> = nodes.iter().map(ServerProcess::usage).collect::<anyhow::Result<_>>()?;
+    let rss_after_setup = before.iter().map(|u| u.rss_kib).max().unwrap_or(0);
     // Open loop: each message goes out at its tick, answered or not the one before, so the
     // server gets the offered rate even when it falls behind.
     let (sender, mut sends) = (Arc::new(sender), JoinSet::new());
@@ -557,11 +560,17 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
         failed_acks += failed;
         connections.push(receiver);
     }
-    let usage = delta(before, server.usage()?);
+    let usage = scenarios::nodes_usage(&nodes, before)?;
     for connection in connections {
         connection.close("done");
     }
-    server.stop().await;
+    let node_count = nodes.len();
+    for node in nodes {
+        node.stop().await;
+    }
+    if let (Some(cluster), Some(schema)) = (cluster, schema) {
+        scenarios::drop_schema(cluster, &schema).await?;
+    }
 
     let mut figures = latency_figures("push", ours.summary(), Some(push_latencies.summary()));
     figures.extend(latency_figures("Enqueue", enqueue.summary(), None));
@@ -578,9 +587,12 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>) -> anyhow::Result<
             "setup: {} members registered, group created in {:.1} s; server RSS {} MiB after it",
             subscribers + 1,
             created_in.as_secs_f64(),
-            before.rss_kib / 1024
+            rss_after_setup / 1024
         ),
     ];
+    if let Some(cluster) = cluster {
+        notes.push(scenarios::cluster_note(cluster, node_count));
+    }
     if (ours.len() as u64) < expected {
         notes.push(format!("{} of {expected} deliveries measured", ours.len()));
     }

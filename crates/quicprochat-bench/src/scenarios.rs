@@ -160,7 +160,7 @@ pub(crate) fn nodes_usage(
     Ok(usage)
 }
 
-/// The note of a relay run on a cluster of `node_count` nodes.
+/// The note of a `relay` or `fanout --raw` run on a cluster of `node_count` nodes.
 pub(crate) fn cluster_note(cluster: &Cluster, node_count: usize) -> String {
     format!(
         "{node_count} node(s) on PostgreSQL ({}); senders on the first node, receivers on the last; server CPU summed",
