@@ -404,7 +404,7 @@ mod tests {
 
     impl opaque_ke::CipherSuite for StockSuite {
         type OprfCs = Ristretto255;
-        type KeGroup = group::KeRistretto255;
+        type KeGroup = Ristretto255;
         type KeyExchange = TripleDh;
         type Ksf = argon2::Argon2<'static>;
     }
