@@ -238,9 +238,9 @@ pub trait DeliveryStore: Send + Sync {
         max_bytes: u64,
         now_ms: u64,
     ) -> Result<QueuePage, StoreError>;
-    /// The unexpired queue entries at these `(device, seq)` positions, each with its device, in
-    /// no particular order; positions acknowledged, expired or never filled are left out. One
-    /// call reads back a whole fan-out that another node announced.
+    /// The unexpired queue entries at these `(device, seq)` positions, each with its device,
+    /// ordered by device and then sequence number; positions acknowledged, expired or never
+    /// filled are left out. One call reads back a whole fan-out that another node announced.
     async fn queued_at(
         &self,
         positions: Vec<(DeviceId, u64)>,

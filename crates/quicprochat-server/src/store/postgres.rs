@@ -1495,7 +1495,8 @@ impl DeliveryStore for PostgresStore {
              FROM unnest($1::bytea[], $2::bigint[]) AS wanted(device_id, seq) \
              JOIN queue q ON q.device_id = wanted.device_id AND q.seq = wanted.seq \
              JOIN envelopes e ON e.seq = q.envelope \
-             WHERE e.expires_ms IS NULL OR e.expires_ms > $3",
+             WHERE e.expires_ms IS NULL OR e.expires_ms > $3 \
+             ORDER BY q.device_id, q.seq",
             &[&devices, &seqs, &u64_to_i64(now_ms)],
         ))?;
         found.iter().map(|r| Ok((DeviceId(get16(r, 7, "queue.device_id")?), entry_from(r)?))).collect()

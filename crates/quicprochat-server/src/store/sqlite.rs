@@ -1382,6 +1382,7 @@ impl DeliveryStore for SqliteStore {
                     found.push((device, entry_from(columns)?));
                 }
             }
+            found.sort_unstable_by_key(|(device, entry)| (device.0, entry.seq));
             Ok(found)
         })
         .await
