@@ -26,6 +26,7 @@
 //! Migrations are versioned in `schema_version` and applied under an advisory lock, so nodes
 //! starting together migrate once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -1489,17 +1490,42 @@ impl DeliveryStore for PostgresStore {
         }
         let devices: Vec<&[u8]> = positions.iter().map(|(device, _)| device.0.as_slice()).collect();
         let seqs: Vec<i64> = positions.iter().map(|&(_, seq)| u64_to_i64(seq)).collect();
-        let found = reading!(self, client => rows(
+        // The queue rows first, then each envelope once: the positions of a fan-out all name one
+        // envelope, and a Welcome to a large group is megabytes.
+        let located = reading!(self, client => rows(
             &client,
-            "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms, q.device_id \
+            "SELECT q.device_id, q.seq, q.envelope \
              FROM unnest($1::bytea[], $2::bigint[]) AS wanted(device_id, seq) \
              JOIN queue q ON q.device_id = wanted.device_id AND q.seq = wanted.seq \
-             JOIN envelopes e ON e.seq = q.envelope \
-             WHERE e.expires_ms IS NULL OR e.expires_ms > $3 \
              ORDER BY q.device_id, q.seq",
-            &[&devices, &seqs, &u64_to_i64(now_ms)],
+            &[&devices, &seqs],
         ))?;
-        found.iter().map(|r| Ok((DeviceId(get16(r, 7, "queue.device_id")?), entry_from(r)?))).collect()
+        let mut named: Vec<i64> = located.iter().map(|r| r.try_get(2)).collect::<Result<_, _>>()?;
+        named.sort_unstable();
+        named.dedup();
+        if named.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `entry_from` reads the envelope's seq where a queue entry's goes; each found entry
+        // takes its own below.
+        let envelopes = reading!(self, client => rows(
+            &client,
+            "SELECT e.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms FROM envelopes e \
+             WHERE e.seq = ANY($1) AND (e.expires_ms IS NULL OR e.expires_ms > $2)",
+            &[&named, &u64_to_i64(now_ms)],
+        ))?;
+        let by_seq = envelopes
+            .iter()
+            .map(|r| Ok((r.try_get::<_, i64>(0)?, entry_from(r)?)))
+            .collect::<Result<HashMap<_, _>, StoreError>>()?;
+        let mut found = Vec::with_capacity(located.len());
+        for r in &located {
+            if let Some(envelope) = by_seq.get(&r.try_get::<_, i64>(2)?) {
+                let seq = i64_to_u64(r.try_get(1)?);
+                found.push((DeviceId(get16(r, 0, "queue.device_id")?), QueuedEntry { seq, ..envelope.clone() }));
+            }
+        }
+        Ok(found)
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {

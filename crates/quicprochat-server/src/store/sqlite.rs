@@ -1,5 +1,7 @@
 //! The embedded default store: one SQLite file in the data dir, WAL mode, schema migrations.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1370,16 +1372,29 @@ impl DeliveryStore for SqliteStore {
             return Ok(Vec::new());
         }
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT q.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms \
-                 FROM queue q JOIN envelopes e ON e.seq = q.envelope \
-                 WHERE q.device_id = ?1 AND q.seq = ?2 AND (e.expires_ms IS NULL OR e.expires_ms > ?3)",
+            let mut locate = conn.prepare_cached("SELECT envelope FROM queue WHERE device_id = ?1 AND seq = ?2")?;
+            // `entry_from` reads the envelope's seq where a queue entry's goes; each found entry
+            // takes its own below.
+            let mut envelope = conn.prepare_cached(
+                "SELECT e.seq, e.channel_id, e.id, e.kind, e.epoch, e.payload, e.created_ms FROM envelopes e \
+                 WHERE e.seq = ?1 AND (e.expires_ms IS NULL OR e.expires_ms > ?2)",
             )?;
+            // Each envelope read once: the positions of a fan-out all name one, and a Welcome to
+            // a large group is megabytes. `None`: expired or gone.
+            let mut envelopes: HashMap<i64, Option<QueuedEntry>> = HashMap::new();
             let mut found = Vec::with_capacity(positions.len());
             for (device, seq) in positions {
-                let params = params![device.0.as_slice(), u64_to_i64(seq), u64_to_i64(now_ms)];
-                if let Some(columns) = stmt.query_row(params, read_entry).optional()? {
-                    found.push((device, entry_from(columns)?));
+                let located = locate.query_row(params![device.0.as_slice(), u64_to_i64(seq)], |r| r.get::<_, i64>(0));
+                let Some(named) = located.optional()? else { continue };
+                let entry = match envelopes.entry(named) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(slot) => {
+                        let read = envelope.query_row(params![named, u64_to_i64(now_ms)], read_entry).optional()?;
+                        slot.insert(read.map(entry_from).transpose()?)
+                    }
+                };
+                if let Some(entry) = entry {
+                    found.push((device, QueuedEntry { seq, ..entry.clone() }));
                 }
             }
             found.sort_unstable_by_key(|(device, entry)| (device.0, entry.seq));

@@ -594,6 +594,9 @@ pub async fn entries_are_read_back_by_position(f: Fixture) {
     assert_eq!(read(vec![(b1, 2), (b1, 4)], NOW).await, vec![(b1, 4, b"three".to_vec())], "acknowledged");
     let entry = s.queued_at(vec![(b1, 4)], NOW).await.unwrap().remove(0).1;
     assert_eq!((entry.channel, entry.kind, entry.epoch), (chan(1), EnvelopeKind::Application, 1));
+    // The entries of one envelope share one copy of its payload, however many devices it went to.
+    let shared = s.queued_at(vec![(b1, 4), (c1, 4)], NOW).await.unwrap();
+    assert_eq!(shared[0].1.payload.as_ptr(), shared[1].1.payload.as_ptr(), "the payload was read once");
     assert!(s.queued_at(Vec::new(), NOW).await.unwrap().is_empty());
 }
 
