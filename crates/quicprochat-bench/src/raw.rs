@@ -184,14 +184,37 @@ impl Arrivals {
 /// before the measurement starts: its push stream is open then (as the push baseline's are),
 /// and what the setup left in its queue (the Welcome, the group's commits) is deleted by that
 /// Ack, not by the first measured one.
-async fn warm_up(senders: &[&Sender], receivers: usize, warmed: &Arrivals) -> anyhow::Result<()> {
+///
+/// A receiver that fails meanwhile (its Ack refused, its connection lost) will never count: the
+/// run stops at once with its error rather than after [`WARM_UP_WAIT`].
+async fn warm_up<T: 'static>(
+    senders: &[&Sender],
+    receivers: &mut JoinSet<anyhow::Result<T>>,
+    count: usize,
+    warmed: &Arrivals,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     for sender in senders {
         sender.send(&sender.request(payload(WARM_UP, 0, HEADER_LEN))).await?;
     }
-    let expected = receivers as u64;
-    if !warmed.wait_for(expected, Instant::now() + WARM_UP_WAIT).await {
-        anyhow::bail!("only {} of {expected} receivers acknowledged the warm-up message", *warmed.0.borrow());
+    let (expected, deadline) = (count as u64, started + WARM_UP_WAIT);
+    while !warmed.wait_for(expected, (Instant::now() + Duration::from_secs(1)).min(deadline)).await {
+        let mut failures = Vec::new();
+        while let Some(ended) = receivers.try_join_next() {
+            match ended {
+                Ok(Ok(_)) => failures.push("a receiver's push stream ended".to_owned()),
+                Ok(Err(e)) => failures.push(format!("{e:#}")),
+                Err(e) => failures.push(format!("a receiver task failed: {e}")),
+            }
+        }
+        if !failures.is_empty() || Instant::now() >= deadline {
+            let arrived = *warmed.0.borrow();
+            let why = match failures.first() {
+                Some(first) => format!("; {} receiver(s) ended, the first with: {first}", failures.len()),
+                None => String::new(),
+            };
+            anyhow::bail!("only {arrived} of {expected} receivers acknowledged the warm-up message{why}");
+        }
     }
     if started.elapsed() > Duration::from_secs(1) {
         eprintln!("qpc-bench: warm-up read and acknowledged in {:.1} s", started.elapsed().as_secs_f64());
@@ -347,7 +370,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
         senders.push((u32::try_from(i)?, Arc::new(sender), window));
     }
     let all: Vec<&Sender> = senders.iter().map(|(_, s, _)| s.as_ref()).collect();
-    warm_up(&all, senders.len(), &warmed).await?;
+    warm_up(&all, &mut receivers, senders.len(), &warmed).await?;
 
     let before: Vec<_> = nodes.iter().map(ServerProcess::usage).collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
@@ -526,7 +549,7 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>, cluster: Option<&C
             anyhow::Ok((latencies, failed, receiver))
         });
     }
-    warm_up(&[&sender], listening, &warmed).await?;
+    warm_up(&[&sender], &mut receivers, listening, &warmed).await?;
     let before: Vec<_> = nodes.iter().map(ServerProcess::usage).collect::<anyhow::Result<_>>()?;
     let rss_after_setup = before.iter().map(|u| u.rss_kib).max().unwrap_or(0);
     // Open loop: each message goes out at its tick, answered or not the one before, so the
