@@ -136,7 +136,24 @@ pub(crate) async fn start_nodes(
     Ok((nodes, Some(schema)))
 }
 
-pub(crate) async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
+/// Stops the servers [`start_nodes`] started and drops the schema it made, if any; returns how
+/// many nodes there were.
+pub(crate) async fn stop_nodes(
+    nodes: Vec<ServerProcess>,
+    cluster: Option<&Cluster>,
+    schema: Option<String>,
+) -> anyhow::Result<usize> {
+    let count = nodes.len();
+    for node in nodes {
+        node.stop().await;
+    }
+    if let (Some(cluster), Some(schema)) = (cluster, schema) {
+        drop_schema(cluster, &schema).await?;
+    }
+    Ok(count)
+}
+
+async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(&cluster.db_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
@@ -258,13 +275,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     ours.elapsed = last.duration_since(started);
     ours.ops = ours.latencies.len() as u64;
     let usage = nodes_usage(&nodes, before)?;
-    let node_count = nodes.len();
-    for node in nodes {
-        node.stop().await;
-    }
-    if let (Some(cluster), Some(schema)) = (cluster, schema) {
-        drop_schema(cluster, &schema).await?;
-    }
+    let node_count = stop_nodes(nodes, cluster, schema).await?;
 
     let mut figures = vec![
         Figure::new("relay messages/s vs echo", "msg/s", ours.per_sec()).against(echo.per_sec()),
