@@ -13,9 +13,11 @@
 //! - **device rows** are locked, always in id order, to allocate per-device sequence numbers and
 //!   check queue depth (enqueue), to claim and upload key packages, and to delete devices and
 //!   accounts;
-//! - **envelope rows** are locked in seq order before deciding whether the last queue entry
-//!   naming one went (ack, device and account deletion), so a payload is never left behind by
-//!   two concurrent acks.
+//! - **envelope rows** are not locked to decide whether the last queue entry naming one went (ack,
+//!   device and account deletion): the acks of one envelope would wait in line for its row. A
+//!   transaction that may have deleted an envelope's last entries together with others not yet
+//!   committed settles the envelope after its commit instead (see [`release`]), so a payload is
+//!   never left behind by concurrent acks.
 //! - a **blob row** is locked for each chunk written to the blob (so chunks of one upload reaching
 //!   two nodes are stored once and in order), and account deletion locks the blobs the account
 //!   references, in id order, before deciding which no other account references.
@@ -28,6 +30,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -265,6 +269,10 @@ pub struct PostgresStore {
     pub(super) node: [u8; 8],
     /// The notification channel of this schema.
     pub(super) channel: String,
+    /// Envelopes whose [`release::settle`] failed, for the next purge.
+    unsettled: Arc<Mutex<Vec<i64>>>,
+    /// Whether this node's purge has swept the envelopes a stopped node may have left.
+    swept: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -294,7 +302,14 @@ impl PostgresStore {
         let mut node = [0u8; 8];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut node);
         let channel = format!("qpc_deliveries_{}", schema.unwrap_or_default());
-        Ok(Self { pool, config, node, channel })
+        Ok(Self {
+            pool,
+            config,
+            node,
+            channel,
+            unsettled: Arc::new(Mutex::new(Vec::new())),
+            swept: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// A connection from the pool.
@@ -384,6 +399,25 @@ macro_rules! reading {
 
 // After the macros: the blob store uses them.
 mod blobs;
+mod release;
+
+impl PostgresStore {
+    /// Settles the envelopes a committed transaction's [`release::release`] returned; if that
+    /// fails, leaves them to the next purge (the caller's transaction stands either way).
+    async fn settle_released(&self, seqs: Vec<i64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let settled: Result<(), StoreError> =
+            async { retrying!(self, client => release::settle(&mut client, &seqs)) }.await;
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, envelopes = seqs.len(), "could not settle released envelopes; the next purge will");
+            if let Ok(mut unsettled) = self.unsettled.lock() {
+                unsettled.extend(seqs);
+            }
+        }
+    }
+}
 
 fn record(kind: &'static str, started: std::time::Instant) {
     metrics::histogram!("qpc_store_operation_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
@@ -564,43 +598,6 @@ fn device_ids(rows: &[Row], what: &'static str) -> Result<Vec<DeviceId>, StoreEr
     rows.iter().map(|r| get16(r, 0, what).map(DeviceId)).collect()
 }
 
-/// Locks the rows of `seqs` (sorted, so concurrent lockers never wait on each other in a circle)
-/// before the caller decides whether an envelope lost its last queue entry.
-async fn lock_envelopes(tx: &Transaction<'_>, seqs: &[i64]) -> Result<(), StoreError> {
-    if !seqs.is_empty() {
-        rows(tx, "SELECT seq FROM envelopes WHERE seq = ANY($1) ORDER BY seq FOR UPDATE", &[&seqs]).await?;
-    }
-    Ok(())
-}
-
-/// Deletes those of `seqs` that no queue entry names any more (the payload is stored once and
-/// goes with its last recipient's entry).
-async fn drop_unqueued(tx: &Transaction<'_>, seqs: &[i64]) -> Result<(), StoreError> {
-    if !seqs.is_empty() {
-        exec(
-            tx,
-            "DELETE FROM envelopes e WHERE e.seq = ANY($1) \
-             AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.envelope = e.seq)",
-            &[&seqs],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Envelopes queued for any of `devices` (whose queues are about to go), locked.
-async fn lock_queued_envelopes(tx: &Transaction<'_>, devices: &[&[u8]]) -> Result<Vec<i64>, StoreError> {
-    let seqs: Vec<i64> = rows(tx, "SELECT DISTINCT envelope FROM queue WHERE device_id = ANY($1)", &[&devices])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let mut seqs = seqs;
-    seqs.sort_unstable();
-    lock_envelopes(tx, &seqs).await?;
-    Ok(seqs)
-}
-
 #[async_trait]
 impl AccountStore for PostgresStore {
     async fn create_user(&self, username: &str, opaque_record: Vec<u8>, now_ms: u64) -> Result<UserRecord, StoreError> {
@@ -687,7 +684,9 @@ impl AccountStore for PostgresStore {
     }
 
     async fn delete_account(&self, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
-        retrying!(self, client => delete_account_tx(&mut client, user))
+        let (deleted, released) = retrying!(self, client => delete_account_tx(&mut client, user))?;
+        self.settle_released(released).await;
+        Ok(deleted)
     }
 }
 
@@ -731,7 +730,11 @@ async fn record_login_tx(client: &mut Object, s: &SessionRecord, event: &AuditEv
     Ok(())
 }
 
-async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<DeletedAccount>, StoreError> {
+/// The account's deletion, and the envelopes to settle after it (see [`release`]).
+async fn delete_account_tx(
+    client: &mut Object,
+    user: UserId,
+) -> Result<(Option<DeletedAccount>, Vec<i64>), StoreError> {
     let tx = begin(client).await?;
     let uid = user.0.as_slice();
     let devices: Vec<Vec<u8>> = rows(&tx, "SELECT id FROM devices WHERE user_id = $1 ORDER BY id FOR UPDATE", &[&uid])
@@ -740,7 +743,7 @@ async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<D
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
     let devices: Vec<&[u8]> = devices.iter().map(Vec::as_slice).collect();
-    let queued = lock_queued_envelopes(&tx, &devices).await?;
+    let queued = release::queued_for(&tx, &devices).await?;
     exec(&tx, "DELETE FROM idempotency WHERE device_id = ANY($1)", &[&devices]).await?;
     let mut sessions = rows(&tx, "SELECT token_hash FROM sessions WHERE user_id = $1", &[&uid])
         .await?
@@ -770,7 +773,7 @@ async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<D
     }
     // Sessions, devices, key packages, queue entries and memberships cascade.
     let existed = exec(&tx, "DELETE FROM users WHERE id = $1", &[&uid]).await? == 1;
-    drop_unqueued(&tx, &queued).await?;
+    let released = release::release(&tx, &queued).await?;
     exec(
         &tx,
         "DELETE FROM channels WHERE NOT EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = channels.id)",
@@ -779,10 +782,10 @@ async fn delete_account_tx(client: &mut Object, user: UserId) -> Result<Option<D
     .await?;
     tx.commit().await?;
     if !existed {
-        return Ok(None);
+        return Ok((None, released));
     }
     sessions.sort_unstable();
-    Ok(Some(DeletedAccount { sessions }))
+    Ok((Some(DeletedAccount { sessions }), released))
 }
 
 #[async_trait]
@@ -853,7 +856,9 @@ impl DeviceStore for PostgresStore {
     }
 
     async fn delete_device(&self, user: UserId, device: DeviceId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
-        retrying!(self, client => delete_device_tx(&mut client, user, device))
+        let (sessions, released) = retrying!(self, client => delete_device_tx(&mut client, user, device))?;
+        self.settle_released(released).await;
+        Ok(sessions)
     }
 
     async fn set_hybrid_key(&self, device: DeviceId, public_key: Vec<u8>) -> Result<(), StoreError> {
@@ -989,20 +994,22 @@ async fn claim_key_packages_tx(client: &mut Object, user: UserId) -> Result<Vec<
     Ok(out)
 }
 
+/// The device's deletion (its sessions' token hashes), and the envelopes to settle after it (see
+/// [`release`]).
 async fn delete_device_tx(
     client: &mut Object,
     user: UserId,
     device: DeviceId,
-) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+) -> Result<(Option<Vec<[u8; 32]>>, Vec<i64>), StoreError> {
     let tx = begin(client).await?;
     let dev = device.0.as_slice();
     let owned =
         rows(&tx, "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR UPDATE", &[&dev, &user.0.as_slice()])
             .await?;
     if owned.is_empty() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
-    let queued = lock_queued_envelopes(&tx, &[dev]).await?;
+    let queued = release::queued_for(&tx, &[dev]).await?;
     let sessions = rows(&tx, "DELETE FROM sessions WHERE device_id = $1 RETURNING token_hash", &[&dev])
         .await?
         .iter()
@@ -1011,9 +1018,9 @@ async fn delete_device_tx(
     exec(&tx, "DELETE FROM idempotency WHERE device_id = $1", &[&dev]).await?;
     // Queue, key packages, memberships, hybrid key and endpoint cascade.
     exec(&tx, "DELETE FROM devices WHERE id = $1 AND user_id = $2", &[&dev, &user.0.as_slice()]).await?;
-    drop_unqueued(&tx, &queued).await?;
+    let released = release::release(&tx, &queued).await?;
     tx.commit().await?;
-    Ok(Some(sessions))
+    Ok((Some(sessions), released))
 }
 
 /// The recorded outcome of an earlier enqueue with this idempotency key, if within the window.
@@ -1335,8 +1342,8 @@ async fn create_channel_tx(client: &mut Object, c: &NewChannel) -> Result<bool, 
 async fn purge_expired_tx(client: &mut Object, now_ms: u64) -> Result<u64, StoreError> {
     let tx = begin(client).await?;
     let now = u64_to_i64(now_ms);
-    // Queue entries first, then envelopes: the order `ack` locks them in, so a purge and an ack
-    // of the same envelope do not deadlock. Every node may purge; a row goes once.
+    // Queue entries first, then envelopes: the order an ack deletes them in, so a purge and an
+    // ack of the same envelope do not deadlock. Every node may purge; a row goes once.
     exec(
         &tx,
         "DELETE FROM queue WHERE envelope IN \
@@ -1355,7 +1362,8 @@ async fn purge_expired_tx(client: &mut Object, now_ms: u64) -> Result<u64, Store
     Ok(purged)
 }
 
-async fn ack_tx(client: &mut Object, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+/// How many entries the ack deleted, and the envelopes to settle after it (see [`release`]).
+async fn ack_tx(client: &mut Object, device: DeviceId, up_to_seq: u64) -> Result<(u64, Vec<i64>), StoreError> {
     let tx = begin(client).await?;
     let released = rows(
         &tx,
@@ -1367,13 +1375,10 @@ async fn ack_tx(client: &mut Object, device: DeviceId, up_to_seq: u64) -> Result
     let mut seqs: Vec<i64> = released.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
     seqs.sort_unstable();
     seqs.dedup();
-    // The payload is stored once; it goes when the last queue entry naming it is acked. The
-    // envelope lock orders concurrent acks of the same envelope, so the later one sees the
-    // earlier one's deletion and the payload cannot be left behind.
-    lock_envelopes(&tx, &seqs).await?;
-    drop_unqueued(&tx, &seqs).await?;
+    // The payload is stored once; it goes when the last queue entry naming it is acked.
+    let released = release::release(&tx, &seqs).await?;
     tx.commit().await?;
-    Ok(removed)
+    Ok((removed, released))
 }
 
 #[async_trait]
@@ -1436,7 +1441,19 @@ impl DeliveryStore for PostgresStore {
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
-        retrying!(self, client => purge_expired_tx(&mut client, now_ms))
+        let purged = retrying!(self, client => purge_expired_tx(&mut client, now_ms))?;
+        // Also the envelopes whose last entries went without them being settled: this node's
+        // failed settles, and on its first purge, any left by a node that stopped.
+        let unsettled = self.unsettled.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
+        self.settle_released(unsettled).await;
+        if !self.swept.load(Ordering::Relaxed) {
+            let swept = release::sweep(&self.client().await?).await?;
+            self.swept.store(true, Ordering::Relaxed);
+            if swept > 0 {
+                tracing::info!(envelopes = swept, "deleted envelopes that no queue entry named");
+            }
+        }
+        Ok(purged)
     }
 
     async fn replayed(
@@ -1529,6 +1546,8 @@ impl DeliveryStore for PostgresStore {
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
-        retrying!(self, client => ack_tx(&mut client, device, up_to_seq))
+        let (removed, released) = retrying!(self, client => ack_tx(&mut client, device, up_to_seq))?;
+        self.settle_released(released).await;
+        Ok(removed)
     }
 }

@@ -563,6 +563,64 @@ pub async fn peek_reads_and_ack_deletes(f: Fixture) {
     depths_match_queues(&f).await;
 }
 
+/// Many recipients acking the same envelopes at once, one of their devices deleted meanwhile:
+/// each payload stays while anyone still holds it and goes with the last entry, however the
+/// deletions interleave.
+pub async fn concurrent_acks_of_many_recipients_leave_no_payload_behind(f: Fixture) {
+    let s = &f.store;
+    let mut devices = Vec::new();
+    let mut owners = Vec::new();
+    for n in 1..=25u8 {
+        let user = account(s, &format!("user{n}")).await;
+        owners.push(user);
+        devices.push(device(s, user, n).await);
+    }
+    let (sender, recipients) = (devices[0], &devices[1..]);
+    group(s, chan(1), sender, recipients).await;
+    let ack_all = |ackers: &[DeviceId]| {
+        ackers
+            .iter()
+            .map(|&d| {
+                let s = Arc::clone(s);
+                tokio::spawn(async move { s.ack(d, u64::MAX).await.unwrap() })
+            })
+            .collect::<Vec<_>>()
+    };
+    for round in 0..4u8 {
+        for i in 0..3u8 {
+            send(s, chan(1), sender, &[round, i]).await;
+        }
+        let waiting: u8 = if round == 0 { 4 } else { 3 };
+        // Half of them ack: every payload stays for the other half.
+        for t in ack_all(&recipients[..12]) {
+            assert_eq!(t.await.unwrap(), u64::from(waiting));
+        }
+        assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, i64::from(waiting));
+        for d in &recipients[12..] {
+            assert_eq!(s.peek(*d, 0, 100, u64::MAX, NOW).await.unwrap().entries.len(), usize::from(waiting));
+        }
+        // The other half ack at once; in the last round one of them is deleted meanwhile.
+        let mut acks = ack_all(&recipients[12..23]);
+        if round == 3 {
+            let (s, owner, last) = (Arc::clone(s), owners[24], recipients[23]);
+            let deletion = tokio::spawn(async move { s.delete_device(owner, last).await.unwrap().map(|_| 0) });
+            acks.push(tokio::spawn(async move { deletion.await.unwrap().unwrap() }));
+        } else {
+            acks.extend(ack_all(&recipients[23..]));
+        }
+        for t in acks {
+            t.await.unwrap();
+        }
+        assert_eq!(f.probe.count("SELECT COUNT(*) FROM queue").await, 0, "round {round}");
+        assert_eq!(
+            f.probe.count("SELECT COUNT(*) FROM envelopes").await,
+            0,
+            "round {round}: a payload was left behind"
+        );
+    }
+    depths_match_queues(&f).await;
+}
+
 pub async fn entries_are_read_back_by_position(f: Fixture) {
     let s = &f.store;
     let (alice, bob, carol) = (account(s, "alice").await, account(s, "bob").await, account(s, "carol").await);
@@ -1056,6 +1114,7 @@ macro_rules! conformance_suite {
             idempotent_retries_store_nothing_new,
             full_queues_refuse_application_messages_only,
             peek_reads_and_ack_deletes,
+            concurrent_acks_of_many_recipients_leave_no_payload_behind,
             entries_are_read_back_by_position,
             expired_envelopes_are_hidden_then_purged,
             blob_chunks_append_in_order_and_read_across_their_boundaries,
@@ -1133,4 +1192,33 @@ mod postgres {
     }
 
     conformance_suite!(fixture);
+
+    /// Envelopes that lost their last entries without being deleted (a node stopped between an
+    /// ack's commit and its settling) go at the first purge of a node started afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_started_node_purges_envelopes_no_entry_names() {
+        let Some(f) = fixture("a_started_node_purges_envelopes_no_entry_names").await else { return };
+        let s = &f.store;
+        let (alice, bob) = (account(s, "alice").await, account(s, "bob").await);
+        let (a1, b1) = (device(s, alice, 1).await, device(s, bob, 2).await);
+        group(s, chan(1), a1, &[b1]).await;
+        send(s, chan(1), a1, b"still queued").await;
+        f.probe
+            .execute(&format!(
+                "INSERT INTO envelopes (id, channel_id, kind, epoch, payload, created_ms) \
+                 VALUES ('\\x{:032x}', '\\x01', 1, 1, 'left', {NOW})",
+                1
+            ))
+            .await;
+        assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 3);
+        let schema: &PgSchema = f._keep.downcast_ref().unwrap();
+        let restarted: Arc<dyn Store> = Arc::new(schema.store().await);
+        assert_eq!(restarted.purge_expired(NOW).await.unwrap(), 0, "nothing expired");
+        assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = 'left'").await, 0);
+        assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes").await, 2, "the welcome and the message stay");
+        assert_eq!(
+            payloads(&s.peek(b1, 1, 10, u64::MAX, NOW).await.unwrap().entries),
+            vec![b"still queued".as_slice()]
+        );
+    }
 }
