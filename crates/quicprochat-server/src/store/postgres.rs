@@ -34,8 +34,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::error::SqlState;
@@ -399,6 +397,7 @@ macro_rules! reading {
 
 // After the macros: the blob store uses them.
 mod blobs;
+mod enqueue;
 mod release;
 
 impl PostgresStore {
@@ -1040,280 +1039,24 @@ async fn find_replay<C: GenericClient>(
         &[&sender.0.as_slice(), &key, &u64_to_i64(now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
     )
     .await?;
-    earlier
-        .map(|r| {
-            Ok(EnqueueOutcome {
-                seq: i64_to_u64(r.try_get(0)?),
-                envelope_id: get16(&r, 2, "envelopes.id")?,
-                timestamp_ms: i64_to_u64(r.try_get(3)?),
-                epoch: i64_to_u64(r.try_get(1)?),
-                replayed: true,
-                deliveries: Vec::new(),
-            })
-        })
-        .transpose()
-}
-
-/// A queue position taken on a device: its sequence number, and its queue's depth before.
-struct Allocated {
-    device: DeviceId,
-    seq: i64,
-    depth: i64,
-}
-
-/// Takes the next sequence number of every device in `ids`, raising its depth, in one
-/// statement; a device that does not exist is left out.
-async fn allocate_seqs(tx: &Transaction<'_>, ids: &[&[u8]]) -> Result<Vec<Allocated>, StoreError> {
-    let allocated = rows(
-        tx,
-        "UPDATE devices SET next_seq = next_seq + 1, queue_depth = queue_depth + 1 WHERE id = ANY($1) \
-         RETURNING id, next_seq - 1, queue_depth - 1",
-        &[&ids],
-    )
-    .await?;
-    allocated
-        .iter()
-        .map(|r| {
-            Ok(Allocated { device: DeviceId(get16(r, 0, "devices.id")?), seq: r.try_get(1)?, depth: r.try_get(2)? })
-        })
-        .collect()
-}
-
-/// Queues the envelope `envelope_seq` at each allocated position, in one statement.
-async fn queue_rows(tx: &Transaction<'_>, at: &[Allocated], envelope_seq: i64) -> Result<(), StoreError> {
-    let devices: Vec<&[u8]> = at.iter().map(|a| a.device.0.as_slice()).collect();
-    let seqs: Vec<i64> = at.iter().map(|a| a.seq).collect();
-    exec(
-        tx,
-        "INSERT INTO queue (device_id, seq, envelope) SELECT d, s, $3 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(d, s)",
-        &[&devices, &seqs, &envelope_seq],
-    )
-    .await?;
-    Ok(())
-}
-
-fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
-    QueuedEntry {
-        seq,
-        channel: b.channel,
-        envelope_id: id,
-        kind,
-        epoch: b.epoch,
-        payload: payload.clone(),
-        created_ms: b.now_ms,
-    }
-}
-
-async fn insert_envelope(
-    tx: &Transaction<'_>,
-    id: &[u8; 16],
-    b: &EnqueueBatch,
-    kind: EnvelopeKind,
-    payload: &[u8],
-    expires_ms: Option<u64>,
-) -> Result<i64, StoreError> {
-    let r = rows(
-        tx,
-        "INSERT INTO envelopes (id, channel_id, kind, epoch, payload, created_ms, expires_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-        &[
-            &id.as_slice(),
-            &b.channel.0.as_slice(),
-            &kind.as_i64(),
-            &u64_to_i64(b.epoch),
-            &payload,
-            &u64_to_i64(b.now_ms),
-            &expires_ms.map(u64_to_i64),
-        ],
-    )
-    .await?;
-    let seq = r.first().ok_or(StoreError::Corrupt("envelopes.seq"))?.try_get(0)?;
-    Ok(seq)
-}
-
-async fn enqueue_tx(
-    client: &mut Object,
-    b: &EnqueueBatch,
-    node: &[u8; 8],
-    notify_channel: &str,
-) -> Result<EnqueueOutcome, StoreError> {
-    let tx = begin(client).await?;
-    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await? {
-        return Ok(outcome);
-    }
-    let ch = b.channel.0.as_slice();
-    let channel = row(&tx, "SELECT epoch, retention_secs FROM channels WHERE id = $1 FOR NO KEY UPDATE", &[&ch])
-        .await?
-        .ok_or(StoreError::NotFound("channel"))?;
-    // The original of a retry for this channel may have committed while this one waited for the
-    // channel: answer as if it had run first.
-    if let Some(outcome) = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await? {
-        return Ok(outcome);
-    }
-    let (current_epoch, retention): (i64, i64) = (channel.try_get(0)?, channel.try_get(1)?);
-    let mut expires_ms = b.expires_ms;
-    if expires_ms.is_none() && retention > 0 && b.kind != EnvelopeKind::Commit {
-        // The channel's disappearing-messages setting applies when the sender set no TTL.
-        expires_ms = Some(b.now_ms.saturating_add(i64_to_u64(retention).saturating_mul(1000)));
-    }
-    let sender = b.sender.0.as_slice();
-    let is_member = row(&tx, "SELECT 1 FROM channel_members WHERE channel_id = $1 AND device_id = $2", &[&ch, &sender])
-        .await?
-        .is_some();
-    if !is_member {
-        return Err(StoreError::NotMember);
-    }
-
-    let mut epoch = i64_to_u64(current_epoch);
-    if b.kind == EnvelopeKind::Commit {
-        if b.epoch != epoch {
-            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
-        }
-        epoch += 1;
-        exec(
-            &tx,
-            "UPDATE channels SET epoch = $2, group_info = COALESCE($3, group_info) WHERE id = $1",
-            &[&ch, &u64_to_i64(epoch), &b.group_info],
-        )
-        .await?;
-    }
-    if b.kind == EnvelopeKind::Proposal && b.epoch != i64_to_u64(current_epoch) {
-        return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
-    }
-
-    let members =
-        rows(&tx, "SELECT device_id FROM channel_members WHERE channel_id = $1 ORDER BY device_id", &[&ch]).await?;
-    let recipients: Vec<DeviceId> =
-        device_ids(&members, "channel_members.device_id")?.into_iter().filter(|d| *d != b.sender).collect();
-
-    // Lock every device this enqueue appends to, in id order: sequence numbers and queue
-    // depths are then this transaction's alone until it commits.
-    let mut targets: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
-    targets.extend(b.welcomes.iter().flat_map(|w| &w.devices).map(|d| d.0.as_slice()));
-    targets.sort_unstable();
-    targets.dedup();
-    if !targets.is_empty() {
-        rows(&tx, "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE", &[&targets]).await?;
-    }
-
-    let envelope_seq = insert_envelope(&tx, &b.envelope_id, b, b.kind, &b.payload, expires_ms).await?;
-    let mut deliveries = Vec::new();
-    if !recipients.is_empty() {
-        let ids: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
-        // Sequence numbers and depths in one statement: each device counts its queue
-        // (`queue_depth`, lowered by a trigger when rows go), so the check costs one row per
-        // recipient, not the length of its queue.
-        let allocated = allocate_seqs(&tx, &ids).await?;
-        // Handshake messages are never refused for depth: a group must always be able to
-        // remove a device that stopped reading. A refusal rolls the transaction back.
-        if b.kind == EnvelopeKind::Application
-            && allocated.iter().map(|a| a.depth).max().unwrap_or(0) >= i64::from(b.max_queue_depth)
-        {
-            return Err(StoreError::QueueFull);
-        }
-        let seqs: std::collections::HashMap<DeviceId, i64> = allocated.iter().map(|a| (a.device, a.seq)).collect();
-        let mut queued = Vec::with_capacity(seqs.len());
-        for device in &recipients {
-            // A device deleted since the members were read is no longer one.
-            let Some(&seq) = seqs.get(device) else { continue };
-            queued.push(Allocated { device: *device, seq, depth: 0 });
-            deliveries.push((*device, entry(b, i64_to_u64(seq), b.envelope_id, b.kind, &b.payload)));
-        }
-        queue_rows(&tx, &queued, envelope_seq).await?;
-    }
-
-    if deliveries.is_empty() {
-        // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
-        // sequence number, which an identity column never reuses.
-        exec(&tx, "DELETE FROM envelopes WHERE seq = $1", &[&envelope_seq]).await?;
-    }
-
-    if let Some(tracking) = &b.tracking {
-        // Membership follows the MLS tree: the commit went to the members before it (so a
-        // removed device learns of its removal); from now on only the tree's devices receive.
-        // Compare-and-swap: two proposals validated against the same state must not both land.
-        let swapped = exec(
-            &tx,
-            "UPDATE channels SET tracker = $2 WHERE id = $1 AND tracker IS NOT DISTINCT FROM $3",
-            &[&ch, &tracking.tracker, &tracking.tracker_before],
-        )
-        .await?;
-        if swapped == 0 {
-            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
-        }
-        exec(&tx, "DELETE FROM channel_members WHERE channel_id = $1", &[&ch]).await?;
-        let members: Vec<&[u8]> = tracking.members.iter().map(|d| d.0.as_slice()).collect();
-        exec(
-            &tx,
-            "INSERT INTO channel_members (channel_id, device_id) SELECT $1, id FROM devices WHERE id = ANY($2) \
-             ON CONFLICT DO NOTHING",
-            &[&ch, &members],
-        )
-        .await?;
-    }
-
-    for w in b.welcomes.iter().filter(|w| !w.devices.is_empty()) {
-        // Stored once, queued to each device it adds, in a statement per step (not per device).
-        let mut wid = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut wid);
-        let welcome_seq = insert_envelope(&tx, &wid, b, EnvelopeKind::Welcome, &w.payload, expires_ms).await?;
-        let mut devices: Vec<&[u8]> = w.devices.iter().map(|d| d.0.as_slice()).collect();
-        devices.sort_unstable();
-        devices.dedup();
-        let allocated = allocate_seqs(&tx, &devices).await?;
-        if allocated.len() != devices.len() {
-            return Err(StoreError::UnknownDevice);
-        }
-        exec(
-            &tx,
-            "INSERT INTO channel_members (channel_id, device_id) SELECT $1, d FROM UNNEST($2::BYTEA[]) AS t(d) \
-             ON CONFLICT DO NOTHING",
-            &[&ch, &devices],
-        )
-        .await?;
-        queue_rows(&tx, &allocated, welcome_seq).await?;
-        for a in &allocated {
-            deliveries.push((a.device, entry(b, i64_to_u64(a.seq), wid, EnvelopeKind::Welcome, &w.payload)));
-        }
-    }
-
-    if !b.idempotency_key.is_empty() {
-        let window_start = u64_to_i64(b.now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS));
-        // An expired record is replaced; a live one means the original (for another channel)
-        // committed after this transaction looked: it wins, and this one is undone.
-        let recorded = exec(
-            &tx,
-            "INSERT INTO idempotency (device_id, key, envelope, envelope_id, epoch_after, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (device_id, key) DO UPDATE SET envelope = EXCLUDED.envelope, \
-             envelope_id = EXCLUDED.envelope_id, epoch_after = EXCLUDED.epoch_after, created_ms = EXCLUDED.created_ms \
-             WHERE idempotency.created_ms < $7",
-            &[
-                &sender,
-                &b.idempotency_key,
-                &envelope_seq,
-                &b.envelope_id.as_slice(),
-                &u64_to_i64(epoch),
-                &u64_to_i64(b.now_ms),
-                &window_start,
-            ],
-        )
-        .await?;
-        if recorded == 0 {
-            let original = find_replay(&tx, &b.sender, &b.idempotency_key, b.now_ms).await?;
-            return original.ok_or(StoreError::Corrupt("idempotency"));
-        }
-    }
-    announce(&tx, node, notify_channel, &deliveries).await?;
-    tx.commit().await?;
-    Ok(EnqueueOutcome {
-        seq: i64_to_u64(envelope_seq),
-        envelope_id: b.envelope_id,
-        timestamp_ms: b.now_ms,
-        epoch,
-        replayed: false,
-        deliveries,
+    Ok(match earlier {
+        Some(r) => replay_from(&r, 0)?,
+        None => None,
     })
+}
+
+/// The recorded outcome in columns `at..at + 4` of `r` (`envelope, epoch_after, envelope_id,
+/// created_ms` of an idempotency record), or `None` where they are NULL (no record).
+fn replay_from(r: &Row, at: usize) -> Result<Option<EnqueueOutcome>, StoreError> {
+    let Some(seq) = r.try_get::<_, Option<i64>>(at)? else { return Ok(None) };
+    Ok(Some(EnqueueOutcome {
+        seq: i64_to_u64(seq),
+        envelope_id: get16(r, at + 2, "envelopes.id")?,
+        timestamp_ms: i64_to_u64(r.try_get(at + 3)?),
+        epoch: i64_to_u64(r.try_get(at + 1)?),
+        replayed: true,
+        deliveries: Vec::new(),
+    }))
 }
 
 async fn create_channel_tx(client: &mut Object, c: &NewChannel) -> Result<bool, StoreError> {
@@ -1427,7 +1170,7 @@ impl DeliveryStore for PostgresStore {
     }
 
     async fn enqueue(&self, batch: EnqueueBatch) -> Result<EnqueueOutcome, StoreError> {
-        retrying!(self, client => enqueue_tx(&mut client, &batch, &self.node, &self.channel))
+        retrying!(self, client => enqueue::enqueue_tx(&mut client, &batch, &self.node, &self.channel))
     }
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {

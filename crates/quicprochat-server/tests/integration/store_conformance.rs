@@ -475,6 +475,25 @@ pub async fn idempotent_retries_store_nothing_new(f: Fixture) {
     assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = X'726163696e67'").await, 1);
     let at_a1 = s.peek(a1, 0, 100, u64::MAX, NOW).await.unwrap().entries;
     assert_eq!(at_a1.iter().filter(|e| e.payload[..] == b"racing"[..]).count(), 1);
+
+    // One key sent to two channels at once (neither waits for the other's channel): one
+    // envelope is stored, and every answer names it.
+    group(s, chan(2), a1, &[b1]).await;
+    let tasks: Vec<_> = (0..6u8)
+        .map(|i| {
+            let s = Arc::clone(s);
+            let mut b = batch(chan(1 + i % 2), a1, EnvelopeKind::Application, 1, b"cross");
+            b.idempotency_key = b"cross".to_vec();
+            tokio::spawn(async move { s.enqueue(b).await.unwrap() })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().envelope_id);
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(f.probe.count("SELECT COUNT(*) FROM envelopes WHERE payload = X'63726f7373'").await, 1);
+    depths_match_queues(&f).await;
 }
 
 pub async fn full_queues_refuse_application_messages_only(f: Fixture) {
