@@ -420,7 +420,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     for connection in connections {
         connection.close("done");
     }
-    let node_count = scenarios::stop_nodes(nodes, cluster, schema).await?;
+    let node_count = scenarios::stop_nodes(nodes, schema).await?;
 
     let echo_latency = echo.latencies.summary();
     let mut figures = vec![
@@ -581,7 +581,7 @@ pub async fn fanout(load: Load, rate: u32, pin: Option<&str>, cluster: Option<&C
     for connection in connections {
         connection.close("done");
     }
-    let node_count = scenarios::stop_nodes(nodes, cluster, schema).await?;
+    let node_count = scenarios::stop_nodes(nodes, schema).await?;
 
     let mut figures = latency_figures("push", ours.summary(), Some(push_latencies.summary()));
     figures.extend(latency_figures("Enqueue", enqueue.summary(), None));

@@ -117,17 +117,52 @@ pub struct Cluster {
     pub nodes: usize,
 }
 
+/// The PostgreSQL schema of a cluster run: dropped by [`stop_nodes`], or, when the run ends early
+/// (an error on the way), when this is dropped, so that no failed run leaves its tables behind.
+pub(crate) struct BenchSchema {
+    db_url: String,
+    name: String,
+    dropped: bool,
+}
+
+impl BenchSchema {
+    async fn drop_now(mut self) -> anyhow::Result<()> {
+        self.dropped = true;
+        drop_schema(&self.db_url, &self.name).await
+    }
+}
+
+impl Drop for BenchSchema {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // Drop may run inside the runtime (or while unwinding): a thread with a runtime of its own.
+        let (db_url, name) = (self.db_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(drop_schema(&db_url, &name))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("qpc-bench: could not drop the schema {}; drop it by hand", self.name);
+        }
+    }
+}
+
 /// Starts the `qpc` servers of a run: one on its embedded store, or `cluster.nodes` on a fresh
 /// PostgreSQL schema (returned, to drop afterwards).
 pub(crate) async fn start_nodes(
     pin: Option<&str>,
     cluster: Option<&Cluster>,
-) -> anyhow::Result<(Vec<ServerProcess>, Option<String>)> {
+) -> anyhow::Result<(Vec<ServerProcess>, Option<BenchSchema>)> {
     let Some(cluster) = cluster else { return Ok((vec![ServerProcess::spawn("qpc", pin).await?], None)) };
     let mut suffix = [0u8; 6];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
-    let schema = format!("qpc_bench_{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let env = [(crate::roles::DB_URL_ENV, cluster.db_url.as_str()), (crate::roles::DB_SCHEMA_ENV, schema.as_str())];
+    let name = format!("qpc_bench_{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let schema = BenchSchema { db_url: cluster.db_url.clone(), name, dropped: false };
+    let env =
+        [(crate::roles::DB_URL_ENV, cluster.db_url.as_str()), (crate::roles::DB_SCHEMA_ENV, schema.name.as_str())];
     let mut nodes = Vec::new();
     // One after the other: the first creates the schema and runs the migrations.
     for _ in 0..cluster.nodes.max(1) {
@@ -138,23 +173,19 @@ pub(crate) async fn start_nodes(
 
 /// Stops the servers [`start_nodes`] started and drops the schema it made, if any; returns how
 /// many nodes there were.
-pub(crate) async fn stop_nodes(
-    nodes: Vec<ServerProcess>,
-    cluster: Option<&Cluster>,
-    schema: Option<String>,
-) -> anyhow::Result<usize> {
+pub(crate) async fn stop_nodes(nodes: Vec<ServerProcess>, schema: Option<BenchSchema>) -> anyhow::Result<usize> {
     let count = nodes.len();
     for node in nodes {
         node.stop().await;
     }
-    if let (Some(cluster), Some(schema)) = (cluster, schema) {
-        drop_schema(cluster, &schema).await?;
+    if let Some(schema) = schema {
+        schema.drop_now().await?;
     }
     Ok(count)
 }
 
-async fn drop_schema(cluster: &Cluster, schema: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(&cluster.db_url, tokio_postgres::NoTls).await?;
+async fn drop_schema(db_url: &str, schema: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
     drop(client);
@@ -275,7 +306,7 @@ pub async fn relay(load: Load, pin: Option<&str>, cluster: Option<&Cluster>) -> 
     ours.elapsed = last.duration_since(started);
     ours.ops = ours.latencies.len() as u64;
     let usage = nodes_usage(&nodes, before)?;
-    let node_count = stop_nodes(nodes, cluster, schema).await?;
+    let node_count = stop_nodes(nodes, schema).await?;
 
     let mut figures = vec![
         Figure::new("relay messages/s vs echo", "msg/s", ours.per_sec()).against(echo.per_sec()),
