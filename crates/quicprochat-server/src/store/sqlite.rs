@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::at_rest::DbKey;
 use async_trait::async_trait;
-use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
@@ -1134,7 +1133,7 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
     let envelope_seq = insert_envelope(tx, &b.envelope_id, &b, b.kind, &b.payload)?;
     let mut deliveries = Vec::new();
     for (device, seq) in fan_out(tx, &b, envelope_seq)? {
-        deliveries.push((device, entry(&b, seq, b.envelope_id, b.kind, &b.payload)));
+        deliveries.push((device, b.entry(seq, b.envelope_id, b.kind, &b.payload)));
     }
 
     if deliveries.is_empty() {
@@ -1182,7 +1181,7 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
                 params![b.channel.0.as_slice(), device.0.as_slice()],
             )?;
             let seq = push_to_queue(tx, device, welcome_seq)?;
-            deliveries.push((*device, entry(&b, seq, wid, EnvelopeKind::Welcome, &w.payload)));
+            deliveries.push((*device, b.entry(seq, wid, EnvelopeKind::Welcome, &w.payload)));
         }
     }
 
@@ -1209,18 +1208,6 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         replayed: false,
         deliveries,
     })
-}
-
-fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
-    QueuedEntry {
-        seq,
-        channel: b.channel,
-        envelope_id: id,
-        kind,
-        epoch: b.epoch,
-        payload: payload.clone(),
-        created_ms: b.now_ms,
-    }
 }
 
 #[async_trait]

@@ -243,6 +243,21 @@ pub struct EnqueueBatch {
     pub tracking: Option<Tracking>,
 }
 
+impl EnqueueBatch {
+    /// The queue entry at `seq` of an envelope of this batch (its own, or one of its welcomes).
+    pub(crate) fn entry(&self, seq: u64, envelope_id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
+        QueuedEntry {
+            seq,
+            channel: self.channel,
+            envelope_id,
+            kind,
+            epoch: self.epoch,
+            payload: payload.clone(),
+            created_ms: self.now_ms,
+        }
+    }
+}
+
 /// The envelope as a recipient sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedEntry {

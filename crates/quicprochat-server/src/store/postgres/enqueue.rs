@@ -7,7 +7,6 @@
 //! other nodes, `COMMIT`. Commits add the epoch and the tracked membership, and each welcome
 //! three statements of its own.
 
-use bytes::Bytes;
 use deadpool_postgres::{Object, Transaction};
 use tokio_postgres::Row;
 
@@ -97,18 +96,6 @@ async fn queue_rows(tx: &Transaction<'_>, at: &[Allocated], envelope_seq: i64) -
     )
     .await?;
     Ok(())
-}
-
-fn entry(b: &EnqueueBatch, seq: u64, id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
-    QueuedEntry {
-        seq,
-        channel: b.channel,
-        envelope_id: id,
-        kind,
-        epoch: b.epoch,
-        payload: payload.clone(),
-        created_ms: b.now_ms,
-    }
 }
 
 async fn insert_envelope(
@@ -259,7 +246,7 @@ pub(super) async fn enqueue_tx(
     }
     // A device deleted since the members were read is no longer one, and was not allocated.
     let mut deliveries: Vec<(DeviceId, QueuedEntry)> =
-        allocated.iter().map(|a| (a.device, entry(b, i64_to_u64(a.seq), b.envelope_id, b.kind, &b.payload))).collect();
+        allocated.iter().map(|a| (a.device, b.entry(i64_to_u64(a.seq), b.envelope_id, b.kind, &b.payload))).collect();
     if deliveries.is_empty() {
         // Nobody else to deliver to (e.g. the first commit of a new group): keep only the
         // sequence number, which an identity column never reuses.
@@ -311,7 +298,7 @@ pub(super) async fn enqueue_tx(
         .await?;
         queue_rows(&tx, &allocated, welcome_seq).await?;
         for a in &allocated {
-            deliveries.push((a.device, entry(b, i64_to_u64(a.seq), wid, EnvelopeKind::Welcome, &w.payload)));
+            deliveries.push((a.device, b.entry(i64_to_u64(a.seq), wid, EnvelopeKind::Welcome, &w.payload)));
         }
     }
 
