@@ -1097,10 +1097,7 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         .optional()?
         .ok_or(StoreError::NotFound("channel"))?;
     let mut b = b;
-    if b.expires_ms.is_none() && retention > 0 && b.kind != EnvelopeKind::Commit {
-        // The channel's disappearing-messages setting applies when the sender set no TTL.
-        b.expires_ms = Some(b.now_ms + i64_to_u64(retention) * 1000);
-    }
+    b.expires_ms = b.expiry(i64_to_u64(retention));
     let is_member: bool = one(
         tx,
         "SELECT 1 FROM channel_members WHERE channel_id = ?1 AND device_id = ?2",
@@ -1113,21 +1110,13 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
         return Err(StoreError::NotMember);
     }
 
-    let mut epoch = i64_to_u64(current_epoch);
+    let epoch = b.epoch_after(i64_to_u64(current_epoch))?;
     if b.kind == EnvelopeKind::Commit {
-        if b.epoch != epoch {
-            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
-        }
-        epoch += 1;
         exec(
             tx,
             "UPDATE channels SET epoch = ?2, group_info = COALESCE(?3, group_info) WHERE id = ?1",
             params![b.channel.0.as_slice(), u64_to_i64(epoch), b.group_info],
         )?;
-    }
-
-    if b.kind == EnvelopeKind::Proposal && b.epoch != i64_to_u64(current_epoch) {
-        return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
     }
 
     let envelope_seq = insert_envelope(tx, &b.envelope_id, &b, b.kind, &b.payload)?;

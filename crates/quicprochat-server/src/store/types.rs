@@ -244,6 +244,27 @@ pub struct EnqueueBatch {
 }
 
 impl EnqueueBatch {
+    /// When the envelope expires, Unix ms: the sender's TTL, else, for anything but a commit, the
+    /// channel's disappearing-messages setting (`retention_secs`, 0 = none).
+    pub(crate) fn expiry(&self, retention_secs: u64) -> Option<u64> {
+        if self.expires_ms.is_none() && retention_secs > 0 && self.kind != EnvelopeKind::Commit {
+            return Some(self.now_ms.saturating_add(retention_secs.saturating_mul(1000)));
+        }
+        self.expires_ms
+    }
+
+    /// The channel's epoch after this batch, from its `current` one: a commit or a proposal must
+    /// be for `current` (else [`super::StoreError::StaleEpoch`]), and a commit advances it.
+    pub(crate) fn epoch_after(&self, current: u64) -> Result<u64, super::StoreError> {
+        match self.kind {
+            EnvelopeKind::Commit | EnvelopeKind::Proposal if self.epoch != current => {
+                Err(super::StoreError::StaleEpoch { attempted: self.epoch, current })
+            }
+            EnvelopeKind::Commit => Ok(current.saturating_add(1)),
+            _ => Ok(current),
+        }
+    }
+
     /// The queue entry at `seq` of an envelope of this batch (its own, or one of its welcomes).
     pub(crate) fn entry(&self, seq: u64, envelope_id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
         QueuedEntry {

@@ -183,26 +183,15 @@ pub(super) async fn enqueue_tx(
         .map(|d| bytes16(d, "channel_members.device_id").map(DeviceId))
         .collect::<Result<_, _>>()?;
 
-    let mut expires_ms = b.expires_ms;
-    if expires_ms.is_none() && retention > 0 && b.kind != EnvelopeKind::Commit {
-        // The channel's disappearing-messages setting applies when the sender set no TTL.
-        expires_ms = Some(b.now_ms.saturating_add(i64_to_u64(retention).saturating_mul(1000)));
-    }
-    let mut epoch = i64_to_u64(current_epoch);
+    let expires_ms = b.expiry(i64_to_u64(retention));
+    let epoch = b.epoch_after(i64_to_u64(current_epoch))?;
     if b.kind == EnvelopeKind::Commit {
-        if b.epoch != epoch {
-            return Err(StoreError::StaleEpoch { attempted: b.epoch, current: epoch });
-        }
-        epoch += 1;
         exec(
             &tx,
             "UPDATE channels SET epoch = $2, group_info = COALESCE($3, group_info) WHERE id = $1",
             &[&ch, &u64_to_i64(epoch), &b.group_info],
         )
         .await?;
-    }
-    if b.kind == EnvelopeKind::Proposal && b.epoch != i64_to_u64(current_epoch) {
-        return Err(StoreError::StaleEpoch { attempted: b.epoch, current: i64_to_u64(current_epoch) });
     }
 
     let mut targets: Vec<&[u8]> = recipients.iter().map(|d| d.0.as_slice()).collect();
