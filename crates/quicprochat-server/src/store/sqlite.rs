@@ -1189,14 +1189,7 @@ fn enqueue_tx(tx: &Connection, b: EnqueueBatch) -> Result<EnqueueOutcome, StoreE
             ],
         )?;
     }
-    Ok(EnqueueOutcome {
-        seq: i64_to_u64(envelope_seq),
-        envelope_id: b.envelope_id,
-        timestamp_ms: b.now_ms,
-        epoch,
-        replayed: false,
-        deliveries,
-    })
+    Ok(b.accepted(i64_to_u64(envelope_seq), epoch, deliveries))
 }
 
 #[async_trait]

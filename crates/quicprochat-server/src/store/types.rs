@@ -265,6 +265,18 @@ impl EnqueueBatch {
         }
     }
 
+    /// The outcome of storing this batch as the envelope `seq`, leaving the channel at `epoch`.
+    pub(crate) fn accepted(&self, seq: u64, epoch: u64, deliveries: Vec<(DeviceId, QueuedEntry)>) -> EnqueueOutcome {
+        EnqueueOutcome {
+            seq,
+            envelope_id: self.envelope_id,
+            timestamp_ms: self.now_ms,
+            epoch,
+            replayed: false,
+            deliveries,
+        }
+    }
+
     /// The queue entry at `seq` of an envelope of this batch (its own, or one of its welcomes).
     pub(crate) fn entry(&self, seq: u64, envelope_id: [u8; 16], kind: EnvelopeKind, payload: &Bytes) -> QueuedEntry {
         QueuedEntry {

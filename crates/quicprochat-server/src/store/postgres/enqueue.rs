@@ -293,12 +293,5 @@ pub(super) async fn enqueue_tx(
 
     announce(&tx, node, notify_channel, &deliveries).await?;
     tx.commit().await?;
-    Ok(EnqueueOutcome {
-        seq: i64_to_u64(envelope_seq),
-        envelope_id: b.envelope_id,
-        timestamp_ms: b.now_ms,
-        epoch,
-        replayed: false,
-        deliveries,
-    })
+    Ok(b.accepted(i64_to_u64(envelope_seq), epoch, deliveries))
 }
