@@ -103,11 +103,16 @@ fn payloads(entries: &[quicprochat_server::store::QueuedEntry]) -> Vec<&[u8]> {
 }
 
 /// Every device's queue count (`devices.queue_depth`, which the depth check reads) matches
-/// its queue's rows.
+/// its queue's rows, and every queue entry names a device and an envelope that exist (the
+/// PostgreSQL store keeps these relations without foreign keys).
 async fn depths_match_queues(f: &Fixture) {
     let off =
         "SELECT COUNT(*) FROM devices d WHERE d.queue_depth <> (SELECT COUNT(*) FROM queue q WHERE q.device_id = d.id)";
     assert_eq!(f.probe.count(off).await, 0, "a device's queue_depth drifted from its queue");
+    let orphans = "SELECT COUNT(*) FROM queue q \
+        WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = q.device_id) \
+        OR NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.seq = q.envelope)";
+    assert_eq!(f.probe.count(orphans).await, 0, "a queue entry outlived its device or its envelope");
 }
 
 pub async fn accounts_and_sessions(f: Fixture) {

@@ -29,13 +29,17 @@ use deadpool_postgres::{GenericClient, Object, Transaction};
 
 use super::{StoreError, begin, exec, rows};
 
-/// The envelopes queued for any of `devices`, whose queues the caller is about to delete.
-pub(super) async fn queued_for(tx: &Transaction<'_>, devices: &[&[u8]]) -> Result<Vec<i64>, StoreError> {
-    rows(tx, "SELECT DISTINCT envelope FROM queue WHERE device_id = ANY($1)", &[&devices])
+/// Deletes the queues of `devices`, whose rows the caller has locked (no enqueue adds to them
+/// meanwhile) and is about to delete; returns the envelopes they named, for [`release`].
+pub(super) async fn delete_queues(tx: &Transaction<'_>, devices: &[&[u8]]) -> Result<Vec<i64>, StoreError> {
+    let mut seqs: Vec<i64> = rows(tx, "DELETE FROM queue WHERE device_id = ANY($1) RETURNING envelope", &[&devices])
         .await?
         .iter()
-        .map(|r| Ok(r.try_get(0)?))
-        .collect()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    Ok(seqs)
 }
 
 /// Steps 1 and 2 for the envelopes `seqs`, some of whose entries this transaction deleted: deletes
