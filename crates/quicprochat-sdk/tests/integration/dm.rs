@@ -115,7 +115,12 @@ async fn wrong_password_and_offline_delivery() {
 #[tokio::test]
 async fn key_package_pool_is_refilled_on_key_packages_low() {
     let server_dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_dir.path()).await;
+    // Thirteen registrations (each a RegisterStart and a LoginStart) from one address in a few
+    // seconds: more than the default per-address auth burst allows on a fast machine.
+    let server = start_server_with(server_dir.path(), |c| {
+        c.limits.auth_rate = quicprochat_server::Rate { per_minute: 6000, burst: 200 };
+    })
+    .await;
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = client(&server, bob_dir.path()).await;
     bob.register("bob", b"pw").await.unwrap();
