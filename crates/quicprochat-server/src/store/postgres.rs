@@ -1136,11 +1136,8 @@ async fn ack_tx(client: &mut Object, device: DeviceId, up_to_seq: u64) -> Result
     let deleted = rows(&tx, "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING envelope", &params);
     let ((), released) = tokio::try_join!(relaxed, deleted)?;
     let removed = released.len() as u64;
-    let mut seqs: Vec<i64> = released.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
-    seqs.sort_unstable();
-    seqs.dedup();
     // The payload is stored once; it goes when the last queue entry naming it is acked.
-    let released = release::release(&tx, &seqs).await?;
+    let released = release::release(&tx, &release::named(&released)?).await?;
     tx.commit().await?;
     Ok((removed, released))
 }

@@ -5,7 +5,7 @@
 //! than the statements' own work. An application message takes six: `BEGIN`, the channel's lock,
 //! what is read under it ([`STATE_SQL`]), the fan-out ([`FAN_OUT_SQL`]), the announcement to the
 //! other nodes, `COMMIT`. Commits add the epoch and the tracked membership, and each welcome
-//! three statements of its own.
+//! four statements of its own.
 
 use deadpool_postgres::{Object, Transaction};
 use tokio_postgres::Row;

@@ -26,17 +26,19 @@
 //! it starts deletes ([`sweep`]).
 
 use deadpool_postgres::{GenericClient, Object, Transaction};
+use tokio_postgres::Row;
 
 use super::{StoreError, begin, exec, rows};
 
 /// Deletes the queues of `devices`, whose rows the caller has locked (no enqueue adds to them
 /// meanwhile) and is about to delete; returns the envelopes they named, for [`release`].
 pub(super) async fn delete_queues(tx: &Transaction<'_>, devices: &[&[u8]]) -> Result<Vec<i64>, StoreError> {
-    let mut seqs: Vec<i64> = rows(tx, "DELETE FROM queue WHERE device_id = ANY($1) RETURNING envelope", &[&devices])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    named(&rows(tx, "DELETE FROM queue WHERE device_id = ANY($1) RETURNING envelope", &[&devices]).await?)
+}
+
+/// The envelopes that deleted queue entries named (`RETURNING envelope`), each once, in order.
+pub(super) fn named(deleted: &[Row]) -> Result<Vec<i64>, StoreError> {
+    let mut seqs: Vec<i64> = deleted.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
     seqs.sort_unstable();
     seqs.dedup();
     Ok(seqs)
